@@ -1,0 +1,87 @@
+//! The crate's error type: faults of the peer kept apart from local failures.
+
+use crate::codec::CodecError;
+use crate::messages::ErrorCode;
+use crate::paths::NameError;
+
+/// Everything that can end a session or an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer broke the protocol (wrong message for the state, inconsistent counts).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The byte stream could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The peer reported an error and ended the session.
+    #[error("peer reported {code}: {message}")]
+    Remote {
+        /// The peer's code.
+        code: ErrorCode,
+        /// The peer's text.
+        message: String,
+    },
+    /// A local filesystem or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The peer stayed silent past a deadline.
+    #[error("timed out after {0:?} waiting for the peer")]
+    Timeout(std::time::Duration),
+    /// The connection closed before the session finished.
+    #[error("connection closed by the peer")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A peer's violation of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message arrived that the current state does not accept.
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        /// What the state waits for.
+        expected: &'static str,
+        /// The wire name of what came.
+        got: &'static str,
+    },
+    /// A path or id in a message was refused.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// Content arrived with no open file, or more than the header announced.
+    #[error("{0}")]
+    Data(String),
+    /// Counts or references in the stream do not add up.
+    #[error("{0}")]
+    Inconsistent(String),
+    /// No protocol version or encoding in common.
+    #[error("{0}")]
+    Version(String),
+}
+
+impl ProtocolError {
+    /// The error code to send the peer for this fault.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::Name(NameError::BadClientId(_)) => ErrorCode::BAD_CLIENT_ID,
+            ProtocolError::Name(_) => ErrorCode::BAD_PATH,
+            ProtocolError::Version(_) => ErrorCode::VERSION,
+            _ => ErrorCode::PROTOCOL,
+        }
+    }
+}

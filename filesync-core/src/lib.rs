@@ -1,0 +1,34 @@
+//! # filesync-core
+//!
+//! The filesync protocol as a library: one-way sync of a client's folder onto a server.
+//!
+//! Most of this crate is *pure*: it performs no networking, no filesystem access and never
+//! reads the clock (time is always an argument), so every rule of the protocol can be
+//! tested with byte literals and in-memory streams. Those modules are:
+//!
+//! - [`paths`]: [`paths::RelPath`] and [`paths::ClientId`], parsed once, safe by construction.
+//! - [`time`]: nanosecond mtimes and the original dialect's naive local timestamps.
+//! - [`messages`]: the serde types of both dialects, JSON and postcard from the same types.
+//! - [`codec`]: tokio-util decoders and encoders with size limits.
+//! - [`planner`]: client manifest + server index → files to send and entries to delete.
+//! - [`session`]: the typestate session machines of both sides.
+//! - [`discovery`]: DISCOVER/OFFER datagrams and the retry schedule, as data.
+//! - [`schedule`]: when a client comes back (`NEXT_SYNC`), spread to avoid a herd.
+//!
+//! The modules that touch the OS are few and named for it:
+//!
+//! - [`net`]: sockets (multicast discovery, TCP) and the drive loops of both sides.
+//! - [`store`]: the server's filesystem writes (temp file, durable rename, prune).
+//! - [`walk`]: the client's tree walk and file reads.
+//!
+//! The specification is `spec/PROTOCOL.md` in the repository.
+
+pub mod codec;
+pub mod error;
+pub mod messages;
+pub mod paths;
+pub mod planner;
+pub mod time;
+mod wire_enum;
+
+pub use error::Error;

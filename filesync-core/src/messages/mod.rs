@@ -1,0 +1,342 @@
+//! The messages of the native protocol, one enum per direction, and the original dialect's
+//! messages in [`seed`].
+//!
+//! Pure data: serde types and constants, no I/O. Every enum here encodes as JSON with a
+//! `type` tag and as postcard by variant index (see `wire_enum.rs` for why there are two
+//! shapes). The normative description is `spec/PROTOCOL.md`.
+
+pub mod seed;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{ClientId, RelPath};
+use crate::time::MTime;
+use crate::wire_enum::wire_enum;
+
+/// The native protocol version this library speaks. A server announces the versions it
+/// accepts in its greeting; the client picks the highest both know and says so in
+/// [`Hello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// How the frames of a native session are encoded. Chosen by the client in the preamble,
+/// from the encodings the server announced in its greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// postcard: compact binary; the default.
+    #[default]
+    Postcard,
+    /// JSON with a `type` tag: readable, for debugging and for peers in other languages.
+    Json,
+}
+
+impl Encoding {
+    /// The byte that names this encoding in the native preamble.
+    pub fn code(self) -> u8 {
+        match self {
+            Encoding::Postcard => 0,
+            Encoding::Json => 1,
+        }
+    }
+
+    /// The encoding a preamble byte names, if any.
+    pub fn from_code(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Encoding::Postcard),
+            1 => Some(Encoding::Json),
+            _ => None,
+        }
+    }
+
+    /// The lowercase name used in greetings and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Postcard => "postcard",
+            Encoding::Json => "json",
+        }
+    }
+}
+
+/// A machine-readable error or rejection code. A number rather than an enum so that a
+/// newer peer's codes still decode in postcard; unknown codes are shown by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The peer broke the protocol: wrong message for the state, bad frame, bad encoding.
+    pub const PROTOCOL: ErrorCode = ErrorCode(1);
+    /// No protocol version in common.
+    pub const VERSION: ErrorCode = ErrorCode(2);
+    /// The client id is missing where required, or not valid.
+    pub const BAD_CLIENT_ID: ErrorCode = ErrorCode(3);
+    /// The client is not allowed to sync (reserved for authentication).
+    pub const UNAUTHORIZED: ErrorCode = ErrorCode(4);
+    /// A path was refused (escapes the folder, clashes with another entry).
+    pub const BAD_PATH: ErrorCode = ErrorCode(5);
+    /// The server could not store a file (disk full, permissions).
+    pub const STORAGE: ErrorCode = ErrorCode(6);
+    /// The client aborted the file (it changed or vanished while being read).
+    pub const ABORTED: ErrorCode = ErrorCode(7);
+    /// The peer was silent for longer than the idle timeout.
+    pub const IDLE_TIMEOUT: ErrorCode = ErrorCode(8);
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: ErrorCode = ErrorCode(9);
+    /// The client would empty an archive that holds files (see `--allow-empty`).
+    pub const WOULD_EMPTY: ErrorCode = ErrorCode(10);
+    /// Anything else that went wrong on the sender's side.
+    pub const INTERNAL: ErrorCode = ErrorCode(11);
+
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            1 => "protocol",
+            2 => "version",
+            3 => "bad-client-id",
+            4 => "unauthorized",
+            5 => "bad-path",
+            6 => "storage",
+            7 => "aborted",
+            8 => "idle-timeout",
+            9 => "shutting-down",
+            10 => "would-empty",
+            11 => "internal",
+            _ => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// `ERROR`: either side ends the session and says why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// `HELLO`: the client's first frame after the preamble.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client chose (highest both sides know).
+    pub version: u16,
+    /// Free text naming the client software, for the server's log.
+    pub agent: String,
+    /// The client's id; `None` lets the server derive one from the address.
+    pub client_id: Option<ClientId>,
+    /// Optional features the client supports (unknown names are ignored). Extensions such
+    /// as content hashes, block deltas, resume or authentication are switched on only when
+    /// both sides list them.
+    pub capabilities: Vec<String>,
+    /// The client knows its folder is empty or missing and still wants the server copy
+    /// emptied (`--allow-empty`).
+    pub allow_empty: bool,
+}
+
+/// `WELCOME`: the server accepted the hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version this session runs.
+    pub version: u16,
+    /// The capabilities both sides share.
+    pub capabilities: Vec<String>,
+    /// The id the server files this client under.
+    pub client_id: ClientId,
+}
+
+/// `QUEUED`: the server is busy; the client waits at this position (1 = next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// Sessions ahead of this one.
+    pub position: u32,
+}
+
+/// `READY`: the client's turn has come; it may send its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Ready {}
+
+/// What an entry of a manifest is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory (listed so that empty directories are mirrored too).
+    Dir,
+}
+
+/// One entry of a manifest: a file or directory in the client's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Where it sits, relative to the synced folder.
+    pub path: RelPath,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, to the nanosecond.
+    pub mtime: MTime,
+}
+
+/// `MANIFEST`: one batch of the client's listing. A listing of any size is sent as many
+/// batches, so neither side ever needs one frame or allocation for the whole tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The entries of this batch.
+    pub entries: Vec<Entry>,
+}
+
+/// `MANIFEST_END`: the listing is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEnd {
+    /// How many entries all batches held, as a check.
+    pub entries: u64,
+}
+
+/// `TASKS`: one batch of the files the server wants, in the client's manifest order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tasks {
+    /// Files to send.
+    pub paths: Vec<RelPath>,
+}
+
+/// `DELETIONS`: one batch of the entries the server will delete once every file is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletions {
+    /// Server entries that the client no longer has.
+    pub paths: Vec<RelPath>,
+}
+
+/// `PLAN_END`: the plan is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanEnd {
+    /// Files requested in all `TASKS` batches.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Entries announced in all `DELETIONS` batches.
+    pub deletions: u64,
+}
+
+/// `FILE_HEADER`: a file's content follows in `DATA` frames, `size` bytes in all, then
+/// `FILE_END` or `FILE_ABORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Which requested file.
+    pub path: RelPath,
+    /// Exact content length.
+    pub size: u64,
+    /// Modification time the server gives the stored file.
+    pub mtime: MTime,
+    /// Where the content starts. Always 0 unless both sides list the `resume` capability.
+    pub offset: u64,
+}
+
+/// `FILE_END`: the file's content is complete and was unchanged while it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FileEnd {}
+
+/// `FILE_ABORT`: the file changed or vanished while being read; the server discards it and
+/// the client retries on its next sync. Its `DATA` frames may have stopped short of `size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAbort {
+    /// Why, for the server's log.
+    pub reason: String,
+}
+
+/// `TRANSFER_END`: the client has sent every requested file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TransferEnd {}
+
+/// What became of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Written, given its mtime and renamed into place. Made durable before `NEXT_SYNC`.
+    Stored,
+    /// Not stored; the previous copy, if any, is untouched.
+    Rejected {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// `FILE_RESULT`: the server's verdict on one file, sent as soon as it is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileResult {
+    /// Which file.
+    pub path: RelPath,
+    /// Stored or rejected.
+    pub outcome: Outcome,
+}
+
+/// `NEXT_SYNC`: the session is over, everything stored is durable on disk, and the client
+/// should come back at `at` (equivalently after `delay_ms`, which is immune to clock skew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextSync {
+    /// When to come back, server clock.
+    pub at: MTime,
+    /// When to come back, relative to receipt.
+    pub delay_ms: u64,
+    /// Files stored this session.
+    pub stored: u64,
+    /// Files rejected or aborted this session.
+    pub rejected: u64,
+    /// Entries deleted this session.
+    pub deleted: u64,
+}
+
+wire_enum! {
+    /// A message from client to server in a native session.
+    pub enum ClientMsg {
+        /// See [`Hello`].
+        Hello(Hello) = "HELLO",
+        /// See [`Manifest`].
+        Manifest(Manifest) = "MANIFEST",
+        /// See [`ManifestEnd`].
+        ManifestEnd(ManifestEnd) = "MANIFEST_END",
+        /// See [`FileHeader`].
+        FileHeader(FileHeader) = "FILE_HEADER",
+        /// See [`FileEnd`].
+        FileEnd(FileEnd) = "FILE_END",
+        /// See [`FileAbort`].
+        FileAbort(FileAbort) = "FILE_ABORT",
+        /// See [`TransferEnd`].
+        TransferEnd(TransferEnd) = "TRANSFER_END",
+        /// See [`ErrorMsg`].
+        Error(ErrorMsg) = "ERROR",
+    }
+}
+
+wire_enum! {
+    /// A message from server to client in a native session (after the greeting, which is
+    /// always the JSON [`seed::ServerStatus`]).
+    pub enum ServerMsg {
+        /// See [`Welcome`].
+        Welcome(Welcome) = "WELCOME",
+        /// See [`Queued`].
+        Queued(Queued) = "QUEUED",
+        /// See [`Ready`].
+        Ready(Ready) = "READY",
+        /// See [`Tasks`].
+        Tasks(Tasks) = "TASKS",
+        /// See [`Deletions`].
+        Deletions(Deletions) = "DELETIONS",
+        /// See [`PlanEnd`].
+        PlanEnd(PlanEnd) = "PLAN_END",
+        /// See [`FileResult`].
+        FileResult(FileResult) = "FILE_RESULT",
+        /// See [`NextSync`].
+        NextSync(NextSync) = "NEXT_SYNC",
+        /// See [`ErrorMsg`].
+        Error(ErrorMsg) = "ERROR",
+    }
+}

@@ -1,0 +1,164 @@
+//! The original FileSync's messages, with exactly its JSON shapes
+//! (`../shared/seed-protocol.md`, `spec/PROTOCOL.md` §"Original dialect").
+//!
+//! The greeting [`ServerStatus`] is shared by both dialects: a filesync server adds fields
+//! that the original's clients ignore, and which tell a native client what the server
+//! speaks. Pure data, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use super::Encoding;
+use crate::paths::{ClientId, RelPath};
+use crate::time::SeedTime;
+use crate::wire_enum::wire_enum;
+
+/// `DISCOVER`: a client looks for servers on the multicast group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Discover {}
+
+/// `OFFER`: a server answers a `DISCOVER` with its TCP port; the client takes the
+/// datagram's source address as the server's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The server's TCP port.
+    pub port: u16,
+}
+
+wire_enum! {
+    /// A discovery datagram (UDP), in either direction.
+    pub enum Datagram {
+        /// See [`Discover`].
+        Discover(Discover) = "DISCOVER",
+        /// See [`Offer`].
+        Offer(Offer) = "OFFER",
+    }
+}
+
+/// The server's answer to a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The client's turn: it may start.
+    #[serde(rename = "READY")]
+    Ready,
+    /// Another client is being served; this one is queued.
+    #[serde(rename = "BUSY")]
+    Busy,
+}
+
+/// What a filesync server adds to its greeting. The original's clients ignore it; a native
+/// client reads it to know that it may answer with the native preamble.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeOffer {
+    /// Native protocol versions the server accepts.
+    pub versions: Vec<u16>,
+    /// Encodings the server accepts, preferred first.
+    pub encodings: Vec<Encoding>,
+}
+
+/// `SERVER_STATUS_MESSAGE` (documented as `SERVER_STATUS`): the greeting, the first bytes
+/// of every TCP session, in JSON whatever the dialect.
+///
+/// Serialised by hand so that absent optional fields are *omitted* in JSON (the original's
+/// exact shape) but present in postcard, which has no field names and so cannot skip any.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServerStatus {
+    /// READY or BUSY.
+    pub status: Status,
+    /// With BUSY: how many sessions are ahead (filesync extension).
+    #[serde(default)]
+    pub queue_position: Option<u32>,
+    /// Present when the server speaks the native protocol (filesync extension).
+    #[serde(default)]
+    pub filesync: Option<NativeOffer>,
+}
+
+impl Serialize for ServerStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let readable = s.is_human_readable();
+        let n = if readable {
+            1 + usize::from(self.queue_position.is_some()) + usize::from(self.filesync.is_some())
+        } else {
+            3
+        };
+        let mut st = s.serialize_struct("ServerStatus", n)?;
+        st.serialize_field("status", &self.status)?;
+        if !readable || self.queue_position.is_some() {
+            st.serialize_field("queue_position", &self.queue_position)?;
+        }
+        if !readable || self.filesync.is_some() {
+            st.serialize_field("filesync", &self.filesync)?;
+        }
+        st.end()
+    }
+}
+
+/// One file of a `CLIENT_FILES_INFO` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// The last component of `path`.
+    pub name: String,
+    /// Relative, `/`-separated.
+    pub path: RelPath,
+    /// Naive local modification time.
+    pub last_mod: SeedTime,
+}
+
+/// `CLIENT_FILES_INFO`: the client's whole listing, in one JSON value of any size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFilesInfo {
+    /// The client's id, or `null`.
+    pub client_id: Option<ClientId>,
+    /// Every regular file of the client's tree.
+    pub files: Vec<FileInfo>,
+}
+
+/// `TASKS`: the files the server wants, followed on the wire by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tasks {
+    /// Relative paths from the client's list.
+    pub files_to_send: Vec<RelPath>,
+}
+
+/// `FILE_HEADER`: followed on the wire by `\n` and exactly `size` raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// The last component of `path`.
+    pub name: String,
+    /// Which file.
+    pub path: RelPath,
+    /// Content length in bytes.
+    pub size: u64,
+    /// Naive local modification time, given to the stored file.
+    pub last_mod: SeedTime,
+}
+
+/// `NEXT_SYNC`: when to come back, as naive local time; the server then closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextSync {
+    /// Naive local time of the next sync.
+    pub time: SeedTime,
+}
+
+wire_enum! {
+    /// A message from server to client in the original dialect.
+    pub enum ServerMsg {
+        /// See [`ServerStatus`]. The reference code sends `SERVER_STATUS_MESSAGE`; its
+        /// documentation says `SERVER_STATUS`. Both are read.
+        Status(ServerStatus) = "SERVER_STATUS_MESSAGE" | "SERVER_STATUS",
+        /// See [`Tasks`].
+        Tasks(Tasks) = "TASKS",
+        /// See [`NextSync`].
+        NextSync(NextSync) = "NEXT_SYNC",
+    }
+}
+
+wire_enum! {
+    /// A message from client to server in the original dialect.
+    pub enum ClientMsg {
+        /// See [`ClientFilesInfo`].
+        FilesInfo(ClientFilesInfo) = "CLIENT_FILES_INFO",
+        /// See [`FileHeader`].
+        FileHeader(FileHeader) = "FILE_HEADER",
+    }
+}
