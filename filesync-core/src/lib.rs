@@ -28,6 +28,7 @@ pub mod error;
 pub mod messages;
 pub mod paths;
 pub mod planner;
+pub mod session;
 pub mod time;
 mod wire_enum;
 

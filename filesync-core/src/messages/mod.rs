@@ -243,9 +243,13 @@ pub struct FileHeader {
 pub struct FileEnd {}
 
 /// `FILE_ABORT`: the file changed or vanished while being read; the server discards it and
-/// the client retries on its next sync. Its `DATA` frames may have stopped short of `size`.
+/// the client retries on its next sync. Sent after the file's `FILE_HEADER` (its `DATA`
+/// may have stopped short of `size`), or alone for a requested file that could not even be
+/// opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileAbort {
+    /// Which file.
+    pub path: RelPath,
     /// Why, for the server's log.
     pub reason: String,
 }

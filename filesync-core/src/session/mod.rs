@@ -1,0 +1,90 @@
+//! Typestate sessions: each side of a native session as a struct generic over its state.
+//!
+//! Pure: transitions take a decoded message (and, where time matters, `now`) and return the
+//! next state plus the messages to send; they never touch a socket (the drive loops in
+//! [`crate::net`] do). Each transition consumes `self`, so a state cannot be used twice, and
+//! each state has its own `impl` block, so a method called in the wrong state does not
+//! compile:
+//!
+//! ```text
+//! client: Discovered --on_greeting--> Connected --READY--> Ready --send_manifest--> Listed
+//!         --PLAN_END--> Planned --start--> Transferring --finish--> Finishing --NEXT_SYNC--> Done
+//! server: Accepted --greet--> Greeted --on_hello--> Welcomed --ready--> Listing
+//!         --MANIFEST_END--> Receiving --TRANSFER_END--> Received --next_sync--> Done
+//! ```
+//!
+//! A peer that sends the wrong message for the state gets
+//! [`ProtocolError::Unexpected`](crate::error::ProtocolError::Unexpected), never a panic.
+
+pub mod client;
+pub mod server;
+
+pub use client::Client;
+pub use server::Server;
+
+use crate::error::{Error, ProtocolError};
+use crate::messages::ErrorMsg;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A state of the client's session. Sealed: the states are those of [`client`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a client session state",
+    label = "client sessions move through Discovered, Connected, Ready, Listed, Planned, Transferring, Finishing, Done"
+)]
+pub trait ClientState: sealed::Sealed {}
+
+/// A state of the server's session. Sealed: the states are those of [`server`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a server session state",
+    label = "server sessions move through Accepted, Greeted, Welcomed, Listing, Receiving, Received, Done"
+)]
+pub trait ServerState: sealed::Sealed {}
+
+/// The error for a message the current state does not accept.
+pub(crate) fn unexpected(expected: &'static str, got: &'static str) -> Error {
+    Error::Protocol(ProtocolError::Unexpected { expected, got })
+}
+
+/// The error for an `ERROR` message from the peer.
+pub(crate) fn remote(e: ErrorMsg) -> Error {
+    Error::Remote {
+        code: e.code,
+        message: e.message,
+    }
+}
+
+/// Cuts a list into batches whose estimated encoded size stays well under the frame limit,
+/// whatever the path lengths.
+pub(crate) fn batches<T>(
+    items: impl IntoIterator<Item = T>,
+    weight: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    /// Target batch size: a quarter of the frame limit leaves room for JSON's overhead.
+    const BUDGET: usize = crate::codec::MAX_FRAME_LEN / 4;
+    const MAX_ITEMS: usize = 8192;
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let w = weight(&item);
+        if !cur.is_empty() && (used + w > BUDGET || cur.len() == MAX_ITEMS) {
+            out.push(std::mem::take(&mut cur));
+            used = 0;
+        }
+        used += w;
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Estimated encoded size of an entry or path: its path plus fixed fields, with room for
+/// JSON's field names.
+pub(crate) fn path_weight(p: &crate::paths::RelPath) -> usize {
+    p.as_str().len() + 96
+}
