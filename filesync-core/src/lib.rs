@@ -24,12 +24,16 @@
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
 pub mod codec;
+pub mod discovery;
 pub mod error;
 pub mod messages;
 pub mod paths;
 pub mod planner;
+pub mod schedule;
 pub mod session;
+pub mod store;
 pub mod time;
+pub mod walk;
 mod wire_enum;
 
 pub use error::Error;

@@ -1,0 +1,531 @@
+//! The server's filesystem: the only place that writes under the server root.
+//!
+//! Safety rules, each enforced here:
+//! - A client's files live in `<root>/client_<id>` and nothing else does: temporary files
+//!   and state live in `<root>/.filesync/`.
+//! - Content is written to a temporary file, made durable, then renamed into place, so no
+//!   partial file ever appears under a final name, even across a crash.
+//! - No symlink inside the root is ever followed when writing or deleting: every ancestor
+//!   of a target is checked with `lstat`, and a symlink or file standing where the client
+//!   has a directory is replaced, never traversed.
+//!
+//! Durability is paid per batch, not per file: temporary files are synced together with
+//! one `syncfs(2)` (per-file `fsync` where that is unavailable), then renamed; a last sync
+//! before `NEXT_SYNC` covers the renames and deletions.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome};
+use crate::paths::{ClientId, RelPath};
+use crate::planner::{Held, Tail};
+use crate::time::MTime;
+
+/// Files staged before a batch is synced and renamed.
+const BATCH_FILES: usize = 512;
+/// Bytes staged before a batch is synced and renamed.
+const BATCH_BYTES: u64 = 128 << 20;
+
+/// The server root.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    tmp: PathBuf,
+    seq: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) a server root, and removes temporary files left by a
+    /// previous run that stopped mid-transfer.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        let tmp = root.join(".filesync").join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let mut stale = 0;
+        for e in fs::read_dir(&tmp)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                fs::remove_dir_all(e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+            stale += 1;
+        }
+        if stale > 0 {
+            tracing::info!(stale, "removed stale temporary files");
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            tmp,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The server root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/client_<id>`.
+    pub fn client_dir(&self, id: &ClientId) -> PathBuf {
+        self.root.join(id.folder_name())
+    }
+
+    /// What the server holds for a client. Symlinks and special files are listed as files
+    /// that match nothing, so the plan replaces or deletes them.
+    pub fn index(&self, id: &ClientId) -> io::Result<Vec<(RelPath, Held)>> {
+        let dir = self.client_dir(id);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) | Err(_) => return Ok(Vec::new()),
+        }
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(&dir).min_depth(1).follow_links(false) {
+            let e = e.map_err(io::Error::other)?;
+            let Ok(rel) = RelPath::from_local(e.path().strip_prefix(&dir).unwrap_or(e.path()))
+            else {
+                tracing::warn!(path = %e.path().display(), "ignoring a name that cannot be synced");
+                continue;
+            };
+            let m = e.metadata().map_err(io::Error::other)?;
+            let held = if m.is_dir() {
+                Held {
+                    kind: EntryKind::Dir,
+                    size: 0,
+                    mtime: MTime { secs: 0, nanos: 0 },
+                }
+            } else if m.is_file() {
+                Held {
+                    kind: EntryKind::File,
+                    size: m.len(),
+                    mtime: m
+                        .modified()
+                        .ok()
+                        .and_then(MTime::from_system)
+                        .unwrap_or(MTime { secs: 0, nanos: 0 }),
+                }
+            } else {
+                Held {
+                    kind: EntryKind::File,
+                    size: u64::MAX,
+                    mtime: MTime { secs: 0, nanos: 0 },
+                }
+            };
+            out.push((rel, held));
+        }
+        Ok(out)
+    }
+
+    /// A writer for one session of `id`.
+    pub fn receiver(&self, id: &ClientId) -> Receiver<'_> {
+        Receiver {
+            store: self,
+            dir: self.client_dir(id),
+            open: None,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            dirs_ok: HashSet::new(),
+        }
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{}-{n}.part", std::process::id()))
+    }
+}
+
+/// The file being received.
+#[derive(Debug)]
+enum Open {
+    Writing {
+        path: RelPath,
+        mtime: MTime,
+        size: u64,
+        temp: PathBuf,
+        file: File,
+    },
+    /// Opening or writing failed; the rest of the content is dropped and the file rejected.
+    Failed { path: RelPath, error: String },
+}
+
+#[derive(Debug)]
+struct Staged {
+    path: RelPath,
+    temp: PathBuf,
+    file: File,
+}
+
+/// Receives one session's files into a client folder.
+#[derive(Debug)]
+pub struct Receiver<'a> {
+    store: &'a Store,
+    dir: PathBuf,
+    open: Option<Open>,
+    staged: Vec<Staged>,
+    staged_bytes: u64,
+    /// Directories already checked or made in this session.
+    dirs_ok: HashSet<PathBuf>,
+}
+
+fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        code,
+        reason: reason.into(),
+    }
+}
+
+impl Receiver<'_> {
+    /// Starts a file. Failure is not returned but remembered: the content that follows is
+    /// dropped and [`commit`](Self::commit) reports the file rejected.
+    pub fn open(&mut self, h: &FileHeader) {
+        self.discard();
+        let temp = self.store.temp_path();
+        let opened = OpenOptions::new().write(true).create_new(true).open(&temp);
+        self.open = Some(match opened {
+            Ok(file) => Open::Writing {
+                path: h.path.clone(),
+                mtime: h.mtime,
+                size: h.size,
+                temp,
+                file,
+            },
+            Err(e) => Open::Failed {
+                path: h.path.clone(),
+                error: format!("creating a temporary file: {e}"),
+            },
+        });
+    }
+
+    /// Appends content to the open file.
+    pub fn write(&mut self, data: &[u8]) {
+        if let Some(Open::Writing {
+            path, temp, file, ..
+        }) = &mut self.open
+        {
+            if let Err(e) = file.write_all(data) {
+                let path = path.clone();
+                let _ = fs::remove_file(&*temp);
+                self.open = Some(Open::Failed {
+                    path,
+                    error: format!("writing: {e}"),
+                });
+            }
+        }
+    }
+
+    /// Drops the open file, if any.
+    pub fn discard(&mut self) {
+        if let Some(Open::Writing { temp, .. }) = self.open.take() {
+            let _ = fs::remove_file(temp);
+        }
+    }
+
+    /// Completes the open file: gives it its mtime and stages it. Returns the outcomes of
+    /// every file settled now: a failed file at once, a staged batch when it is full.
+    pub fn commit(&mut self) -> Vec<(RelPath, Outcome)> {
+        match self.open.take() {
+            None => Vec::new(),
+            Some(Open::Failed { path, error }) => vec![(path, rejected(ErrorCode::STORAGE, error))],
+            Some(Open::Writing {
+                path,
+                mtime,
+                size,
+                temp,
+                file,
+            }) => {
+                let t = filetime::FileTime::from_unix_time(mtime.secs, mtime.nanos);
+                if let Err(e) = filetime::set_file_handle_times(&file, Some(t), Some(t)) {
+                    let _ = fs::remove_file(&temp);
+                    return vec![(
+                        path,
+                        rejected(ErrorCode::STORAGE, format!("setting mtime: {e}")),
+                    )];
+                }
+                self.staged.push(Staged { path, temp, file });
+                self.staged_bytes += size;
+                if self.staged.len() >= BATCH_FILES || self.staged_bytes >= BATCH_BYTES {
+                    self.flush()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Makes the staged files durable and renames them into place.
+    pub fn flush(&mut self) -> Vec<(RelPath, Outcome)> {
+        if self.staged.is_empty() {
+            return Vec::new();
+        }
+        let staged = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
+        let synced = sync_all(staged.iter().map(|s| &s.file));
+        staged
+            .into_iter()
+            .map(|s| {
+                let outcome = match &synced {
+                    Err(e) => {
+                        let _ = fs::remove_file(&s.temp);
+                        rejected(ErrorCode::STORAGE, format!("syncing: {e}"))
+                    }
+                    Ok(()) => match self.place(&s.temp, &s.path) {
+                        Ok(()) => Outcome::Stored,
+                        Err(e) => {
+                            let _ = fs::remove_file(&s.temp);
+                            rejected(ErrorCode::STORAGE, format!("moving into place: {e}"))
+                        }
+                    },
+                };
+                (s.path, outcome)
+            })
+            .collect()
+    }
+
+    /// Ends the session's writes: stages out, deletions applied, directories made, and
+    /// all of it durable. Returns how many entries were deleted and what failed.
+    pub fn finish(&mut self, tail: &Tail) -> (Vec<(RelPath, Outcome)>, u64, Vec<String>) {
+        self.discard();
+        let results = self.flush();
+        let mut deleted = 0;
+        let mut errors = Vec::new();
+        for p in &tail.delete {
+            match self.remove(p) {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => errors.push(format!("deleting {p}: {e}")),
+            }
+        }
+        for d in &tail.make_dirs {
+            let full = d.to_path(&self.dir);
+            if let Err(e) = self.ensure_parents(d).and_then(|_| ensure_dir(&full)) {
+                errors.push(format!("making directory {d}: {e}"));
+            }
+        }
+        if let Err(e) = ensure_dir(&self.dir) {
+            errors.push(format!("making the client folder: {e}"));
+        }
+        if let Err(e) = sync_tree(&self.dir) {
+            errors.push(format!("syncing: {e}"));
+        }
+        (results, deleted, errors)
+    }
+
+    /// Ensures every ancestor of `rel` is a real directory under the client folder,
+    /// replacing files or symlinks in the way; returns the full target path.
+    fn ensure_parents(&mut self, rel: &RelPath) -> io::Result<PathBuf> {
+        if self.dirs_ok.insert(self.dir.clone()) {
+            ensure_dir(&self.dir)?;
+        }
+        for a in rel.ancestors() {
+            let p = a.to_path(&self.dir);
+            if !self.dirs_ok.contains(&p) {
+                ensure_dir(&p)?;
+                self.dirs_ok.insert(p);
+            }
+        }
+        Ok(rel.to_path(&self.dir))
+    }
+
+    fn place(&mut self, temp: &Path, rel: &RelPath) -> io::Result<()> {
+        let dest = self.ensure_parents(rel)?;
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            // The client replaced a directory with a file: the plan deletes everything in
+            // it, and the file cannot land until it is gone.
+            fs::remove_dir_all(&dest)?;
+            self.dirs_ok.retain(|d| !d.starts_with(&dest));
+        }
+        fs::rename(temp, dest)
+    }
+
+    /// Deletes one entry without following symlinks; `false` if it was already gone.
+    fn remove(&mut self, rel: &RelPath) -> io::Result<bool> {
+        // Through a symlinked ancestor the path would name something outside the folder.
+        for a in rel.ancestors() {
+            match fs::symlink_metadata(a.to_path(&self.dir)) {
+                Ok(m) if m.is_dir() => {}
+                _ => return Ok(false),
+            }
+        }
+        let p = rel.to_path(&self.dir);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&p)?;
+                self.dirs_ok.retain(|d| !d.starts_with(&p));
+            }
+            Ok(_) => fs::remove_file(&p)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Receiver<'_> {
+    fn drop(&mut self) {
+        self.discard();
+        for s in self.staged.drain(..) {
+            let _ = fs::remove_file(s.temp);
+        }
+    }
+}
+
+/// Makes `p` a real directory: an existing directory stays, a file or symlink in its
+/// place is removed (never followed), a missing one is created.
+fn ensure_dir(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            fs::remove_file(p)?;
+            fs::create_dir(p)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(p),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the given open files durable: one `syncfs` when the platform has it, which costs
+/// one journal commit for the whole batch instead of one per file.
+fn sync_all<'f>(files: impl Iterator<Item = &'f File> + Clone) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let Some(f) = files.clone().next() {
+        if rustix::fs::syncfs(f).is_ok() {
+            return Ok(());
+        }
+    }
+    files.into_iter().try_for_each(File::sync_data)
+}
+
+/// Makes renames and deletions under `dir` durable.
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir)?;
+    #[cfg(target_os = "linux")]
+    if rustix::fs::syncfs(&d).is_ok() {
+        return Ok(());
+    }
+    d.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(p: &str, size: u64) -> FileHeader {
+        FileHeader {
+            path: RelPath::parse(p).unwrap(),
+            size,
+            mtime: MTime::new(1_600_000_000, 123_456_789).unwrap(),
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn stores_atomically_with_mtime() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let id = ClientId::parse("a").unwrap();
+        let mut r = store.receiver(&id);
+        r.open(&header("d/x.txt", 5));
+        r.write(b"hel");
+        let dest = root.path().join("client_a/d/x.txt");
+        assert!(!dest.exists(), "nothing under the final name before commit");
+        r.write(b"lo");
+        assert!(r.commit().is_empty(), "staged, not yet placed");
+        assert!(!dest.exists());
+        let out = r.finish(&Tail::default());
+        assert_eq!(
+            out.0,
+            vec![(RelPath::parse("d/x.txt").unwrap(), Outcome::Stored)]
+        );
+        assert_eq!(fs::read(&dest).unwrap(), b"hello");
+        let m = fs::metadata(&dest).unwrap();
+        assert_eq!(
+            MTime::from_system(m.modified().unwrap()).unwrap(),
+            MTime::new(1_600_000_000, 123_456_789).unwrap()
+        );
+        drop(r);
+        assert_eq!(
+            fs::read_dir(root.path().join(".filesync/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn never_follows_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let id = ClientId::parse("a").unwrap();
+        fs::create_dir_all(root.path().join("client_a")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("client_a/d")).unwrap();
+        fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let mut r = store.receiver(&id);
+        r.open(&header("d/x.txt", 1));
+        r.write(b"!");
+        r.commit();
+        let tail = Tail {
+            delete: vec![RelPath::parse("d/victim").unwrap()],
+            make_dirs: vec![],
+        };
+        let (res, deleted, errors) = r.finish(&tail);
+        assert_eq!(res[0].1, Outcome::Stored);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(deleted, 0);
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        assert!(!outside.path().join("x.txt").exists());
+        assert!(fs::symlink_metadata(root.path().join("client_a/d"))
+            .unwrap()
+            .is_dir());
+    }
+
+    #[test]
+    fn replaces_dir_with_file_and_cleans_stale_temps() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join(".filesync/tmp")).unwrap();
+        fs::write(root.path().join(".filesync/tmp/old.part"), b"x").unwrap();
+        let store = Store::open(root.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(root.path().join(".filesync/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        fs::create_dir_all(root.path().join("client_a/a/b")).unwrap();
+        let id = ClientId::parse("a").unwrap();
+        let mut r = store.receiver(&id);
+        r.open(&header("a", 2));
+        r.write(b"hi");
+        r.commit();
+        let (res, _, errors) = r.finish(&Tail::default());
+        assert_eq!(res[0].1, Outcome::Stored);
+        assert!(errors.is_empty());
+        assert_eq!(fs::read(root.path().join("client_a/a")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn index_lists_files_dirs_and_marks_links() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let d = root.path().join("client_a");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("sub/f"), b"123").unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("link")).unwrap();
+        let mut idx = store.index(&ClientId::parse("a").unwrap()).unwrap();
+        idx.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<_> = idx
+            .iter()
+            .map(|(p, h)| (p.as_str(), h.kind, h.size))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("link", EntryKind::File, u64::MAX),
+                ("sub", EntryKind::Dir, 0),
+                ("sub/f", EntryKind::File, 3)
+            ]
+        );
+    }
+}
