@@ -27,6 +27,7 @@ pub mod codec;
 pub mod discovery;
 pub mod error;
 pub mod messages;
+pub mod net;
 pub mod paths;
 pub mod planner;
 pub mod schedule;

@@ -162,16 +162,15 @@ impl<Rx, Tx: Serialize> Encoder<Frame<Tx>> for NativeCodec<Rx, Tx> {
 
     fn encode(&mut self, item: Frame<Tx>, dst: &mut BytesMut) -> Result<(), CodecError> {
         match item {
-            Frame::Msg(m) => self.encode(&m, dst),
+            Frame::Msg(m) => self.encode_msg(&m, dst),
             Frame::Data(b) => self.encode_data(&b, dst),
         }
     }
 }
 
-impl<Rx, Tx: Serialize> Encoder<&Tx> for NativeCodec<Rx, Tx> {
-    type Error = CodecError;
-
-    fn encode(&mut self, msg: &Tx, dst: &mut BytesMut) -> Result<(), CodecError> {
+impl<Rx, Tx: Serialize> NativeCodec<Rx, Tx> {
+    /// Appends a message frame without taking the message by value.
+    pub fn encode_msg(&mut self, msg: &Tx, dst: &mut BytesMut) -> Result<(), CodecError> {
         let start = dst.len();
         dst.put_u32(0);
         dst.put_u8(KIND_MSG);
@@ -212,7 +211,7 @@ impl<Rx, Tx> NativeCodec<Rx, Tx> {
 pub fn frame_bytes<M: Serialize>(encoding: Encoding, msg: &M) -> Result<Bytes, CodecError> {
     let mut dst = BytesMut::new();
     let mut c: NativeCodec<(), M> = NativeCodec::new(encoding);
-    c.encode(msg, &mut dst)?;
+    c.encode_msg(msg, &mut dst)?;
     Ok(dst.freeze())
 }
 
@@ -227,7 +226,8 @@ mod tests {
             let mut tx: ServerCodec = NativeCodec::new(enc);
             let mut rx: ClientCodec = NativeCodec::new(enc);
             let mut buf = BytesMut::new();
-            tx.encode(&ServerMsg::Ready(Ready {}), &mut buf).unwrap();
+            tx.encode_msg(&ServerMsg::Ready(Ready {}), &mut buf)
+                .unwrap();
             tx.encode_data(b"hello", &mut buf).unwrap();
             assert_eq!(
                 rx.decode(&mut buf).unwrap(),

@@ -1,0 +1,165 @@
+//! Command-line flags exactly as typed. Parsing touches nothing on the system; `serve.rs`
+//! and `sync.rs` resolve them (addresses, folders) when they run.
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+/// Keeps archive folders of many machines copied onto one server on a LAN.
+///
+/// A client finds the server by UDP multicast (or is told where it is), pushes only
+/// what changed, one way, and the server tells it when to come back.
+#[derive(Debug, Parser)]
+#[command(name = "filesync", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: u8,
+
+    /// Print the final summary as one JSON object on stdout (for scripts).
+    #[arg(long, global = true, env = "FILESYNC_JSON")]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a server: store each client's folder under --root and answer discovery.
+    Serve(ServeArgs),
+    /// Push a folder to a server, once (--once) or on the server's schedule.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct ServeArgs {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 9000, env = "FILESYNC_PORT")]
+    pub(crate) port: u16,
+
+    /// Time between a client's syncs: seconds, or with a unit (90s, 5m, 1h).
+    #[arg(long, default_value = "30", value_parser = parse_duration, env = "FILESYNC_INTERVAL")]
+    pub(crate) interval: Duration,
+
+    /// Where client folders are kept (client_<id> each) and filesync's own state (.filesync).
+    #[arg(long, default_value = "./filesync-data", env = "FILESYNC_ROOT")]
+    pub(crate) root: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "FILESYNC_BIND")]
+    pub(crate) bind: IpAddr,
+
+    /// Multicast group and port on which to answer discovery.
+    #[arg(long, default_value = "224.1.1.1:9999", env = "FILESYNC_GROUP")]
+    pub(crate) group: SocketAddrV4,
+
+    /// Do not answer discovery (clients must be given --server).
+    #[arg(long, env = "FILESYNC_NO_DISCOVERY")]
+    pub(crate) no_discovery: bool,
+
+    /// Sessions served at once; further clients are queued first come, first served.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), env = "FILESYNC_MAX_SESSIONS")]
+    pub(crate) max_sessions: u32,
+
+    /// A client silent this long loses its turn: seconds, or with a unit.
+    #[arg(long, default_value = "60", value_parser = parse_duration, env = "FILESYNC_IDLE_TIMEOUT")]
+    pub(crate) idle_timeout: Duration,
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct SyncArgs {
+    /// Client id, naming the folder on the server (client_<id>); 1-64 of A-Z a-z 0-9 . _ -.
+    /// Without it the server uses the client's IP address.
+    #[arg(long, env = "FILESYNC_ID")]
+    pub(crate) id: Option<String>,
+
+    /// Server as HOST:PORT (or HOST, port 9000). Without it the server is found by
+    /// multicast discovery.
+    #[arg(long, env = "FILESYNC_SERVER")]
+    pub(crate) server: Option<String>,
+
+    /// Folder to push.
+    #[arg(long, default_value = ".", env = "FILESYNC_DIR")]
+    pub(crate) dir: PathBuf,
+
+    /// Sync once and exit: 0 means the server holds the whole tree durably on disk.
+    #[arg(long, env = "FILESYNC_ONCE")]
+    pub(crate) once: bool,
+
+    /// Multicast group and port to discover the server on.
+    #[arg(long, default_value = "224.1.1.1:9999", env = "FILESYNC_GROUP")]
+    pub(crate) group: SocketAddrV4,
+
+    /// Give up discovery after this long: seconds, or with a unit.
+    #[arg(long, default_value = "30", value_parser = parse_duration, env = "FILESYNC_DISCOVERY_TIMEOUT")]
+    pub(crate) discovery_timeout: Duration,
+
+    /// Encoding of the session.
+    #[arg(long, value_enum, default_value_t = EncodingArg::Postcard, env = "FILESYNC_ENCODING")]
+    pub(crate) encoding: EncodingArg,
+
+    /// Let an empty or missing folder empty the server's copy (normally refused, so that
+    /// an unmounted disk cannot wipe an archive).
+    #[arg(long, env = "FILESYNC_ALLOW_EMPTY")]
+    pub(crate) allow_empty: bool,
+
+    /// Give up on a server silent this long: seconds, or with a unit.
+    #[arg(long, default_value = "120", value_parser = parse_duration, env = "FILESYNC_IDLE_TIMEOUT")]
+    pub(crate) idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum EncodingArg {
+    /// Compact binary (default).
+    Postcard,
+    /// Readable JSON, for debugging.
+    Json,
+}
+
+/// Plain seconds (`30`) or a humantime duration (`90s`, `5m`, `1h`, `1h 30m`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use seconds, or a unit: 90s, 5m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a =
+            Args::try_parse_from(["filesync", "serve", "--port", "0", "--interval", "5m"]).unwrap();
+        match a.command {
+            Command::Serve(s) => {
+                assert_eq!(s.port, 0);
+                assert_eq!(s.interval, Duration::from_secs(300));
+                assert_eq!(s.max_sessions, 1);
+            }
+            Command::Sync(_) => panic!(),
+        }
+        assert!(Args::try_parse_from(["filesync", "serve", "--max-sessions", "0"]).is_err());
+    }
+}

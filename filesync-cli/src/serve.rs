@@ -1,0 +1,92 @@
+//! `filesync serve`.
+
+use std::net::SocketAddr;
+
+use color_eyre::eyre::{Result, WrapErr};
+use filesync_core::messages::Encoding;
+use filesync_core::net::{self, server::ServeConfig};
+use filesync_core::store::Store;
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::exit;
+
+pub(crate) async fn run(args: ServeArgs) -> i32 {
+    match serve(args).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            exit::LOCAL
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let store = Store::open(&args.root)
+        .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?;
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .wrap_err_with(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    let discovery = if args.no_discovery {
+        None
+    } else {
+        let sock = net::discovery_socket(args.group)
+            .wrap_err_with(|| format!("opening discovery on {}", args.group))?;
+        Some(tokio::spawn(net::answer_discovery(sock, local.port())))
+    };
+    // One stable line on stdout, so that people and scripts see where to connect.
+    println!(
+        "filesync serve: listening on {local}, root {}, discovery {}",
+        args.root.display(),
+        if args.no_discovery {
+            "off".to_string()
+        } else {
+            args.group.to_string()
+        }
+    );
+    tracing::info!(
+        interval = ?args.interval,
+        max_sessions = args.max_sessions,
+        idle_timeout = ?args.idle_timeout,
+        "serving"
+    );
+    let cfg = ServeConfig {
+        interval: args.interval,
+        max_sessions: args.max_sessions as usize,
+        idle_timeout: args.idle_timeout,
+        encodings: vec![Encoding::Postcard, Encoding::Json],
+    };
+    net::server::serve(listener, store, cfg, shutdown_signal())
+        .await
+        .wrap_err("serving")?;
+    if let Some(d) = discovery {
+        d.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (systemd's stop).
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,251 @@
+//! `filesync sync`: once, or in a loop on the server's schedule.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use filesync_core::messages::Encoding;
+use filesync_core::net::{self, client::SyncConfig, client::Synced};
+use filesync_core::paths::ClientId;
+use filesync_core::session::client::ClientParams;
+use filesync_core::walk;
+use filesync_core::Error;
+use rand::Rng;
+
+use crate::cli::{EncodingArg, SyncArgs};
+use crate::exit;
+use crate::progress;
+
+/// Default server port when `--server` names only a host.
+const DEFAULT_PORT: u16 = 9000;
+/// Longest wait between failed attempts in loop mode.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Why one attempt failed, with the exit code it maps to.
+struct Failure {
+    code: i32,
+    message: String,
+    /// The server may have moved: discover again before the next attempt.
+    rediscover: bool,
+}
+
+impl Failure {
+    fn local(message: String) -> Self {
+        Failure {
+            code: exit::LOCAL,
+            message,
+            rediscover: false,
+        }
+    }
+}
+
+pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
+    let id = match args.id.as_deref().map(ClientId::parse).transpose() {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return exit::REFUSED;
+        }
+    };
+    let params = ClientParams {
+        client_id: id,
+        encoding: match args.encoding {
+            EncodingArg::Postcard => Encoding::Postcard,
+            EncodingArg::Json => Encoding::Json,
+        },
+        agent: format!("filesync/{}", env!("CARGO_PKG_VERSION")),
+        allow_empty: args.allow_empty,
+    };
+    let cfg = SyncConfig {
+        dir: args.dir.clone(),
+        params,
+        idle_timeout: args.idle_timeout,
+    };
+    if args.once {
+        return match attempt(&args, &cfg, &mut None, json).await {
+            Ok(synced) => {
+                if synced.report.failed.is_empty() {
+                    exit::OK
+                } else {
+                    exit::PARTIAL
+                }
+            }
+            Err(f) => {
+                eprintln!("Error: {}", f.message);
+                f.code
+            }
+        };
+    }
+    run_loop(&args, &cfg, json).await
+}
+
+/// Loop mode: sync, sleep until the server's NEXT_SYNC, repeat; on failure retry with
+/// backoff and jitter. Ctrl-C or SIGTERM ends it with exit 0.
+async fn run_loop(args: &SyncArgs, cfg: &SyncConfig, json: bool) -> i32 {
+    let mut server = None;
+    let mut failures = 0u32;
+    let stop = crate::serve::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let wait = tokio::select! {
+            r = attempt(args, cfg, &mut server, json) => match r {
+                Ok(synced) => {
+                    failures = 0;
+                    Duration::from_millis(synced.next.delay_ms)
+                }
+                Err(f) => {
+                    tracing::error!("{}", f.message);
+                    if f.code == exit::REFUSED || f.code == exit::WOULD_EMPTY {
+                        // Retrying cannot fix these; a person must.
+                        return f.code;
+                    }
+                    if f.rediscover {
+                        server = None;
+                    }
+                    failures += 1;
+                    let base = Duration::from_secs(1u64 << failures.min(8)).min(MAX_RETRY);
+                    base.mul_f64(rand::rng().random_range(0.5..1.0))
+                }
+            },
+            _ = &mut stop => return exit::OK,
+        };
+        tracing::info!(wait = ?wait, "next sync");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => return exit::OK,
+        }
+    }
+}
+
+async fn resolve(args: &SyncArgs) -> Result<SocketAddr, Failure> {
+    if let Some(s) = &args.server {
+        let with_port = if s
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !s.ends_with(']')
+        {
+            s.clone()
+        } else {
+            format!("{s}:{DEFAULT_PORT}")
+        };
+        let mut addrs = tokio::net::lookup_host(&with_port)
+            .await
+            .map_err(|e| Failure {
+                code: exit::CONNECTION,
+                message: format!("cannot resolve server {s}: {e}"),
+                rediscover: false,
+            })?;
+        return addrs.next().ok_or_else(|| Failure {
+            code: exit::CONNECTION,
+            message: format!("server {s} resolves to no address"),
+            rediscover: false,
+        });
+    }
+    tracing::info!(group = %args.group, "discovering the server");
+    net::discover(args.group, args.discovery_timeout)
+        .await
+        .map_err(|e| Failure {
+            code: exit::NO_SERVER,
+            message: format!(
+                "no server answered discovery on {} within {:?} ({e}); is `filesync serve` running, \
+                 and does the network pass multicast? Use --server HOST:PORT to skip discovery",
+                args.group, args.discovery_timeout
+            ),
+            rediscover: true,
+        })
+}
+
+async fn attempt(
+    args: &SyncArgs,
+    cfg: &SyncConfig,
+    server: &mut Option<SocketAddr>,
+    json: bool,
+) -> Result<Synced, Failure> {
+    let started = Instant::now();
+    let entries = list(cfg)?;
+    let addr = match *server {
+        Some(a) => a,
+        None => {
+            let a = resolve(args).await?;
+            *server = Some(a);
+            a
+        }
+    };
+    let progress = progress::for_terminal(json);
+    let synced = net::client::sync(addr, cfg, &entries, progress)
+        .await
+        .map_err(|e| failure(e, addr, cfg, args.server.is_none()))?;
+    summarise(&synced, started.elapsed(), json, addr);
+    Ok(synced)
+}
+
+/// Lists the folder. A missing folder is listed as empty: the server then refuses to
+/// empty an archive that holds files (unless --allow-empty), and an unmounted disk
+/// cannot wipe it.
+fn list(cfg: &SyncConfig) -> Result<Vec<filesync_core::messages::Entry>, Failure> {
+    match walk::scan(&cfg.dir) {
+        Ok(scan) => {
+            for (p, why) in &scan.skipped {
+                tracing::warn!(path = %p.display(), why, "skipped");
+            }
+            Ok(scan.entries)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %cfg.dir.display(), "folder does not exist; listing it as empty");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(Failure::local(format!(
+            "listing {}: {e}",
+            cfg.dir.display()
+        ))),
+    }
+}
+
+fn failure(e: Error, addr: SocketAddr, cfg: &SyncConfig, discovered: bool) -> Failure {
+    let code = exit::for_error(&e);
+    let message = match (&e, code) {
+        (_, exit::WOULD_EMPTY) => format!(
+            "refusing to empty the archive: {} is empty or missing but the server holds files \
+             for this client (pass --allow-empty if that is really meant)",
+            cfg.dir.display()
+        ),
+        _ => format!("syncing {} to {addr}: {e}", cfg.dir.display()),
+    };
+    Failure {
+        code,
+        message,
+        rediscover: discovered && code == exit::CONNECTION,
+    }
+}
+
+fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
+    let r = &s.report;
+    for (p, code, why) in &r.failed {
+        tracing::warn!(path = %p, %code, why, "not stored; will retry next sync");
+    }
+    if json {
+        let v = serde_json::json!({
+            "server": addr.to_string(),
+            "client_id": s.client_id.as_str(),
+            "files_requested": r.requested,
+            "files_sent": r.sent,
+            "files_stored": r.stored,
+            "files_failed": r.failed.len(),
+            "bytes_sent": r.bytes_sent,
+            "deleted": r.deleted,
+            "duration_secs": took.as_secs_f64(),
+            "next_sync_in_secs": s.next.delay_ms as f64 / 1000.0,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "synced to {addr} as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {}s",
+            s.client_id,
+            r.stored,
+            r.bytes_sent,
+            r.deleted,
+            r.failed.len(),
+            took.as_secs_f64(),
+            s.next.delay_ms / 1000
+        );
+    }
+}

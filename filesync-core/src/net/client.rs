@@ -1,0 +1,314 @@
+//! The client's drive loop: one sync over a TCP connection.
+//!
+//! Reading and writing run concurrently: a task forwards everything the server sends into
+//! a channel while the loop writes the manifest and file content, so neither side can
+//! block the other with full socket buffers, and no step waits for a round trip per file.
+//! File reads run on a blocking thread a few chunks ahead of the socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, FramedParts};
+
+use crate::codec::json_stream::JsonCodec;
+use crate::codec::native::ClientCodec;
+use crate::codec::{Frame, DATA_CHUNK};
+use crate::error::{Error, ProtocolError};
+use crate::messages::{seed, ClientMsg, Entry, EntryKind, NextSync, ServerMsg};
+use crate::paths::{ClientId, RelPath};
+use crate::session::client::{Client, ClientParams, Finish, Planning, Report, Waiting};
+use crate::walk::{ReadError, Source};
+
+/// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
+pub trait Progress: Send + Sync {
+    /// The server queued us at `position`.
+    fn queued(&self, _position: u32) {}
+    /// The plan is known: this many files and bytes to send, this many deletions.
+    fn planned(&self, _files: u64, _bytes: u64, _deletions: u64) {}
+    /// Content bytes were handed to the socket.
+    fn sent(&self, _bytes: u64) {}
+    /// A file was sent whole.
+    fn file_done(&self) {}
+    /// A file could not be sent this time.
+    fn file_failed(&self, _path: &RelPath, _why: &str) {}
+}
+
+/// Progress that reports nothing.
+#[derive(Debug, Default)]
+pub struct Silent;
+impl Progress for Silent {}
+
+/// What a client sync needs besides the connection.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The folder to push.
+    pub dir: PathBuf,
+    /// Session parameters (id, encoding, agent, allow-empty).
+    pub params: ClientParams,
+    /// Longest silence from the server before giving up.
+    pub idle_timeout: Duration,
+}
+
+/// The result of a completed session.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    /// What was sent, stored and deleted.
+    pub report: Report,
+    /// When the server wants us back.
+    pub next: NextSync,
+    /// The id the server filed us under.
+    pub client_id: ClientId,
+}
+
+type Sink = SplitSink<Framed<TcpStream, ClientCodec>, Frame<ClientMsg>>;
+
+/// Runs one sync of `entries` (a fresh listing of `cfg.dir`) against the server at
+/// `addr`. Returns once the server has confirmed with `NEXT_SYNC` that everything it
+/// stored is durable.
+pub async fn sync(
+    addr: SocketAddr,
+    cfg: &SyncConfig,
+    entries: &[Entry],
+    progress: Arc<dyn Progress>,
+) -> Result<Synced, Error> {
+    let idle = cfg.idle_timeout;
+    let stream = super::connect(addr).await?;
+
+    // The greeting is JSON in both dialects; read it with the JSON codec, then hand what
+    // may already be buffered behind it to the native codec.
+    let mut greet = Framed::new(stream, JsonCodec::<seed::ServerMsg>::default());
+    let status = match tokio::time::timeout(idle, greet.next()).await {
+        Err(_) => return Err(Error::Timeout(idle)),
+        Ok(None) => return Err(Error::Closed),
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(seed::ServerMsg::Status(s)))) => s,
+        Ok(Some(Ok(other))) => {
+            return Err(Error::Protocol(ProtocolError::Unexpected {
+                expected: "SERVER_STATUS_MESSAGE",
+                got: other.kind(),
+            }))
+        }
+    };
+    let old = greet.into_parts();
+    let mut stream = old.io;
+    let mut leftover = old.read_buf;
+    let skip = leftover
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    let _ = leftover.split_to(skip);
+
+    let (client, greeting) = Client::new(cfg.params.clone()).on_greeting(&status)?;
+    if let Some(p) = greeting.queue_position {
+        progress.queued(p);
+    }
+    stream
+        .write_all(&greeting.preamble)
+        .await
+        .map_err(|e| Error::io("sending the preamble", e))?;
+    let mut parts =
+        FramedParts::new::<Frame<ClientMsg>>(stream, ClientCodec::new(cfg.params.encoding));
+    parts.read_buf = leftover;
+    let framed = Framed::from_parts(parts);
+    let (mut sink, mut source) = framed.split();
+
+    // Everything the server says flows through this channel, read by a task of its own so
+    // that the server never blocks on a full socket while we are busy writing.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(f) = source.next().await {
+            let stop = f.is_err();
+            if tx.send(f).is_err() || stop {
+                break;
+            }
+        }
+    });
+    let result = match sink.send(Frame::Msg(greeting.hello)).await {
+        Ok(()) => drive(client, &mut sink, &mut rx, cfg, entries, progress, idle).await,
+        Err(e) => Err(e.into()),
+    };
+    reader.abort();
+    let _ = sink.close().await;
+    result
+}
+
+async fn recv(
+    rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
+    idle: Duration,
+) -> Result<ServerMsg, Error> {
+    match tokio::time::timeout(idle, rx.recv()).await {
+        Err(_) => Err(Error::Timeout(idle)),
+        Ok(None) => Err(Error::Closed),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(Some(Ok(Frame::Msg(m)))) => Ok(m),
+        Ok(Some(Ok(Frame::Data(_)))) => Err(Error::Protocol(ProtocolError::Data(
+            "the server sent DATA".into(),
+        ))),
+    }
+}
+
+/// What the file-reading thread hands the socket loop.
+enum Read {
+    Header(Entry),
+    Chunk(Bytes),
+    End(RelPath, u64),
+    Abort(RelPath, String),
+}
+
+async fn drive(
+    mut c: Client<crate::session::client::Connected>,
+    sink: &mut Sink,
+    rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
+    cfg: &SyncConfig,
+    entries: &[Entry],
+    progress: Arc<dyn Progress>,
+    idle: Duration,
+) -> Result<Synced, Error> {
+    // Queued: the server keeps us posted, so silence past `idle` means it is gone.
+    let ready = loop {
+        match c.on_message(recv(rx, idle).await?)? {
+            Waiting::Waiting(next, pos) => {
+                if let Some(p) = pos {
+                    progress.queued(p);
+                }
+                c = next;
+            }
+            Waiting::Ready(r) => break r,
+        }
+    };
+
+    let (mut listed, manifest) = ready.send_manifest(entries);
+    for m in manifest {
+        sink.feed(Frame::Msg(m)).await?;
+    }
+    sink.flush().await?;
+
+    let planned = loop {
+        match listed.on_message(recv(rx, idle).await?)? {
+            Planning::Listed(l) => listed = l,
+            Planning::Planned(p) => break p,
+        }
+    };
+    let end = planned.plan_end();
+    progress.planned(end.files, end.bytes, end.deletions);
+
+    let by_path: HashMap<&RelPath, &Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| (&e.path, e))
+        .collect();
+    let mut tasks = Vec::with_capacity(planned.tasks().len());
+    for p in planned.tasks() {
+        match by_path.get(p) {
+            Some(e) => tasks.push((*e).clone()),
+            None => {
+                return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                    "the server asked for {p}, which is not a listed file"
+                ))))
+            }
+        }
+    }
+    let mut t = planned.start();
+    // The session hands out tasks in order; the reader thread walks the same order.
+    while t.next_task().is_some() {}
+
+    let (read_tx, mut read_rx) = mpsc::channel::<Read>(32);
+    let root = cfg.dir.clone();
+    let reader = tokio::task::spawn_blocking(move || read_files(&root, tasks, read_tx));
+
+    loop {
+        tokio::select! {
+            ev = read_rx.recv() => {
+                let Some(ev) = ev else { break };
+                let msg = match ev {
+                    Read::Header(e) => Frame::Msg(t.header(e.path, e.size, e.mtime)),
+                    Read::Chunk(b) => {
+                        progress.sent(b.len() as u64);
+                        Frame::Data(b)
+                    }
+                    Read::End(p, n) => {
+                        progress.file_done();
+                        Frame::Msg(t.file_end(p, n))
+                    }
+                    Read::Abort(p, why) => {
+                        progress.file_failed(&p, &why);
+                        Frame::Msg(t.abort(p, why))
+                    }
+                };
+                sink.feed(msg).await?;
+                // Flush when the reader has nothing ready, so small files go out in
+                // batches rather than one write each.
+                if read_rx.is_empty() {
+                    sink.flush().await?;
+                }
+            }
+            m = recv(rx, idle) => t.on_message(m?)?,
+        }
+    }
+    sink.flush().await?;
+    let _ = reader.await;
+
+    let (mut fin, end) = t.finish();
+    sink.send(Frame::Msg(end)).await?;
+    let done = loop {
+        match fin.on_message(recv(rx, idle).await?)? {
+            Finish::Finishing(f) => fin = f,
+            Finish::Done(d) => break d,
+        }
+    };
+    Ok(Synced {
+        report: done.report().clone(),
+        next: done.next_sync(),
+        client_id: done.client_id().clone(),
+    })
+}
+
+/// Reads the requested files in order on a blocking thread, checking each against its
+/// listing so that a file changed mid-read is aborted instead of stored torn.
+fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Read>) {
+    for e in tasks {
+        let path = e.path.clone();
+        let mut src = match Source::open(root, &e) {
+            Ok(s) => s,
+            Err(err) => {
+                if tx
+                    .blocking_send(Read::Abort(path, err.to_string()))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        if tx.blocking_send(Read::Header(e)).is_err() {
+            return;
+        }
+        let mut n = 0u64;
+        let last = loop {
+            match src.next_chunk(DATA_CHUNK) {
+                Ok(Some(c)) => {
+                    n += c.len() as u64;
+                    if tx.blocking_send(Read::Chunk(c)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break Read::End(path, n),
+                Err(err @ (ReadError::Changed(_) | ReadError::Io(_))) => {
+                    break Read::Abort(path, err.to_string())
+                }
+            }
+        };
+        if tx.blocking_send(last).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The server's drive loop: accepts connections, queues them fairly, and runs each
+//! session's typestate machine over the socket, with the store's writes on a blocking
+//! thread so that reading the network and writing the disk overlap.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::queue::{Queue, Ticket};
+use crate::codec::json_stream::encode_seed;
+use crate::codec::native::ServerCodec;
+use crate::codec::preamble::{self, Dialect};
+use crate::codec::Frame;
+use crate::error::{Error, ProtocolError};
+use crate::messages::{
+    seed, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
+};
+use crate::paths::{ClientId, RelPath};
+use crate::planner::Tail;
+use crate::schedule::Scheduler;
+use crate::session::server::{Listed, Receipt, Receive, Server, ServerParams, Tally, Welcomed};
+use crate::store::Store;
+use crate::time::MTime;
+
+/// How a server runs its sessions.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// How long clients wait between syncs.
+    pub interval: Duration,
+    /// Sessions served at once; the rest queue.
+    pub max_sessions: usize,
+    /// A client silent this long loses its turn.
+    pub idle_timeout: Duration,
+    /// Encodings offered, preferred first.
+    pub encodings: Vec<Encoding>,
+}
+
+/// How often a queued client hears its position, so it knows the server is alive.
+const QUEUE_KEEPALIVE: Duration = Duration::from_secs(10);
+/// After a BUSY greeting, how long to wait for a native preamble once the turn has come
+/// before taking the silent client for an original one waiting for READY.
+const DIALECT_GRACE: Duration = Duration::from_secs(1);
+/// How long shutdown waits for sessions to wind down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+struct Ctx {
+    store: Arc<Store>,
+    queue: Arc<Queue>,
+    sched: Mutex<Scheduler>,
+    cfg: ServeConfig,
+}
+
+/// What one session did, for its log line.
+#[derive(Debug, Default)]
+struct Summary {
+    client: Option<ClientId>,
+    dialect: Option<Dialect>,
+    tally: Tally,
+    queue_wait: Duration,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, ends the running sessions
+/// (complete files are kept, partial ones discarded) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let ctx = Arc::new(Ctx {
+        store: Arc::new(store),
+        queue: Queue::new(cfg.max_sessions),
+        sched: Mutex::new(Scheduler::new(cfg.interval)),
+        cfg,
+    });
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracker.spawn(handle(Arc::clone(&ctx), stream, peer, cancel.child_token()));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!(active = ctx.queue.active(), "shutting down");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions did not end in time");
+    }
+    Ok(())
+}
+
+async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let result = session(&ctx, stream, peer, &cancel, &mut summary).await;
+    let t = summary.tally;
+    let client = summary.client.as_ref().map_or("-", ClientId::as_str);
+    let dialect = summary.dialect.map_or("-", Dialect::name);
+    match result {
+        Ok(()) => tracing::info!(
+            client, %peer, dialect, stored = t.stored, rejected = t.rejected, bytes = t.bytes,
+            deleted = t.deleted, duration = ?started.elapsed(), queue_wait = ?summary.queue_wait,
+            "session done"
+        ),
+        Err(e) => tracing::warn!(
+            client, %peer, dialect, stored = t.stored, bytes = t.bytes,
+            duration = ?started.elapsed(), error = %e, "session failed"
+        ),
+    }
+}
+
+async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| Error::Timeout(d))
+}
+
+async fn session(
+    ctx: &Ctx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let idle = ctx.cfg.idle_timeout;
+    let queued_at = Instant::now();
+    let mut ticket = ctx.queue.join();
+    let params = ServerParams {
+        encodings: ctx.cfg.encodings.clone(),
+    };
+    let (srv, status) = Server::new(params, peer.ip()).greet(ticket.position());
+    let mut greeting = BytesMut::new();
+    // The greeting ends in `\n` although the original's does not: its clients parse one
+    // `recv` with `json.loads`, which allows trailing whitespace.
+    encode_seed(&seed::ServerMsg::Status(status), true, &mut greeting);
+    within(idle, stream.write_all(&greeting))
+        .await?
+        .map_err(|e| Error::io("sending the greeting", e))?;
+
+    let dialect = sniff(&mut stream, &mut ticket, idle).await?;
+    summary.dialect = Some(dialect);
+    if dialect == Dialect::Seed {
+        return Err(Error::Protocol(ProtocolError::Version(
+            "the original FileSync dialect is not served yet".into(),
+        )));
+    }
+
+    let mut pre = [0u8; preamble::LEN];
+    within(idle, stream.read_exact(&mut pre))
+        .await?
+        .map_err(|e| Error::io("reading the preamble", e))?;
+    let encoding = preamble::decode(&pre)?;
+    let mut framed = Framed::new(stream, ServerCodec::new(encoding));
+
+    let hello = next_msg(&mut framed, idle).await?;
+    let srv = match srv.on_hello(encoding, hello) {
+        Ok((srv, welcome)) => {
+            send(&mut framed, welcome, idle).await?;
+            srv
+        }
+        Err(refusal) => {
+            let _ = send(&mut framed, refusal.msg, idle).await;
+            return Err(refusal.error);
+        }
+    };
+    summary.client = Some(srv.client_id().clone());
+
+    wait_turn(&srv, &mut framed, &mut ticket, cancel).await?;
+    summary.queue_wait = queued_at.elapsed();
+
+    let id = srv.client_id().clone();
+    let store = Arc::clone(&ctx.store);
+    let index = tokio::task::spawn_blocking(move || store.index(&id))
+        .await
+        .map_err(|e| Error::io("indexing", std::io::Error::other(e)))?
+        .map_err(|e| Error::io("indexing the client folder", e))?;
+    let (mut srv, ready) = srv.ready(index);
+    send(&mut framed, ready, idle).await?;
+
+    let srv = loop {
+        let msg = next_msg_or_cancel(&mut framed, idle, cancel).await?;
+        match srv.on_message(msg) {
+            Ok(Listed::Listing(s, out)) => {
+                srv = s;
+                send_all(&mut framed, out, idle).await?;
+            }
+            Ok(Listed::Receiving(s, out)) => {
+                send_all(&mut framed, out, idle).await?;
+                break s;
+            }
+            Err(e) => return Err(fail(&mut framed, e, idle).await),
+        }
+    };
+
+    let id = srv.client_id().clone();
+    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
+    let outcome = receive(ctx, srv, &mut framed, ops, &mut results, cancel, summary).await;
+    // Whatever happened, wait for the writer: it keeps complete files and removes partial
+    // ones, and must be done before the session is reported over.
+    let _ = writer.await;
+    outcome
+}
+
+/// Reads the first byte the client sends to tell the dialects apart (without consuming
+/// it). After a BUSY greeting an original client stays silent until READY, so the turn
+/// coming first (plus a grace period for a slow native preamble) means the original.
+async fn sniff(
+    stream: &mut TcpStream,
+    ticket: &mut Ticket,
+    idle: Duration,
+) -> Result<Dialect, Error> {
+    let mut b = [0u8; 1];
+    let peeked = if ticket.position().is_none() {
+        Some(within(idle, stream.peek(&mut b)).await?)
+    } else {
+        let mut watch = ticket.watch();
+        loop {
+            tokio::select! {
+                r = stream.peek(&mut b) => break Some(r),
+                _ = watch.changed() => {
+                    if ticket.try_activate().is_ok() {
+                        break tokio::time::timeout(DIALECT_GRACE, stream.peek(&mut b)).await.ok();
+                    }
+                }
+            }
+        }
+    };
+    match peeked {
+        None => Ok(Dialect::Seed),
+        Some(Ok(0)) => Err(Error::Closed),
+        Some(Ok(_)) => Ok(Dialect::sniff(b[0])?),
+        Some(Err(e)) => Err(Error::io("reading from the client", e)),
+    }
+}
+
+type Conn = Framed<TcpStream, ServerCodec>;
+
+async fn send(framed: &mut Conn, msg: ServerMsg, idle: Duration) -> Result<(), Error> {
+    within(idle, framed.send(Frame::Msg(msg))).await??;
+    Ok(())
+}
+
+async fn send_all(framed: &mut Conn, msgs: Vec<ServerMsg>, idle: Duration) -> Result<(), Error> {
+    for m in msgs {
+        within(idle, framed.feed(Frame::Msg(m))).await??;
+    }
+    within(idle, framed.flush()).await??;
+    Ok(())
+}
+
+/// Tells the client why the session ends (best effort) and returns the error.
+async fn fail(framed: &mut Conn, e: Error, idle: Duration) -> Error {
+    let code = match &e {
+        Error::Protocol(p) => p.code(),
+        Error::Remote { code, .. } => *code,
+        Error::Codec(_) => ErrorCode::PROTOCOL,
+        Error::Timeout(_) => ErrorCode::IDLE_TIMEOUT,
+        _ => ErrorCode::INTERNAL,
+    };
+    let msg = ServerMsg::Error(ErrorMsg {
+        code,
+        message: match &e {
+            Error::Remote { message, .. } => message.clone(),
+            other => other.to_string(),
+        },
+    });
+    let _ = tokio::time::timeout(
+        idle.min(Duration::from_secs(5)),
+        framed.send(Frame::Msg(msg)),
+    )
+    .await;
+    e
+}
+
+async fn next_frame(framed: &mut Conn, idle: Duration) -> Result<Frame<ClientMsg>, Error> {
+    match within(idle, framed.next()).await? {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(Error::Closed),
+    }
+}
+
+async fn next_msg(framed: &mut Conn, idle: Duration) -> Result<ClientMsg, Error> {
+    match next_frame(framed, idle).await? {
+        Frame::Msg(m) => Ok(m),
+        Frame::Data(_) => Err(Error::Protocol(ProtocolError::Data(
+            "DATA outside a file".into(),
+        ))),
+    }
+}
+
+async fn next_msg_or_cancel(
+    framed: &mut Conn,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<ClientMsg, Error> {
+    tokio::select! {
+        m = next_msg(framed, idle) => m,
+        _ = cancel.cancelled() => Err(shutting_down(framed).await),
+    }
+}
+
+async fn shutting_down(framed: &mut Conn) -> Error {
+    fail(
+        framed,
+        Error::Remote {
+            code: ErrorCode::SHUTTING_DOWN,
+            message: "the server is shutting down".into(),
+        },
+        Duration::from_secs(2),
+    )
+    .await
+}
+
+/// Holds a welcomed client until its turn, telling it its position when it changes and
+/// every [`QUEUE_KEEPALIVE`]. A client that speaks or hangs up while queued leaves.
+async fn wait_turn(
+    srv: &Server<Welcomed>,
+    framed: &mut Conn,
+    ticket: &mut Ticket,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
+    let mut watch = ticket.watch();
+    let mut last = None;
+    loop {
+        let pos = match ticket.try_activate() {
+            Ok(()) => return Ok(()),
+            Err(p) => p,
+        };
+        if last != Some(pos) {
+            send(framed, srv.queued(pos), QUEUE_KEEPALIVE).await?;
+            last = Some(pos);
+        }
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = tokio::time::sleep(QUEUE_KEEPALIVE) => last = None,
+            f = framed.next() => {
+                return Err(match f {
+                    None => Error::Closed,
+                    Some(Err(e)) => e.into(),
+                    Some(Ok(_)) => Error::Protocol(ProtocolError::Unexpected {
+                        expected: "silence while queued",
+                        got: "a frame",
+                    }),
+                });
+            }
+            _ = cancel.cancelled() => return Err(shutting_down(framed).await),
+        }
+    }
+}
+
+/// Work for the writer thread.
+#[derive(Debug)]
+enum Op {
+    Open(FileHeader),
+    Data(Bytes),
+    Commit,
+    Discard,
+    Finish(Tail),
+}
+
+/// What the writer thread reports.
+#[derive(Debug)]
+enum Written {
+    Results(Vec<(RelPath, Outcome)>),
+    Finished { deleted: u64, errors: Vec<String> },
+}
+
+fn spawn_writer(
+    store: Arc<Store>,
+    id: ClientId,
+) -> (
+    mpsc::Sender<Op>,
+    mpsc::UnboundedReceiver<Written>,
+    tokio::task::JoinHandle<()>,
+) {
+    // Bounded: a slow disk pushes back on the network instead of filling memory.
+    let (op_tx, mut op_rx) = mpsc::channel::<Op>(64);
+    let (res_tx, res_rx) = mpsc::unbounded_channel();
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut r = store.receiver(&id);
+        while let Some(op) = op_rx.blocking_recv() {
+            match op {
+                Op::Open(h) => r.open(&h),
+                Op::Data(b) => r.write(&b),
+                Op::Discard => r.discard(),
+                Op::Commit => {
+                    let out = r.commit();
+                    if !out.is_empty() {
+                        let _ = res_tx.send(Written::Results(out));
+                    }
+                }
+                Op::Finish(tail) => {
+                    let (out, deleted, errors) = r.finish(&tail);
+                    let _ = res_tx.send(Written::Results(out));
+                    let _ = res_tx.send(Written::Finished { deleted, errors });
+                    return;
+                }
+            }
+        }
+        // The session ended early: keep the files that arrived whole.
+        let kept = r.flush();
+        if !kept.is_empty() {
+            tracing::info!(
+                files = kept.len(),
+                "kept complete files of an interrupted session"
+            );
+        }
+    });
+    (op_tx, res_rx, handle)
+}
+
+async fn receive(
+    ctx: &Ctx,
+    mut srv: Server<crate::session::server::Receiving>,
+    framed: &mut Conn,
+    ops: mpsc::Sender<Op>,
+    results: &mut mpsc::UnboundedReceiver<Written>,
+    cancel: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let idle = ctx.cfg.idle_timeout;
+    let writer_gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
+    let mut srv = loop {
+        tokio::select! {
+            Some(w) = results.recv() => {
+                if let Written::Results(out) = w {
+                    for (p, o) in out {
+                        within(idle, framed.feed(Frame::Msg(srv.file_result(p, o)))).await??;
+                    }
+                    within(idle, framed.flush()).await??;
+                }
+            }
+            f = next_frame(framed, idle) => {
+                let f = match f {
+                    Ok(f) => f,
+                    Err(e) => return Err(fail(framed, e, idle).await),
+                };
+                match f {
+                    Frame::Data(b) => {
+                        if let Err(e) = srv.on_data(b.len()) {
+                            return Err(fail(framed, e, idle).await);
+                        }
+                        ops.send(Op::Data(b)).await.map_err(|_| writer_gone())?;
+                    }
+                    Frame::Msg(m) => match srv.on_message(m) {
+                        Ok(Receipt::Receiving(s, act)) => {
+                            srv = s;
+                            let op = match act {
+                                Receive::Open(h) => Op::Open(h),
+                                Receive::Commit(_) => Op::Commit,
+                                Receive::Discard(p, reason) => {
+                                    tracing::info!(path = %p, reason, "client dropped a file");
+                                    Op::Discard
+                                }
+                            };
+                            ops.send(op).await.map_err(|_| writer_gone())?;
+                        }
+                        Ok(Receipt::Received(s)) => break s,
+                        Err(e) => return Err(fail(framed, e, idle).await),
+                    },
+                }
+            }
+            _ = cancel.cancelled() => return Err(shutting_down(framed).await),
+        }
+    };
+    ops.send(Op::Finish(srv.tail().clone()))
+        .await
+        .map_err(|_| writer_gone())?;
+    // Finishing (the last sync, the deletions) can take a while on a slow disk; the client
+    // hears FILE_RESULTs meanwhile and waits for NEXT_SYNC.
+    loop {
+        match results.recv().await {
+            Some(Written::Results(out)) => {
+                for (p, o) in out {
+                    within(idle, framed.feed(Frame::Msg(srv.file_result(p, o)))).await??;
+                }
+            }
+            Some(Written::Finished { deleted, errors }) => {
+                srv.deleted(deleted);
+                for e in &errors {
+                    tracing::warn!(client = %srv.client_id(), error = %e, "finishing");
+                }
+                break;
+            }
+            None => return Err(writer_gone()),
+        }
+    }
+    let now =
+        MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime { secs: 0, nanos: 0 });
+    let (at, delay) = ctx
+        .sched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .next(now, srv.client_id());
+    let (done, msg) = srv.next_sync(at, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    summary.tally = done.tally();
+    within(idle, framed.feed(Frame::Msg(msg))).await??;
+    within(idle, framed.flush()).await??;
+    Ok(())
+}
