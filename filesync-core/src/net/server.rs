@@ -201,6 +201,7 @@ async fn session(
         .map_err(|e| Error::io("indexing", std::io::Error::other(e)))?
         .map_err(|e| Error::io("indexing the client folder", e))?;
     let (mut srv, ready) = srv.ready(index);
+    tracing::info!(client = %srv.client_id(), %peer, queue_wait = ?summary.queue_wait, "session started");
     send(&mut framed, ready, idle).await?;
 
     let srv = loop {
