@@ -105,6 +105,11 @@ pub(crate) struct SyncArgs {
     #[arg(long, value_enum, default_value_t = EncodingArg::Postcard, env = "FILESYNC_ENCODING")]
     pub(crate) encoding: EncodingArg,
 
+    /// Protocol: auto (native if the server offers it, else the original FileSync's),
+    /// native, or seed (the original's).
+    #[arg(long, value_enum, default_value_t = DialectArg::Auto, env = "FILESYNC_DIALECT")]
+    pub(crate) dialect: DialectArg,
+
     /// Let an empty or missing folder empty the server's copy (normally refused, so that
     /// an unmounted disk cannot wipe an archive).
     #[arg(long, env = "FILESYNC_ALLOW_EMPTY")]
@@ -121,6 +126,16 @@ pub(crate) enum EncodingArg {
     Postcard,
     /// Readable JSON, for debugging.
     Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DialectArg {
+    /// Native when the server offers it, the original's otherwise.
+    Auto,
+    /// Native only.
+    Native,
+    /// The original FileSync's protocol.
+    Seed,
 }
 
 /// Plain seconds (`30`) or a humantime duration (`90s`, `5m`, `1h`, `1h 30m`).

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use filesync_core::messages::Encoding;
-use filesync_core::net::{self, client::SyncConfig, client::Synced};
+use filesync_core::net::{self, client::DialectChoice, client::SyncConfig, client::Synced};
 use filesync_core::paths::ClientId;
 use filesync_core::session::client::ClientParams;
 use filesync_core::walk;
 use filesync_core::Error;
 use rand::Rng;
 
-use crate::cli::{EncodingArg, SyncArgs};
+use crate::cli::{DialectArg, EncodingArg, SyncArgs};
 use crate::exit;
 use crate::progress;
 
@@ -59,6 +59,11 @@ pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
         dir: args.dir.clone(),
         params,
         idle_timeout: args.idle_timeout,
+        dialect: match args.dialect {
+            DialectArg::Auto => DialectChoice::Auto,
+            DialectArg::Native => DialectChoice::Native,
+            DialectArg::Seed => DialectChoice::Seed,
+        },
     };
     if args.once {
         return match attempt(&args, &cfg, &mut None, json).await {

@@ -56,6 +56,20 @@ pub struct SyncConfig {
     pub params: ClientParams,
     /// Longest silence from the server before giving up.
     pub idle_timeout: Duration,
+    /// Which protocol to speak.
+    pub dialect: DialectChoice,
+}
+
+/// Which protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DialectChoice {
+    /// Native if the server's greeting offers it, the original's otherwise.
+    #[default]
+    Auto,
+    /// Native only; an original server is an error.
+    Native,
+    /// The original's, even with a filesync server (which serves it too).
+    Seed,
 }
 
 /// The result of a completed session.
@@ -107,6 +121,20 @@ pub async fn sync(
         .count();
     let _ = leftover.split_to(skip);
 
+    let native = status.filesync.is_some();
+    match cfg.dialect {
+        DialectChoice::Seed => {
+            tracing::info!(%addr, dialect = "seed", "syncing in the original dialect");
+            return super::seed_client::sync(stream, leftover, status, cfg, entries, progress)
+                .await;
+        }
+        DialectChoice::Auto if !native => {
+            tracing::info!(%addr, dialect = "seed", "the server speaks the original FileSync dialect");
+            return super::seed_client::sync(stream, leftover, status, cfg, entries, progress)
+                .await;
+        }
+        _ => tracing::debug!(%addr, dialect = "native", "syncing"),
+    }
     let (client, greeting) = Client::new(cfg.params.clone()).on_greeting(&status)?;
     if let Some(p) = greeting.queue_position {
         progress.queued(p);

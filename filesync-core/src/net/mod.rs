@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod queue;
+mod seed_client;
+mod seed_server;
 pub mod server;
 
 use std::io;

@@ -53,20 +53,20 @@ const DIALECT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for sessions to wind down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-struct Ctx {
-    store: Arc<Store>,
-    queue: Arc<Queue>,
-    sched: Mutex<Scheduler>,
-    cfg: ServeConfig,
+pub(super) struct Ctx {
+    pub(super) store: Arc<Store>,
+    pub(super) queue: Arc<Queue>,
+    pub(super) sched: Mutex<Scheduler>,
+    pub(super) cfg: ServeConfig,
 }
 
 /// What one session did, for its log line.
 #[derive(Debug, Default)]
-struct Summary {
-    client: Option<ClientId>,
-    dialect: Option<Dialect>,
-    tally: Tally,
-    queue_wait: Duration,
+pub(super) struct Summary {
+    pub(super) client: Option<ClientId>,
+    pub(super) dialect: Option<Dialect>,
+    pub(super) tally: Tally,
+    pub(super) queue_wait: Duration,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, ends the running sessions
@@ -135,7 +135,7 @@ async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: Canc
     }
 }
 
-async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
+pub(super) async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
     tokio::time::timeout(d, f)
         .await
         .map_err(|_| Error::Timeout(d))
@@ -163,12 +163,15 @@ async fn session(
         .await?
         .map_err(|e| Error::io("sending the greeting", e))?;
 
-    let dialect = sniff(&mut stream, &mut ticket, idle).await?;
+    let greeted_busy = ticket.position().is_some();
+    let dialect = sniff(&mut stream, &mut ticket, idle, cancel).await?;
     summary.dialect = Some(dialect);
     if dialect == Dialect::Seed {
-        return Err(Error::Protocol(ProtocolError::Version(
-            "the original FileSync dialect is not served yet".into(),
-        )));
+        let turn = TurnState {
+            greeted_busy,
+            queued_at,
+        };
+        return super::seed_server::session(ctx, stream, peer, ticket, turn, cancel, summary).await;
     }
 
     let mut pre = [0u8; preamble::LEN];
@@ -228,6 +231,15 @@ async fn session(
     outcome
 }
 
+/// How a connection's turn began, for the original dialect, whose READY after BUSY is
+/// sent by its driver.
+pub(super) struct TurnState {
+    /// The greeting said BUSY.
+    pub(super) greeted_busy: bool,
+    /// When the connection joined the queue.
+    pub(super) queued_at: Instant,
+}
+
 /// Reads the first byte the client sends to tell the dialects apart (without consuming
 /// it). After a BUSY greeting an original client stays silent until READY, so the turn
 /// coming first (plus a grace period for a slow native preamble) means the original.
@@ -235,6 +247,7 @@ async fn sniff(
     stream: &mut TcpStream,
     ticket: &mut Ticket,
     idle: Duration,
+    cancel: &CancellationToken,
 ) -> Result<Dialect, Error> {
     let mut b = [0u8; 1];
     let peeked = if ticket.position().is_none() {
@@ -249,6 +262,10 @@ async fn sniff(
                         break tokio::time::timeout(DIALECT_GRACE, stream.peek(&mut b)).await.ok();
                     }
                 }
+                _ = cancel.cancelled() => return Err(Error::Remote {
+                    code: ErrorCode::SHUTTING_DOWN,
+                    message: "the server is shutting down".into(),
+                }),
             }
         }
     };
@@ -378,7 +395,7 @@ async fn wait_turn(
 
 /// Work for the writer thread.
 #[derive(Debug)]
-enum Op {
+pub(super) enum Op {
     Open(FileHeader),
     Data(Bytes),
     Commit,
@@ -388,12 +405,12 @@ enum Op {
 
 /// What the writer thread reports.
 #[derive(Debug)]
-enum Written {
+pub(super) enum Written {
     Results(Vec<(RelPath, Outcome)>),
     Finished { deleted: u64, errors: Vec<String> },
 }
 
-fn spawn_writer(
+pub(super) fn spawn_writer(
     store: Arc<Store>,
     id: ClientId,
 ) -> (

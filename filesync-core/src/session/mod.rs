@@ -17,6 +17,7 @@
 //! [`ProtocolError::Unexpected`](crate::error::ProtocolError::Unexpected), never a panic.
 
 pub mod client;
+pub mod seed;
 pub mod server;
 
 pub use client::Client;

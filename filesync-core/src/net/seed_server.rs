@@ -1,0 +1,224 @@
+//! Serving a client of the original FileSync on the native port.
+//!
+//! The original's bytes exactly (`spec/PROTOCOL.md` §"Original dialect"), with its
+//! weaknesses removed: messages are parsed off the stream whatever their size and however
+//! TCP cut them, files are stored atomically through the same store and queue as native
+//! sessions, and a client that skips a requested file (the original does so silently when
+//! a file vanished) does not desynchronise the stream: once it falls silent between files,
+//! the rest counts as skipped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::Ticket;
+use super::server::{spawn_writer, within, Ctx, Op, Summary, TurnState, Written};
+use crate::codec::json_stream::{encode_seed, SeedServerCodec};
+use crate::codec::Frame;
+use crate::error::{Error, ProtocolError};
+use crate::messages::seed::{self, NextSync, ServerStatus, Status, Tasks};
+use crate::messages::{FileHeader, Outcome};
+use crate::paths::ClientId;
+use crate::session::seed as rules;
+use crate::time::{MTime, SeedTime};
+
+/// Between files, how long an original client may stay silent before the files it has not
+/// sent count as skipped.
+const SKIP_WAIT: Duration = Duration::from_secs(5);
+
+pub(super) async fn session(
+    ctx: &Ctx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut ticket: Ticket,
+    turn: TurnState,
+    cancel: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let idle = ctx.cfg.idle_timeout;
+    if ticket.position().is_some() {
+        // It spoke while BUSY instead of waiting for READY; serve it when its turn comes.
+        let mut watch = ticket.watch();
+        while ticket.try_activate().is_err() {
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = cancel.cancelled() => return Err(Error::Closed),
+            }
+        }
+    } else if turn.greeted_busy {
+        // The documented BUSY behaviour: the client stayed connected; now it is its turn.
+        let mut ready = BytesMut::new();
+        let status = ServerStatus {
+            status: Status::Ready,
+            queue_position: None,
+            filesync: None,
+        };
+        encode_seed(&seed::ServerMsg::Status(status), false, &mut ready);
+        within(idle, stream.write_all(&ready))
+            .await?
+            .map_err(|e| Error::io("sending READY", e))?;
+    }
+    summary.queue_wait = turn.queued_at.elapsed();
+
+    let mut framed = Framed::new(stream, SeedServerCodec::default());
+    let info = match within(idle, framed.next()).await? {
+        Some(Ok(Frame::Msg(seed::ClientMsg::FilesInfo(i)))) => i,
+        Some(Ok(Frame::Msg(other))) => {
+            return Err(Error::Protocol(ProtocolError::Unexpected {
+                expected: "CLIENT_FILES_INFO",
+                got: other.kind(),
+            }))
+        }
+        Some(Ok(Frame::Data(_))) => unreachable!("the seed codec yields data only after a header"),
+        Some(Err(e)) => return Err(e.into()),
+        None => return Err(Error::Closed),
+    };
+    let id = info
+        .client_id
+        .clone()
+        .unwrap_or_else(|| ClientId::from_addr(peer.ip()));
+    summary.client = Some(id.clone());
+    tracing::info!(client = %id, %peer, dialect = "seed", files = info.files.len(), "session started");
+
+    let store = Arc::clone(&ctx.store);
+    let idx_id = id.clone();
+    let held = tokio::task::spawn_blocking(move || store.index(&idx_id))
+        .await
+        .map_err(|e| Error::io("indexing", std::io::Error::other(e)))?
+        .map_err(|e| Error::io("indexing the client folder", e))?;
+    let entries = rules::entries_from_listing(&info, &chrono::Local);
+    let (send, tail) = rules::plan(&entries, held)?;
+    summary.tally.requested = send.len() as u64;
+
+    let mut out = BytesMut::new();
+    encode_seed(
+        &seed::ServerMsg::Tasks(Tasks {
+            files_to_send: send.clone(),
+        }),
+        true,
+        &mut out,
+    );
+    within(idle, framed.get_mut().write_all(&out))
+        .await?
+        .map_err(|e| Error::io("sending TASKS", e))?;
+
+    let mut expected: std::collections::HashSet<_> = send.into_iter().collect();
+    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
+    let gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
+    let received = async {
+        let mut left: u64 = 0;
+        while !expected.is_empty() || left > 0 {
+            let wait = if left > 0 { idle } else { SKIP_WAIT.min(idle) };
+            let frame = tokio::select! {
+                f = tokio::time::timeout(wait, framed.next()) => f,
+                _ = cancel.cancelled() => return Err(Error::Closed),
+            };
+            let frame = match frame {
+                Err(_) if left == 0 => {
+                    tracing::warn!(client = %id, skipped = expected.len(), "the client did not send every requested file");
+                    summary.tally.rejected += expected.len() as u64;
+                    return Ok(());
+                }
+                Err(_) => return Err(Error::Timeout(wait)),
+                Ok(None) => return Err(Error::Closed),
+                Ok(Some(f)) => f?,
+            };
+            match frame {
+                Frame::Msg(seed::ClientMsg::FileHeader(h)) => {
+                    if !expected.remove(&h.path) {
+                        return Err(Error::Protocol(ProtocolError::Data(format!(
+                            "FILE_HEADER for {}, which was not requested or was already sent",
+                            h.path
+                        ))));
+                    }
+                    // The original stores the header's time, read as local time.
+                    let header = FileHeader {
+                        path: h.path.clone(),
+                        size: h.size,
+                        mtime: h.last_mod.to_mtime(&chrono::Local),
+                        offset: 0,
+                    };
+                    ops.send(Op::Open(header)).await.map_err(|_| gone())?;
+                    left = h.size;
+                    if left == 0 {
+                        ops.send(Op::Commit).await.map_err(|_| gone())?;
+                    }
+                }
+                Frame::Data(b) => {
+                    left -= b.len() as u64;
+                    summary.tally.bytes += b.len() as u64;
+                    ops.send(Op::Data(b)).await.map_err(|_| gone())?;
+                    if left == 0 {
+                        ops.send(Op::Commit).await.map_err(|_| gone())?;
+                    }
+                }
+                Frame::Msg(other) => {
+                    return Err(Error::Protocol(ProtocolError::Unexpected {
+                        expected: "FILE_HEADER",
+                        got: other.kind(),
+                    }))
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = received {
+        drop(ops);
+        let _ = writer.await;
+        return Err(e);
+    }
+    ops.send(Op::Finish(tail)).await.map_err(|_| gone())?;
+    drop(ops);
+    while let Some(w) = results.recv().await {
+        match w {
+            Written::Results(out) => {
+                for (p, o) in out {
+                    match o {
+                        Outcome::Stored => summary.tally.stored += 1,
+                        Outcome::Rejected { reason, .. } => {
+                            summary.tally.rejected += 1;
+                            tracing::warn!(client = %id, path = %p, reason, "not stored");
+                        }
+                    }
+                }
+            }
+            Written::Finished { deleted, errors } => {
+                summary.tally.deleted = deleted;
+                for e in errors {
+                    tracing::warn!(client = %id, error = %e, "finishing");
+                }
+            }
+        }
+    }
+    let _ = writer.await;
+
+    let now =
+        MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime { secs: 0, nanos: 0 });
+    let (at, _) = ctx
+        .sched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .next(now, &id);
+    let mut out = BytesMut::new();
+    encode_seed(
+        &seed::ServerMsg::NextSync(NextSync {
+            time: SeedTime::from_mtime(at, &chrono::Local),
+        }),
+        false,
+        &mut out,
+    );
+    let stream = framed.get_mut();
+    within(idle, stream.write_all(&out))
+        .await?
+        .map_err(|e| Error::io("sending NEXT_SYNC", e))?;
+    let _ = stream.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The original dialect's session rules, as pure functions: listings converted both ways,
+//! the plan for an original client, and the limits of an original server.
+//!
+//! The original has no typestate worth the name: a fixed sequence with no optional steps
+//! (status, listing, tasks, files, next sync), driven linearly in [`crate::net`]. What
+//! needs care is here: time zones, the mtime rule, and what an original peer can take.
+
+use std::collections::HashMap;
+
+use chrono::TimeZone;
+
+use crate::error::ProtocolError;
+use crate::messages::seed::{ClientFilesInfo, FileHeader, FileInfo};
+use crate::messages::{Entry, EntryKind};
+use crate::paths::{ClientId, RelPath};
+use crate::planner::{Held, Planner, Rule, Tail};
+use crate::time::{MTime, SeedTime};
+
+/// The original server reads `CLIENT_FILES_INFO` with one `recv` of at most this many bytes
+/// and fails on anything longer.
+pub const SEED_SERVER_MAX_LISTING: usize = 8192;
+
+/// An original client's listing as manifest entries (files only; sizes unknown, so 0),
+/// reading its naive timestamps in `tz`.
+pub fn entries_from_listing<Tz: TimeZone>(info: &ClientFilesInfo, tz: &Tz) -> Vec<Entry> {
+    info.files
+        .iter()
+        .map(|f| Entry {
+            path: f.path.clone(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: f.last_mod.to_mtime(tz),
+        })
+        .collect()
+}
+
+/// Our listing in the original's shape: files only, naive local timestamps in `tz`.
+pub fn listing_from_entries<Tz: TimeZone>(
+    client_id: Option<ClientId>,
+    entries: &[Entry],
+    tz: &Tz,
+) -> ClientFilesInfo {
+    ClientFilesInfo {
+        client_id,
+        files: entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| FileInfo {
+                name: e.path.file_name().to_owned(),
+                path: e.path.clone(),
+                last_mod: SeedTime::from_mtime(e.mtime, tz),
+            })
+            .collect(),
+    }
+}
+
+/// A file header in the original's shape.
+pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
+    FileHeader {
+        name: e.path.file_name().to_owned(),
+        path: e.path.clone(),
+        size: e.size,
+        last_mod: SeedTime::from_mtime(e.mtime, tz),
+    }
+}
+
+/// The plan for an original client: files to request (listing order) and the tail.
+///
+/// Differences from the original server, each on purpose:
+/// - a file is requested when its mtime *differs* (to the microsecond), not only when the
+///   client's is later, so a file restored to an older version is stored;
+/// - only files are deleted, as the original does (it lists no directories, so it cannot
+///   say which empty ones it still has);
+/// - an empty listing never empties an archive that holds files: an unmounted disk on an
+///   original client must not wipe its copy. The plan then deletes nothing.
+pub fn plan(
+    entries: &[Entry],
+    held: Vec<(RelPath, Held)>,
+) -> Result<(Vec<RelPath>, Tail), ProtocolError> {
+    let kinds: HashMap<RelPath, EntryKind> =
+        held.iter().map(|(p, h)| (p.clone(), h.kind)).collect();
+    let mut planner = Planner::new(held, Rule::Micros);
+    let would_empty = entries.is_empty() && planner.server_has_files();
+    let send = planner.batch(entries)?;
+    let mut tail = planner.finish()?;
+    tail.make_dirs.clear();
+    tail.delete
+        .retain(|p| kinds.get(p) == Some(&EntryKind::File));
+    if would_empty {
+        tracing::warn!(
+            "an original client listed no files; keeping its archive instead of emptying it"
+        );
+        tail.delete.clear();
+    }
+    Ok((send, tail))
+}
+
+/// The delay until a naive local `time` read in `tz`, from `now`; zero if it has passed.
+pub fn delay_until<Tz: TimeZone>(time: SeedTime, now: MTime, tz: &Tz) -> std::time::Duration {
+    let at = time.to_mtime(tz);
+    let ns = (i128::from(at.secs) - i128::from(now.secs)) * 1_000_000_000 + i128::from(at.nanos)
+        - i128::from(now.nanos);
+    std::time::Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::FixedOffset;
+
+    fn held(p: &str, kind: EntryKind, secs: i64) -> (RelPath, Held) {
+        (
+            RelPath::parse(p).unwrap(),
+            Held {
+                kind,
+                size: 9,
+                mtime: MTime::new(secs, 0).unwrap(),
+            },
+        )
+    }
+
+    #[test]
+    fn listing_round_trips_through_a_zone() {
+        let tz = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+        let entries = vec![
+            Entry {
+                path: RelPath::parse("d/x.txt").unwrap(),
+                kind: EntryKind::File,
+                size: 3,
+                mtime: MTime::new(1_700_000_000, 123_456_789).unwrap(),
+            },
+            Entry {
+                path: RelPath::parse("d").unwrap(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: MTime::new(0, 0).unwrap(),
+            },
+        ];
+        let info = listing_from_entries(None, &entries, &tz);
+        assert_eq!(info.files.len(), 1);
+        assert_eq!(info.files[0].name, "x.txt");
+        let back = entries_from_listing(&info, &tz);
+        assert_eq!(
+            back[0].mtime,
+            MTime::new(1_700_000_000, 123_456_000).unwrap()
+        );
+    }
+
+    #[test]
+    fn plan_keeps_folders_and_refuses_to_empty() {
+        let entries = entries_from_listing(
+            &ClientFilesInfo {
+                client_id: None,
+                files: vec![],
+            },
+            &chrono::Utc,
+        );
+        let (send, tail) = plan(&entries, vec![held("a", EntryKind::File, 1)]).unwrap();
+        assert!(send.is_empty());
+        assert!(tail.delete.is_empty(), "an empty listing empties nothing");
+
+        let e = vec![Entry {
+            path: RelPath::parse("keep").unwrap(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: MTime::new(5, 0).unwrap(),
+        }];
+        let (send, tail) = plan(
+            &e,
+            vec![
+                held("keep", EntryKind::File, 9),
+                held("old", EntryKind::File, 1),
+                held("dir", EntryKind::Dir, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            send,
+            vec![RelPath::parse("keep").unwrap()],
+            "older mtime is sent"
+        );
+        assert_eq!(
+            tail.delete,
+            vec![RelPath::parse("old").unwrap()],
+            "folders are left"
+        );
+    }
+}
