@@ -25,7 +25,7 @@ pub(crate) const WOULD_EMPTY: i32 = 7;
 /// The exit code for a failed session.
 pub(crate) fn for_error(e: &Error) -> i32 {
     match e {
-        Error::Remote { code, .. } => match *code {
+        Error::Remote { code, .. } | Error::Refused { code, .. } => match *code {
             ErrorCode::BAD_CLIENT_ID | ErrorCode::VERSION | ErrorCode::UNAUTHORIZED => REFUSED,
             ErrorCode::WOULD_EMPTY => WOULD_EMPTY,
             _ => CONNECTION,

@@ -13,7 +13,7 @@ pub(crate) fn for_terminal(quiet: bool) -> Arc<dyn Progress> {
     if !quiet && std::io::stderr().is_terminal() {
         Arc::new(Bar::new())
     } else {
-        Arc::new(Logged::default())
+        Arc::new(Logged)
     }
 }
 

@@ -740,7 +740,8 @@ fn seed_vectors() -> Res<Vec<(String, String)>> {
         seed_vector::<seed::ClientMsg>(tcp(
             "client-files-info-empty",
             "client",
-            "An empty listing (the server refuses to empty a non-empty archive with it).",
+            "An empty listing: a filesync server then deletes nothing (an unmounted folder must \
+             not wipe the archive).",
             r#"{"type":"CLIENT_FILES_INFO","client_id":"a","files":[]}"#.into(),
             false,
         ))?,

@@ -14,6 +14,15 @@ pub enum Error {
     /// The byte stream could not be decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// This side refuses to go on (its own decision, not the peer's fault), and tells the
+    /// peer so with this code where the dialect allows.
+    #[error("{message}")]
+    Refused {
+        /// The code sent to the peer.
+        code: ErrorCode,
+        /// Why.
+        message: String,
+    },
     /// The peer reported an error and ended the session.
     #[error("peer reported {code}: {message}")]
     Remote {

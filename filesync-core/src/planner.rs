@@ -2,9 +2,9 @@
 //! the entries to delete.
 //!
 //! Pure. The planner is fed the manifest batch by batch as it arrives, and answers each
-//! batch at once with the files it needs, so the server can send `TASKS` while the client is
-//! still listing: no round trip per file, and no need to hold the plan for a million files
-//! before the first byte of content moves.
+//! batch at once with the files it needs, so the server sends `TASKS` while the client is
+//! still listing: the plan is complete a moment after the listing is, with no round trip
+//! per file.
 //!
 //! The rule (rsync's "quick check"): send a file when the server has no such file, or when
 //! its size or its mtime differ. The original FileSync sends only when the client's mtime is
@@ -44,8 +44,8 @@ pub struct Held {
 /// The plan's tail, known once the whole manifest is in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tail {
-    /// Server entries not in the manifest (or of another kind), deepest first, so that a
-    /// directory comes after everything inside it.
+    /// Server entries the manifest does not list (nor imply as a parent, nor cover with a
+    /// `Keep`), deepest first, so that a directory comes after everything inside it.
     pub delete: Vec<RelPath>,
     /// Directories the manifest lists that the server lacks (empty directories included).
     pub make_dirs: Vec<RelPath>,
@@ -58,6 +58,7 @@ pub struct Planner {
     rule: Rule,
     listed: HashSet<RelPath>,
     listed_files: HashSet<RelPath>,
+    kept: HashSet<RelPath>,
     make_dirs: Vec<RelPath>,
     files: u64,
     bytes: u64,
@@ -71,6 +72,7 @@ impl Planner {
             rule,
             listed: HashSet::new(),
             listed_files: HashSet::new(),
+            kept: HashSet::new(),
             make_dirs: Vec::new(),
             files: 0,
             bytes: 0,
@@ -108,6 +110,9 @@ impl Planner {
                         self.make_dirs.push(e.path.clone());
                     }
                 }
+                EntryKind::Keep => {
+                    self.kept.insert(e.path.clone());
+                }
             }
         }
         Ok(send)
@@ -144,18 +149,20 @@ impl Planner {
                 implied.insert(a);
             }
         }
+        // A listed path is never deleted, whatever the server holds there: storing the file
+        // or making the directory replaces a clashing entry in place. Deleting it at the
+        // end would remove what was just stored.
+        let kept = &self.kept;
         let mut delete: Vec<RelPath> = self
             .held
-            .iter()
-            .filter(|(p, h)| {
-                if h.kind == EntryKind::Dir {
-                    !(implied.contains(*p)
-                        || self.listed.contains(*p) && !self.listed_files.contains(*p))
-                } else {
-                    !self.listed_files.contains(*p)
-                }
+            .keys()
+            .filter(|p| {
+                !self.listed.contains(*p)
+                    && !implied.contains(*p)
+                    && !kept.contains(*p)
+                    && !p.ancestors().any(|a| kept.contains(&a))
             })
-            .map(|(p, _)| p.clone())
+            .cloned()
             .collect();
         delete.sort_by(|a, b| b.depth().cmp(&a.depth()).then_with(|| a.cmp(b)));
         self.make_dirs.sort();
@@ -279,19 +286,46 @@ mod tests {
                 make: vec![],
             },
             Case {
-                name: "file replaced by dir",
+                name: "file replaced by dir: replaced in place, never deleted after",
                 client: vec![dir("a"), file("a/b", 1, 1)],
                 server: vec![file("a", 1, 1)],
                 send: vec!["a/b"],
-                delete: vec!["a"],
+                delete: vec![],
                 make: vec!["a"],
             },
             Case {
-                name: "dir replaced by file",
+                name: "dir replaced by file: only its content is deleted",
                 client: vec![file("a", 1, 1)],
                 server: vec![dir("a"), file("a/b", 1, 1)],
                 send: vec!["a"],
-                delete: vec!["a/b", "a"],
+                delete: vec!["a/b"],
+                make: vec![],
+            },
+            Case {
+                name: "a file where an original client implies a dir is replaced, not deleted",
+                client: vec![file("a/b", 1, 1)],
+                server: vec![file("a", 1, 1)],
+                send: vec!["a/b"],
+                delete: vec![],
+                make: vec![],
+            },
+            Case {
+                name: "unreadable entries keep what the server holds under them",
+                client: vec![
+                    file("x", 1, 1),
+                    Entry {
+                        kind: EntryKind::Keep,
+                        ..dir("locked")
+                    },
+                ],
+                server: vec![
+                    file("x", 1, 1),
+                    dir("locked"),
+                    file("locked/f", 1, 1),
+                    file("gone", 1, 1),
+                ],
+                send: vec![],
+                delete: vec!["gone"],
                 make: vec![],
             },
             Case {
@@ -401,24 +435,39 @@ mod tests {
             let c = entries(&client);
             let s = entries(&server);
             let (send, tail) = plan(&c, held(&s), Rule::QuickCheck).unwrap();
+            // Apply the plan exactly as the store does: place files (replacing what clashes
+            // on the way), then delete, then make directories.
             let mut result: BTreeMap<String, (bool, u64, i64)> = server.clone();
-            // Storing a file or making a dir replaces whatever clashes with it on the way.
-            let listed: BTreeMap<_, _> = client.iter().collect();
-            for path in send.iter().chain(tail.make_dirs.iter()) {
-                let key = path.as_str().to_owned();
-                result.retain(|k, _| !(k.starts_with(&format!("{key}/")) && !listed.contains_key(k)));
-                for a in path.ancestors() {
-                    result.insert(a.as_str().to_owned(), (true, 0, 0));
+            fn remove_tree(r: &mut BTreeMap<String, (bool, u64, i64)>, key: &str) {
+                r.retain(|k, _| k != key && !k.starts_with(&format!("{key}/")));
+            }
+            fn ensure_dir(r: &mut BTreeMap<String, (bool, u64, i64)>, key: &str) {
+                if r.get(key).is_some_and(|(d, _, _)| !d) {
+                    r.remove(key);
                 }
-                result.insert(key.clone(), client[&key]);
+                r.entry(key.to_owned()).or_insert((true, 0, 0));
+            }
+            for path in &send {
+                for a in path.ancestors() {
+                    ensure_dir(&mut result, a.as_str());
+                }
+                if result.get(path.as_str()).is_some_and(|(d, _, _)| *d) {
+                    remove_tree(&mut result, path.as_str());
+                }
+                result.insert(path.as_str().to_owned(), client[path.as_str()]);
             }
             for d in &tail.delete {
-                prop_assert!(!client.get(d.as_str()).is_some_and(|(is_dir, _, _)| !is_dir) || send.contains(d),
-                    "deleted listed file {}", d);
-                let key = d.as_str();
-                if !send.iter().any(|s| s.as_str() == key) && !tail.make_dirs.iter().any(|m| m.as_str() == key) {
-                    result.remove(key);
+                prop_assert!(!client.contains_key(d.as_str()), "deleted listed entry {}", d);
+                let parents_ok = d.ancestors().all(|a| result.get(a.as_str()).is_some_and(|(d, _, _)| *d));
+                if parents_ok {
+                    remove_tree(&mut result, d.as_str());
                 }
+            }
+            for m in &tail.make_dirs {
+                for a in m.ancestors() {
+                    ensure_dir(&mut result, a.as_str());
+                }
+                ensure_dir(&mut result, m.as_str());
             }
             prop_assert_eq!(result, client);
         }

@@ -13,11 +13,28 @@ use serde::{Deserialize, Serialize};
 /// A file modification time (or any instant) with nanosecond precision, as seconds and
 /// nanoseconds since the Unix epoch. Negative `secs` are instants before 1970.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawMTime")]
 pub struct MTime {
     /// Whole seconds since 1970-01-01T00:00:00Z.
     pub secs: i64,
     /// Nanoseconds past `secs`, always below 1e9.
     pub nanos: u32,
+}
+
+/// An `MTime` as decoded, before its range is checked: a peer could send `nanos >= 1e9`,
+/// which would compare unequal to the same instant written properly and make the quick
+/// check resend a file on every sync.
+#[derive(Deserialize)]
+struct RawMTime {
+    secs: i64,
+    nanos: u32,
+}
+
+impl TryFrom<RawMTime> for MTime {
+    type Error = String;
+    fn try_from(r: RawMTime) -> Result<Self, String> {
+        MTime::new(r.secs, r.nanos).ok_or_else(|| format!("nanos {} out of range", r.nanos))
+    }
 }
 
 impl MTime {
@@ -99,6 +116,10 @@ impl SeedTime {
         // with a zone suffix falls through to the error.
         for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S"] {
             if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+                // The dialect keeps microseconds; finer digits would make two spellings
+                // of one timestamp compare unequal.
+                use chrono::Timelike;
+                let t = t.with_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t);
                 return Ok(Self(t));
             }
         }

@@ -22,6 +22,28 @@ pub struct Scan {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+impl Scan {
+    /// Marks a path that could not be read as [`EntryKind::Keep`], so that the server
+    /// keeps its copy instead of deleting it as gone (a permission error must not erase
+    /// a subtree of the archive).
+    fn keep(&mut self, root: &Path, path: &Path) {
+        let Ok(rel) = RelPath::from_local(path.strip_prefix(root).unwrap_or(path)) else {
+            return;
+        };
+        // An unreadable directory was already listed before its contents failed.
+        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.path == rel) {
+            e.kind = EntryKind::Keep;
+            return;
+        }
+        self.entries.push(Entry {
+            path: rel,
+            kind: EntryKind::Keep,
+            size: 0,
+            mtime: MTime { secs: 0, nanos: 0 },
+        });
+    }
+}
+
 /// Lists `root`. Fails if `root` is not a readable directory; entries that cannot be
 /// read are skipped and reported.
 pub fn scan(root: &Path) -> io::Result<Scan> {
@@ -42,6 +64,7 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
             Ok(e) => e,
             Err(err) => {
                 let p = err.path().map(Path::to_path_buf).unwrap_or_default();
+                scan.keep(root, &p);
                 scan.skipped.push((p, err.to_string()));
                 continue;
             }
@@ -70,6 +93,7 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
         let m = match e.metadata() {
             Ok(m) => m,
             Err(err) => {
+                scan.keep(root, e.path());
                 scan.skipped.push((e.path().to_path_buf(), err.to_string()));
                 continue;
             }
@@ -87,6 +111,17 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
         });
     }
     Ok(scan)
+}
+
+/// Opens for reading without following a symlink in the last component: a link that
+/// replaced a listed file after the listing must not be read through.
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok(File::from(fd))
 }
 
 fn mtime_of(m: &std::fs::Metadata) -> MTime {
@@ -119,21 +154,40 @@ impl Source {
     /// Opens `entry` under `root` without following a symlink, and checks that it is
     /// still the file that was listed.
     pub fn open(root: &Path, entry: &Entry) -> Result<Source, ReadError> {
-        let path = entry.path.to_path(root);
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(io::Error::from)?;
-        let file = File::from(fd);
         let src = Source {
-            file,
+            file: open_nofollow(&entry.path.to_path(root))?,
             expect: entry.clone(),
             read: 0,
         };
         src.check("before reading")?;
         Ok(src)
+    }
+
+    /// Opens the file at `path` as it is now, whatever the listing said: for a protocol
+    /// whose header carries the size and mtime of what is actually sent. Reading still
+    /// fails if the file changes while it is read.
+    pub fn open_current(root: &Path, path: &RelPath) -> Result<Source, ReadError> {
+        let file = open_nofollow(&path.to_path(root))?;
+        let m = file.metadata()?;
+        if !m.is_file() {
+            return Err(ReadError::Changed("no longer a regular file".into()));
+        }
+        let expect = Entry {
+            path: path.clone(),
+            kind: EntryKind::File,
+            size: m.len(),
+            mtime: mtime_of(&m),
+        };
+        Ok(Source {
+            file,
+            expect,
+            read: 0,
+        })
+    }
+
+    /// The size and mtime the content is checked against.
+    pub fn entry(&self) -> &Entry {
+        &self.expect
     }
 
     fn check(&self, when: &str) -> Result<(), ReadError> {
@@ -204,6 +258,26 @@ mod tests {
         );
         assert_eq!(s.skipped.len(), 1);
         assert!(scan(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn unreadable_paths_become_keep_entries() {
+        // Permission errors cannot be provoked as root, which CI is; exercise the
+        // bookkeeping that walk errors go through instead.
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("locked")).unwrap();
+        let mut s = scan(d.path()).unwrap();
+        s.keep(d.path(), &d.path().join("locked"));
+        s.keep(d.path(), &d.path().join("other/f"));
+        let kinds: Vec<_> = s
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("locked", EntryKind::Keep), ("other/f", EntryKind::Keep)]
+        );
     }
 
     #[test]

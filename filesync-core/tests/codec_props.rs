@@ -663,7 +663,6 @@ fn json_codec_refuses_an_endless_value() {
 /// closes the object (an unknown trailing field, which the types ignore) is accepted
 /// whole when it arrives in one read, so the limit can be overshot by a read's size.
 #[test]
-#[ignore = "bug: ObjectScanner accepts a complete value over max when its excess is one string closing the object in the same buffer"]
 fn json_codec_refuses_a_complete_value_over_the_limit() {
     let mut wire = br#"{"type":"TASKS","files_to_send":["a"],"pad":""#.to_vec();
     wire.extend(std::iter::repeat_n(b'x', 10 << 10));
@@ -813,4 +812,38 @@ fn seed_body_starting_with_a_newline_keeps_it() {
             "split at {at}"
         );
     }
+}
+
+/// The stream ends right after a frame's length: the frame is cut short, but the length
+/// header was already consumed by `LengthDelimitedCodec`, so the buffer is empty and
+/// `decode_eof` reports a clean end instead of `Truncated`.
+#[test]
+fn native_eof_after_a_length_header_is_truncated() {
+    for enc in [Encoding::Postcard, Encoding::Json] {
+        let mut codec = ServerCodec::new(enc);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 9][..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            matches!(codec.decode_eof(&mut buf), Err(CodecError::Truncated(_))),
+            "{enc:?}: a frame announced 9 bytes and none came"
+        );
+    }
+}
+
+/// The same stream cut one byte later is reported, as it should be.
+#[test]
+fn native_eof_inside_a_payload_is_truncated() {
+    let mut codec = ServerCodec::new(Encoding::Postcard);
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 9, 1][..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(matches!(
+        codec.decode_eof(&mut buf),
+        Err(CodecError::Truncated(_))
+    ));
+    let mut codec = ServerCodec::new(Encoding::Postcard);
+    let mut buf = BytesMut::from(&[0u8, 0, 0][..]);
+    assert!(matches!(
+        codec.decode_eof(&mut buf),
+        Err(CodecError::Truncated(3))
+    ));
 }

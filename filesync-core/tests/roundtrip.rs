@@ -692,7 +692,6 @@ fn invalid_values_are_refused_when_decoding() {
 /// value compares unequal to the same instant normalised (`{0, 1e9}` vs `{1, 0}`), so the
 /// quick check would re-send the file on every sync, and it reaches the store unchecked.
 #[test]
-#[ignore = "bug: MTime deserialises with nanos >= 1e9 (derived Deserialize skips MTime::new's check)"]
 fn mtime_with_nanos_out_of_range_is_refused() {
     let json = r#"{"secs":0,"nanos":1000000000}"#;
     assert!(serde_json::from_str::<MTime>(json).is_err());

@@ -49,6 +49,9 @@ impl ObjectScanner {
                     }
                 }
             }
+            if self.pos > max {
+                return Err(CodecError::TooLarge { len: self.pos, max });
+            }
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
@@ -71,9 +74,6 @@ impl ObjectScanner {
                     }
                 }
                 _ => {}
-            }
-            if self.pos > max {
-                return Err(CodecError::TooLarge { len: self.pos, max });
             }
         }
         if self.pos > max {

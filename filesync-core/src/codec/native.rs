@@ -26,6 +26,9 @@ pub struct NativeCodec<Rx, Tx> {
     inner: LengthDelimitedCodec,
     encoding: Encoding,
     max: usize,
+    /// The inner codec has consumed a length header and waits for the payload: an end of
+    /// stream now is a truncated frame even though no bytes are buffered.
+    mid_frame: bool,
     _types: PhantomData<fn(Tx) -> Rx>,
 }
 
@@ -49,6 +52,7 @@ impl<Rx, Tx> NativeCodec<Rx, Tx> {
                 .new_codec(),
             encoding,
             max,
+            mid_frame: false,
             _types: PhantomData,
         }
     }
@@ -109,18 +113,23 @@ impl<Rx: DeserializeOwned, Tx> Decoder for NativeCodec<Rx, Tx> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<Rx>>, CodecError> {
+        let had_head = src.len() >= 4;
         let frame = match self.inner.decode(src) {
             Ok(Some(f)) => f,
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                self.mid_frame |= had_head;
+                return Ok(None);
+            }
             Err(e) => return Err(self.map_err(e, src)),
         };
+        self.mid_frame = false;
         decode_frame(self.encoding, frame).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame<Rx>>, CodecError> {
         match self.decode(src)? {
             Some(f) => Ok(Some(f)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && !self.mid_frame => Ok(None),
             None => Err(CodecError::Truncated(src.len())),
         }
     }

@@ -86,6 +86,8 @@ impl ErrorCode {
     pub const WOULD_EMPTY: ErrorCode = ErrorCode(10);
     /// Anything else that went wrong on the sender's side.
     pub const INTERNAL: ErrorCode = ErrorCode(11);
+    /// Another session for the same client id is running; try again later.
+    pub const IN_PROGRESS: ErrorCode = ErrorCode(12);
 
     /// A short name for logs.
     pub fn name(self) -> &'static str {
@@ -101,6 +103,7 @@ impl ErrorCode {
             9 => "shutting-down",
             10 => "would-empty",
             11 => "internal",
+            12 => "in-progress",
             _ => "unknown",
         }
     }
@@ -153,7 +156,7 @@ pub struct Welcome {
 /// `QUEUED`: the server is busy; the client waits at this position (1 = next).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queued {
-    /// Sessions ahead of this one.
+    /// Place in line: 1 is served next.
     pub position: u32,
 }
 
@@ -169,6 +172,10 @@ pub enum EntryKind {
     File,
     /// A directory (listed so that empty directories are mirrored too).
     Dir,
+    /// Something the client could not read this time (a permission error, say): the
+    /// server keeps whatever it holds at and under this path, instead of deleting it as
+    /// gone. Never requested.
+    Keep,
 }
 
 /// One entry of a manifest: a file or directory in the client's tree.

@@ -51,8 +51,28 @@ pub enum Status {
 pub struct NativeOffer {
     /// Native protocol versions the server accepts.
     pub versions: Vec<u16>,
-    /// Encodings the server accepts, preferred first.
+    /// Encodings the server accepts, preferred first. Names this version does not know
+    /// are skipped when reading, so a later server may offer more.
+    #[serde(deserialize_with = "known_encodings")]
     pub encodings: Vec<Encoding>,
+}
+
+/// Reads an encoding list, skipping unknown names in JSON (the greeting is always JSON,
+/// and must stay readable by older clients when a server learns a new encoding).
+fn known_encodings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Encoding>, D::Error> {
+    if d.is_human_readable() {
+        let names = Vec::<String>::deserialize(d)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| match n.as_str() {
+                "postcard" => Some(Encoding::Postcard),
+                "json" => Some(Encoding::Json),
+                _ => None,
+            })
+            .collect())
+    } else {
+        Vec::<Encoding>::deserialize(d)
+    }
 }
 
 /// `SERVER_STATUS_MESSAGE` (documented as `SERVER_STATUS`): the greeting, the first bytes

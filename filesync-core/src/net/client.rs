@@ -99,7 +99,8 @@ pub async fn sync(
 
     // The greeting is JSON in both dialects; read it with the JSON codec, then hand what
     // may already be buffered behind it to the native codec.
-    let mut greet = Framed::new(stream, JsonCodec::<seed::ServerMsg>::default());
+    // A greeting is a few hundred bytes; a server sending more is not one to wait for.
+    let mut greet = Framed::new(stream, JsonCodec::<seed::ServerMsg>::with_max(64 << 10));
     let status = match tokio::time::timeout(idle, greet.next()).await {
         Err(_) => return Err(Error::Timeout(idle)),
         Ok(None) => return Err(Error::Closed),
@@ -287,8 +288,11 @@ async fn drive(
 
     let (mut fin, end) = t.finish();
     sink.send(Frame::Msg(end)).await?;
+    // After TRANSFER_END the server applies deletions and syncs its disk, saying nothing
+    // until NEXT_SYNC: allow that more than an ordinary silence.
+    let finish_wait = idle.saturating_mul(5);
     let done = loop {
-        match fin.on_message(recv(rx, idle).await?)? {
+        match fin.on_message(recv(rx, finish_wait).await?)? {
             Finish::Finishing(f) => fin = f,
             Finish::Done(d) => break d,
         }

@@ -84,7 +84,7 @@ pub(super) async fn sync(
     let mut out = BytesMut::new();
     encode_seed(&seed::ClientMsg::FilesInfo(info), false, &mut out);
     if status.filesync.is_none() && out.len() > rules::SEED_SERVER_MAX_LISTING {
-        return Err(Error::Remote {
+        return Err(Error::Refused {
             code: ErrorCode::VERSION,
             message: format!(
                 "the original FileSync server reads the file list in one {}-byte receive, and this \

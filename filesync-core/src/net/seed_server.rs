@@ -85,6 +85,10 @@ pub(super) async fn session(
         .clone()
         .unwrap_or_else(|| ClientId::from_addr(peer.ip()));
     summary.client = Some(id.clone());
+    // The original has no error message: a second session of a busy id is just closed.
+    let Some(_lease) = ctx.lease(&id) else {
+        return Err(super::server::in_progress(&id));
+    };
     tracing::info!(client = %id, %peer, dialect = "seed", files = info.files.len(), "session started");
 
     let store = Arc::clone(&ctx.store);

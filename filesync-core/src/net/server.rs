@@ -2,6 +2,7 @@
 //! session's typestate machine over the socket, with the store's writes on a blocking
 //! thread so that reading the network and writing the disk overlap.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,44 @@ pub(super) struct Ctx {
     pub(super) queue: Arc<Queue>,
     pub(super) sched: Mutex<Scheduler>,
     pub(super) cfg: ServeConfig,
+    /// Client ids with a session running: two sessions of one id at once (possible with
+    /// `--max-sessions` above 1) could delete what the other stores.
+    active_ids: Mutex<HashSet<ClientId>>,
+}
+
+/// Holds a client id for one session; released on drop.
+pub(super) struct Lease<'a> {
+    ctx: &'a Ctx,
+    id: ClientId,
+}
+
+impl Ctx {
+    /// Takes the id for a session, or `None` if another session holds it.
+    pub(super) fn lease(&self, id: &ClientId) -> Option<Lease<'_>> {
+        let mut ids = self.active_ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.insert(id.clone()).then(|| Lease {
+            ctx: self,
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .active_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// The error for a second session of an id that is already syncing.
+pub(super) fn in_progress(id: &ClientId) -> Error {
+    Error::Refused {
+        code: ErrorCode::IN_PROGRESS,
+        message: format!("a session for client {id} is already running; try again later"),
+    }
 }
 
 /// What one session did, for its log line.
@@ -82,6 +121,7 @@ pub async fn serve(
         queue: Queue::new(cfg.max_sessions),
         sched: Mutex::new(Scheduler::new(cfg.interval)),
         cfg,
+        active_ids: Mutex::new(HashSet::new()),
     });
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
@@ -181,7 +221,10 @@ async fn session(
     let encoding = preamble::decode(&pre)?;
     let mut framed = Framed::new(stream, ServerCodec::new(encoding));
 
-    let hello = next_msg(&mut framed, idle).await?;
+    let hello = match next_msg(&mut framed, idle).await {
+        Ok(m) => m,
+        Err(e) => return Err(fail(&mut framed, e, idle).await),
+    };
     let srv = match srv.on_hello(encoding, hello) {
         Ok((srv, welcome)) => {
             send(&mut framed, welcome, idle).await?;
@@ -198,6 +241,9 @@ async fn session(
     summary.queue_wait = queued_at.elapsed();
 
     let id = srv.client_id().clone();
+    let Some(_lease) = ctx.lease(&id) else {
+        return Err(fail(&mut framed, in_progress(&id), idle).await);
+    };
     let store = Arc::clone(&ctx.store);
     let index = tokio::task::spawn_blocking(move || store.index(&id))
         .await
@@ -208,7 +254,10 @@ async fn session(
     send(&mut framed, ready, idle).await?;
 
     let srv = loop {
-        let msg = next_msg_or_cancel(&mut framed, idle, cancel).await?;
+        let msg = match next_msg_or_cancel(&mut framed, idle, cancel).await {
+            Ok(m) => m,
+            Err(e) => return Err(fail(&mut framed, e, idle).await),
+        };
         match srv.on_message(msg) {
             Ok(Listed::Listing(s, out)) => {
                 srv = s;
@@ -262,10 +311,7 @@ async fn sniff(
                         break tokio::time::timeout(DIALECT_GRACE, stream.peek(&mut b)).await.ok();
                     }
                 }
-                _ = cancel.cancelled() => return Err(Error::Remote {
-                    code: ErrorCode::SHUTTING_DOWN,
-                    message: "the server is shutting down".into(),
-                }),
+                _ = cancel.cancelled() => return Err(shutdown_error()),
             }
         }
     };
@@ -296,7 +342,7 @@ async fn send_all(framed: &mut Conn, msgs: Vec<ServerMsg>, idle: Duration) -> Re
 async fn fail(framed: &mut Conn, e: Error, idle: Duration) -> Error {
     let code = match &e {
         Error::Protocol(p) => p.code(),
-        Error::Remote { code, .. } => *code,
+        Error::Refused { code, .. } | Error::Remote { code, .. } => *code,
         Error::Codec(_) => ErrorCode::PROTOCOL,
         Error::Timeout(_) => ErrorCode::IDLE_TIMEOUT,
         _ => ErrorCode::INTERNAL,
@@ -304,7 +350,7 @@ async fn fail(framed: &mut Conn, e: Error, idle: Duration) -> Error {
     let msg = ServerMsg::Error(ErrorMsg {
         code,
         message: match &e {
-            Error::Remote { message, .. } => message.clone(),
+            Error::Refused { message, .. } => message.clone(),
             other => other.to_string(),
         },
     });
@@ -340,20 +386,19 @@ async fn next_msg_or_cancel(
 ) -> Result<ClientMsg, Error> {
     tokio::select! {
         m = next_msg(framed, idle) => m,
-        _ = cancel.cancelled() => Err(shutting_down(framed).await),
+        _ = cancel.cancelled() => Err(shutdown_error()),
+    }
+}
+
+fn shutdown_error() -> Error {
+    Error::Refused {
+        code: ErrorCode::SHUTTING_DOWN,
+        message: "the server is shutting down".into(),
     }
 }
 
 async fn shutting_down(framed: &mut Conn) -> Error {
-    fail(
-        framed,
-        Error::Remote {
-            code: ErrorCode::SHUTTING_DOWN,
-            message: "the server is shutting down".into(),
-        },
-        Duration::from_secs(2),
-    )
-    .await
+    fail(framed, shutdown_error(), Duration::from_secs(2)).await
 }
 
 /// Holds a welcomed client until its turn, telling it its position when it changes and

@@ -235,10 +235,18 @@ impl Client<Connected> {
     /// Call with each message until `READY`.
     pub fn on_message(self, msg: ServerMsg) -> Result<Waiting, Error> {
         match msg {
-            ServerMsg::Welcome(w) if self.state.welcome.is_none() => Ok(Waiting::Waiting(
-                self.with(Connected { welcome: Some(w) }),
-                None,
-            )),
+            ServerMsg::Welcome(w) if self.state.welcome.is_none() => {
+                if w.version != PROTOCOL_VERSION {
+                    return Err(Error::Protocol(ProtocolError::Version(format!(
+                        "server welcomed version {}, but this client asked for {PROTOCOL_VERSION}",
+                        w.version
+                    ))));
+                }
+                Ok(Waiting::Waiting(
+                    self.with(Connected { welcome: Some(w) }),
+                    None,
+                ))
+            }
             ServerMsg::Queued(q) if self.state.welcome.is_some() => {
                 Ok(Waiting::Waiting(self, Some(q.position)))
             }

@@ -84,8 +84,8 @@ pub(crate) fn batches<T>(
     out
 }
 
-/// Estimated encoded size of an entry or path: its path plus fixed fields, with room for
-/// JSON's field names.
+/// Upper bound of an entry's or path's encoded size: JSON may escape every byte of a path
+/// as a six-byte `\u00XX`, plus the fixed fields and their names.
 pub(crate) fn path_weight(p: &crate::paths::RelPath) -> usize {
-    p.as_str().len() + 96
+    p.as_str().len() * 6 + 96
 }

@@ -321,7 +321,7 @@ impl Server<Listing> {
                     ))));
                 }
                 if st.entries == 0 && !st.allow_empty && st.planner.server_has_files() {
-                    return Err(Error::Remote {
+                    return Err(Error::Refused {
                         code: ErrorCode::WOULD_EMPTY,
                         message:
                             "the client listed nothing but the server holds files for it; \
