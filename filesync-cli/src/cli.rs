@@ -48,7 +48,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "30", value_parser = parse_duration, env = "FILESYNC_INTERVAL")]
     pub(crate) interval: Duration,
 
-    /// Where client folders are kept (client_<id> each) and filesync's own state (.filesync).
+    /// Where client folders are kept (`client_<id>` each) and filesync's own state (.filesync).
     #[arg(long, default_value = "./filesync-data", env = "FILESYNC_ROOT")]
     pub(crate) root: PathBuf,
 
@@ -75,7 +75,7 @@ pub(crate) struct ServeArgs {
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct SyncArgs {
-    /// Client id, naming the folder on the server (client_<id>); 1-64 of A-Z a-z 0-9 . _ -.
+    /// Client id, naming the folder on the server (`client_<id>`); 1-64 of A-Z a-z 0-9 . _ -.
     /// Without it the server uses the client's IP address.
     #[arg(long, env = "FILESYNC_ID")]
     pub(crate) id: Option<String>,

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A peer that sends the wrong message for the state gets
-//! [`ProtocolError::Unexpected`](crate::error::ProtocolError::Unexpected), never a panic.
+//! [`ProtocolError::Unexpected`], never a panic.
 
 pub mod client;
 pub mod seed;
