@@ -31,6 +31,7 @@ pub(crate) fn for_error(e: &Error) -> i32 {
             _ => CONNECTION,
         },
         Error::Protocol(filesync_core::error::ProtocolError::Version(_)) => REFUSED,
+        Error::Listing(_) => LOCAL,
         _ => CONNECTION,
     }
 }

@@ -28,16 +28,6 @@ struct Failure {
     rediscover: bool,
 }
 
-impl Failure {
-    fn local(message: String) -> Self {
-        Failure {
-            code: exit::LOCAL,
-            message,
-            rediscover: false,
-        }
-    }
-}
-
 pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
     let id = match args.id.as_deref().map(ClientId::parse).transpose() {
         Ok(id) => id,
@@ -166,7 +156,15 @@ async fn attempt(
     json: bool,
 ) -> Result<Synced, Failure> {
     let started = Instant::now();
-    let entries = list(cfg)?;
+    // Walk the folder while connecting: the listing is needed only once the server is
+    // ready, and the server indexes its copy meanwhile.
+    let dir = cfg.dir.clone();
+    let walk = tokio::task::spawn_blocking(move || list(&dir));
+    let listing = async move {
+        walk.await
+            .map_err(|e| Error::Listing(std::io::Error::other(e)))?
+            .map_err(Error::Listing)
+    };
     let addr = match *server {
         Some(a) => a,
         None => {
@@ -176,7 +174,7 @@ async fn attempt(
         }
     };
     let progress = progress::for_terminal(json);
-    let synced = net::client::sync(addr, cfg, &entries, progress)
+    let synced = net::client::sync(addr, cfg, listing, progress)
         .await
         .map_err(|e| failure(e, addr, cfg, args.server.is_none()))?;
     summarise(&synced, started.elapsed(), json, addr);
@@ -186,8 +184,8 @@ async fn attempt(
 /// Lists the folder. A missing folder is listed as empty: the server then refuses to
 /// empty an archive that holds files (unless --allow-empty), and an unmounted disk
 /// cannot wipe it.
-fn list(cfg: &SyncConfig) -> Result<Vec<filesync_core::messages::Entry>, Failure> {
-    match walk::scan(&cfg.dir) {
+fn list(dir: &std::path::Path) -> std::io::Result<Vec<filesync_core::messages::Entry>> {
+    match walk::scan(dir) {
         Ok(scan) => {
             for (p, why) in &scan.skipped {
                 tracing::warn!(path = %p.display(), why, "skipped");
@@ -195,13 +193,10 @@ fn list(cfg: &SyncConfig) -> Result<Vec<filesync_core::messages::Entry>, Failure
             Ok(scan.entries)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(dir = %cfg.dir.display(), "folder does not exist; listing it as empty");
+            tracing::warn!(dir = %dir.display(), "folder does not exist; listing it as empty");
             Ok(Vec::new())
         }
-        Err(e) => Err(Failure::local(format!(
-            "listing {}: {e}",
-            cfg.dir.display()
-        ))),
+        Err(e) => Err(e),
     }
 }
 

@@ -39,6 +39,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The folder to sync could not be listed (a local fault, not the network's).
+    #[error("listing the folder: {0}")]
+    Listing(std::io::Error),
     /// The peer stayed silent past a deadline.
     #[error("timed out after {0:?} waiting for the peer")]
     Timeout(std::time::Duration),

@@ -6,6 +6,7 @@
 //! File reads run on a blocking thread a few chunks ahead of the socket.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,13 +86,16 @@ pub struct Synced {
 
 type Sink = SplitSink<Framed<TcpStream, ClientCodec>, Frame<ClientMsg>>;
 
-/// Runs one sync of `entries` (a fresh listing of `cfg.dir`) against the server at
-/// `addr`. Returns once the server has confirmed with `NEXT_SYNC` that everything it
-/// stored is durable.
+/// Runs one sync of `cfg.dir` against the server at `addr`. Returns once the server has
+/// confirmed with `NEXT_SYNC` that everything it stored is durable.
+///
+/// `listing` yields the folder's entries; it is awaited only once the server is ready, so
+/// a caller that starts the walk before connecting overlaps it with the connection and the
+/// server's own indexing.
 pub async fn sync(
     addr: SocketAddr,
     cfg: &SyncConfig,
-    entries: &[Entry],
+    listing: impl Future<Output = Result<Vec<Entry>, Error>>,
     progress: Arc<dyn Progress>,
 ) -> Result<Synced, Error> {
     let idle = cfg.idle_timeout;
@@ -126,12 +130,14 @@ pub async fn sync(
     match cfg.dialect {
         DialectChoice::Seed => {
             tracing::info!(%addr, dialect = "seed", "syncing in the original dialect");
-            return super::seed_client::sync(stream, leftover, status, cfg, entries, progress)
+            let entries = listing.await?;
+            return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress)
                 .await;
         }
         DialectChoice::Auto if !native => {
             tracing::info!(%addr, dialect = "seed", "the server speaks the original FileSync dialect");
-            return super::seed_client::sync(stream, leftover, status, cfg, entries, progress)
+            let entries = listing.await?;
+            return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress)
                 .await;
         }
         _ => tracing::debug!(%addr, dialect = "native", "syncing"),
@@ -162,7 +168,7 @@ pub async fn sync(
         }
     });
     let result = match sink.send(Frame::Msg(greeting.hello)).await {
-        Ok(()) => drive(client, &mut sink, &mut rx, cfg, entries, progress, idle).await,
+        Ok(()) => drive(client, &mut sink, &mut rx, cfg, listing, progress, idle).await,
         Err(e) => Err(e.into()),
     };
     reader.abort();
@@ -198,7 +204,7 @@ async fn drive(
     sink: &mut Sink,
     rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
     cfg: &SyncConfig,
-    entries: &[Entry],
+    listing: impl Future<Output = Result<Vec<Entry>, Error>>,
     progress: Arc<dyn Progress>,
     idle: Duration,
 ) -> Result<Synced, Error> {
@@ -215,6 +221,8 @@ async fn drive(
         }
     };
 
+    let entries = listing.await?;
+    let entries = &entries[..];
     let (mut listed, manifest) = ready.send_manifest(entries);
     for m in manifest {
         sink.feed(Frame::Msg(m)).await?;
