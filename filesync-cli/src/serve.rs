@@ -29,6 +29,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .wrap_err_with(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
+    let shutdown = shutdown_signal();
     let discovery = if args.no_discovery {
         None
     } else {
@@ -58,7 +59,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         idle_timeout: args.idle_timeout,
         encodings: vec![Encoding::Postcard, Encoding::Json],
     };
-    net::server::serve(listener, store, cfg, shutdown_signal())
+    net::server::serve(listener, store, cfg, shutdown)
         .await
         .wrap_err("serving")?;
     if let Some(d) = discovery {
@@ -68,25 +69,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM (systemd's stop).
-pub(crate) async fn shutdown_signal() {
+/// A future resolving on Ctrl-C or SIGTERM (systemd's stop). The handlers are installed
+/// when this is called, not when the future is first polled, so a signal that arrives
+/// right after start-up is still a clean stop rather than the default kill.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            async fn recv(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

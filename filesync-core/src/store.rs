@@ -118,16 +118,39 @@ impl Store {
         Ok(out)
     }
 
-    /// A writer for one session of `id`.
-    pub fn receiver(&self, id: &ClientId) -> Receiver<'_> {
-        Receiver {
-            store: self,
+    /// A writer for one session of `id`. `report` is called, from another thread, with
+    /// the outcome of every file once it is settled: stored (durable and in place) or
+    /// rejected.
+    pub fn receiver(
+        &self,
+        id: &ClientId,
+        report: impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static,
+    ) -> io::Result<Receiver<'_>> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let mut placer = Placer {
             dir: self.client_dir(id),
+            dirs_ok: HashSet::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("filesync-placer".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Batch(batch) => report(placer.place_batch(batch)),
+                        Job::Finish(tail, done) => {
+                            let _ = done.send(placer.finish(&tail));
+                        }
+                    }
+                }
+            })?;
+        Ok(Receiver {
+            store: self,
             open: None,
             staged: Vec::new(),
             staged_bytes: 0,
-            dirs_ok: HashSet::new(),
-        }
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     fn temp_path(&self) -> PathBuf {
@@ -157,14 +180,42 @@ struct Staged {
     file: File,
 }
 
+/// Work for the placer thread, done in order.
+enum Job {
+    /// Make these durable and move them into place.
+    Batch(Vec<Staged>),
+    /// Apply the plan's tail, sync, and answer with (deleted, errors).
+    Finish(Tail, std::sync::mpsc::Sender<(u64, Vec<String>)>),
+}
+
 /// Receives one session's files into a client folder.
+///
+/// Two threads share the work: the caller's writes temporary files, and a placer thread
+/// makes each full batch durable and renames it into place, so that waiting for the disk
+/// overlaps with receiving the next batch instead of adding to it.
 #[derive(Debug)]
 pub struct Receiver<'a> {
     store: &'a Store,
-    dir: PathBuf,
     open: Option<Open>,
     staged: Vec<Staged>,
     staged_bytes: u64,
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Batch(b) => write!(f, "Batch({})", b.len()),
+            Job::Finish(..) => f.write_str("Finish"),
+        }
+    }
+}
+
+/// The placer thread's state: everything that renames or deletes in the client folder.
+#[derive(Debug)]
+struct Placer {
+    dir: PathBuf,
     /// Directories already checked or made in this session.
     dirs_ok: HashSet<PathBuf>,
 }
@@ -222,8 +273,8 @@ impl Receiver<'_> {
         }
     }
 
-    /// Completes the open file: gives it its mtime and stages it. Returns the outcomes of
-    /// every file settled now: a failed file at once, a staged batch when it is full.
+    /// Completes the open file: gives it its mtime and stages it; a full batch goes to the
+    /// placer. A file that failed is returned rejected at once.
     pub fn commit(&mut self) -> Vec<(RelPath, Outcome)> {
         match self.open.take() {
             None => Vec::new(),
@@ -246,21 +297,51 @@ impl Receiver<'_> {
                 self.staged.push(Staged { path, temp, file });
                 self.staged_bytes += size;
                 if self.staged.len() >= BATCH_FILES || self.staged_bytes >= BATCH_BYTES {
-                    self.flush()
-                } else {
-                    Vec::new()
+                    self.flush();
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Hands the staged files to the placer, which makes them durable and moves them into
+    /// place; their outcomes go to the `report` callback.
+    pub fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        self.staged_bytes = 0;
+        let batch = std::mem::take(&mut self.staged);
+        if let Some(jobs) = &self.jobs {
+            if let Err(std::sync::mpsc::SendError(Job::Batch(batch))) = jobs.send(Job::Batch(batch))
+            {
+                for s in batch {
+                    let _ = fs::remove_file(s.temp);
                 }
             }
         }
     }
 
-    /// Makes the staged files durable and renames them into place.
-    pub fn flush(&mut self) -> Vec<(RelPath, Outcome)> {
-        if self.staged.is_empty() {
-            return Vec::new();
+    /// Ends the session's writes: every staged file placed, deletions applied, directories
+    /// made, and all of it durable. Returns how many entries were deleted and what failed.
+    /// Every file's outcome has been reported when this returns.
+    pub fn finish(&mut self, tail: &Tail) -> (u64, Vec<String>) {
+        self.discard();
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|j| j.send(Job::Finish(tail.clone(), tx)).is_ok());
+        match rx.recv() {
+            Ok(r) if sent => r,
+            _ => (0, vec!["the placer thread stopped".into()]),
         }
-        let staged = std::mem::take(&mut self.staged);
-        self.staged_bytes = 0;
+    }
+}
+
+impl Placer {
+    fn place_batch(&mut self, staged: Vec<Staged>) -> Vec<(RelPath, Outcome)> {
         let synced = sync_all(staged.iter().map(|s| &s.file));
         staged
             .into_iter()
@@ -283,11 +364,7 @@ impl Receiver<'_> {
             .collect()
     }
 
-    /// Ends the session's writes: stages out, deletions applied, directories made, and
-    /// all of it durable. Returns how many entries were deleted and what failed.
-    pub fn finish(&mut self, tail: &Tail) -> (Vec<(RelPath, Outcome)>, u64, Vec<String>) {
-        self.discard();
-        let results = self.flush();
+    fn finish(&mut self, tail: &Tail) -> (u64, Vec<String>) {
         let mut deleted = 0;
         let mut errors = Vec::new();
         for p in &tail.delete {
@@ -309,7 +386,7 @@ impl Receiver<'_> {
         if let Err(e) = sync_tree(&self.dir) {
             errors.push(format!("syncing: {e}"));
         }
-        (results, deleted, errors)
+        (deleted, errors)
     }
 
     /// Ensures every ancestor of `rel` is a real directory under the client folder,
@@ -363,10 +440,15 @@ impl Receiver<'_> {
 }
 
 impl Drop for Receiver<'_> {
+    /// An interrupted session keeps the files that arrived whole (they are placed) and
+    /// removes the partial one; the placer is waited for, so that nothing is still being
+    /// renamed once the session is reported over.
     fn drop(&mut self) {
         self.discard();
-        for s in self.staged.drain(..) {
-            let _ = fs::remove_file(s.temp);
+        self.flush();
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -411,6 +493,14 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    type Reported = std::sync::Arc<std::sync::Mutex<Vec<(RelPath, Outcome)>>>;
+
+    fn collect() -> (Reported, impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static) {
+        let seen: Reported = Default::default();
+        let sink = std::sync::Arc::clone(&seen);
+        (seen, move |v| sink.lock().unwrap().extend(v))
+    }
+
     fn header(p: &str, size: u64) -> FileHeader {
         FileHeader {
             path: RelPath::parse(p).unwrap(),
@@ -425,7 +515,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let id = ClientId::parse("a").unwrap();
-        let mut r = store.receiver(&id);
+        let (seen, report) = collect();
+        let mut r = store.receiver(&id, report).unwrap();
         r.open(&header("d/x.txt", 5));
         r.write(b"hel");
         let dest = root.path().join("client_a/d/x.txt");
@@ -433,9 +524,9 @@ mod tests {
         r.write(b"lo");
         assert!(r.commit().is_empty(), "staged, not yet placed");
         assert!(!dest.exists());
-        let out = r.finish(&Tail::default());
+        r.finish(&Tail::default());
         assert_eq!(
-            out.0,
+            *seen.lock().unwrap(),
             vec![(RelPath::parse("d/x.txt").unwrap(), Outcome::Stored)]
         );
         assert_eq!(fs::read(&dest).unwrap(), b"hello");
@@ -454,6 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_session_keeps_whole_files_only() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let id = ClientId::parse("a").unwrap();
+        let (seen, report) = collect();
+        let mut r = store.receiver(&id, report).unwrap();
+        r.open(&header("whole", 1));
+        r.write(b"1");
+        r.commit();
+        r.open(&header("partial", 10));
+        r.write(b"12");
+        drop(r);
+        assert_eq!(fs::read(root.path().join("client_a/whole")).unwrap(), b"1");
+        assert!(!root.path().join("client_a/partial").exists());
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(
+            fs::read_dir(root.path().join(".filesync/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
     fn never_follows_symlinks() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
@@ -462,7 +577,8 @@ mod tests {
         fs::create_dir_all(root.path().join("client_a")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("client_a/d")).unwrap();
         fs::write(outside.path().join("victim"), b"keep").unwrap();
-        let mut r = store.receiver(&id);
+        let (seen, report) = collect();
+        let mut r = store.receiver(&id, report).unwrap();
         r.open(&header("d/x.txt", 1));
         r.write(b"!");
         r.commit();
@@ -470,8 +586,8 @@ mod tests {
             delete: vec![RelPath::parse("d/victim").unwrap()],
             make_dirs: vec![],
         };
-        let (res, deleted, errors) = r.finish(&tail);
-        assert_eq!(res[0].1, Outcome::Stored);
+        let (deleted, errors) = r.finish(&tail);
+        assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(deleted, 0);
         assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
@@ -495,12 +611,13 @@ mod tests {
         );
         fs::create_dir_all(root.path().join("client_a/a/b")).unwrap();
         let id = ClientId::parse("a").unwrap();
-        let mut r = store.receiver(&id);
+        let (seen, report) = collect();
+        let mut r = store.receiver(&id, report).unwrap();
         r.open(&header("a", 2));
         r.write(b"hi");
         r.commit();
-        let (res, _, errors) = r.finish(&Tail::default());
-        assert_eq!(res[0].1, Outcome::Stored);
+        let (_, errors) = r.finish(&Tail::default());
+        assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty());
         assert_eq!(fs::read(root.path().join("client_a/a")).unwrap(), b"hi");
     }

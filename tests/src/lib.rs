@@ -1,1 +1,1055 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: they run real processes of the `filesync`
+//! binary against real sockets and real files, and compare the resulting trees.
+//!
+//! - [`filesync_bin`] builds the binary once per test process (a no-op when it is up to
+//!   date, so a test never runs a stale binary while others edit the CLI) and returns
+//!   its path.
+//! - [`ServeCmd`] / [`Server`] start `filesync serve` on port 0, read the port from the
+//!   line it prints, collect its log, and stop it with SIGTERM when dropped.
+//! - [`SyncCmd`] runs `filesync sync --once` and returns its exit code and output.
+//! - [`write_file`], [`make_dir`], [`write_big_file`] build trees;
+//!   [`assert_trees_equal`] compares two trees exactly.
+//! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
+//!   leaves the test.
+//!
+//! Every wait is bounded, and every child process is killed when its handle is dropped,
+//! including when a test panics.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use filetime::FileTime;
+
+/// How long a `filesync sync` may run before the test gives up on it.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------------------
+
+/// The path of the `filesync` binary, built on first use.
+///
+/// `CARGO_BIN_EXE_filesync` exists only for tests of the crate that owns the binary, so
+/// this crate finds it next to its own test executable (`<target>/<profile>/deps/..`),
+/// which follows `CARGO_TARGET_DIR` and the profile by construction. The first call runs
+/// `cargo build -p filesync-cli` for that profile: cheap when nothing changed, and it
+/// keeps the tests from running a binary older than the sources. `FILESYNC_BIN` names
+/// a binary to use instead, without building.
+pub fn filesync_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FILESYNC_BIN") {
+            return PathBuf::from(p);
+        }
+        let (profile_dir, profile) = profile_dir();
+        let bin = profile_dir.join("filesync");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&workspace)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "filesync-cli",
+                "--bin",
+                "filesync",
+            ])
+            .args(["--profile", &profile]);
+        // The target directory is the one this test executable was built into, wherever
+        // CARGO_TARGET_DIR put it.
+        if let Some(target) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running cargo to build filesync: {e}"));
+        assert!(
+            out.status.success(),
+            "`cargo build -p filesync-cli` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            bin.is_file(),
+            "built filesync but {} is missing",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// `<target>/<profile>` and the cargo profile name, from this test executable's path.
+fn profile_dir() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // <target>/<profile>/deps/<test>-<hash>
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir.pop();
+    }
+    let profile = match dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => "dev".to_string(),
+        Some("release") => "release".to_string(),
+        Some(other) => other.to_string(),
+    };
+    (dir, profile)
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------
+
+/// A child process that is killed (and reaped) when dropped, with its output collected
+/// by background threads.
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => lock(&into).push_str(&String::from_utf8_lossy(&line)),
+            }
+        }
+    })
+}
+
+fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, first_stdout_line: Option<mpsc::Sender<String>>) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // The logs are parsed; colours only get in the way (tracing-subscriber
+            // honours NO_COLOR; `strip_ansi` covers it if not).
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        // The CLI reads FILESYNC_* variables as flag defaults; the tests pass flags.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FILESYNC_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let mut readers = vec![collect(err, Arc::clone(&stderr))];
+        let so = Arc::clone(&stdout);
+        readers.push(thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut first = first_stdout_line;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&line).into_owned();
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(s.clone());
+                        }
+                        lock(&so).push_str(&s);
+                    }
+                }
+            }
+        }));
+        Proc {
+            child,
+            stdout,
+            stderr,
+            readers,
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn signal_term(&mut self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Sends `sig`, unless the process has been reaped (its pid may be reused).
+    fn signal(&mut self, sig: rustix::process::Signal) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+
+    /// Waits for the output readers, once the process has exited.
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    fn stdout(&self) -> String {
+        lock(&self.stdout).clone()
+    }
+
+    fn stderr(&self) -> String {
+        lock(&self.stderr).clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.signal_term();
+            if self.wait_timeout(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        self.join_readers();
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), such as tracing's colours.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------
+
+/// How to start `filesync serve`. Defaults: `--port 0 --bind 127.0.0.1 --no-discovery
+/// --interval 30 --max-sessions 1 --idle-timeout 60`.
+#[derive(Debug, Clone)]
+pub struct ServeCmd {
+    root: PathBuf,
+    bind: String,
+    group: Option<String>,
+    max_sessions: u32,
+    extra: Vec<OsString>,
+    netns: Option<String>,
+}
+
+impl ServeCmd {
+    /// A server keeping its data under `root`.
+    pub fn new(root: &Path) -> ServeCmd {
+        ServeCmd {
+            root: root.to_path_buf(),
+            bind: "127.0.0.1".into(),
+            group: None,
+            max_sessions: 1,
+            extra: Vec::new(),
+            netns: None,
+        }
+    }
+
+    /// Listens on `addr` instead of 127.0.0.1.
+    pub fn bind(mut self, addr: &str) -> ServeCmd {
+        self.bind = addr.into();
+        self
+    }
+
+    /// Answers discovery on `group` (`ADDR:PORT`) instead of `--no-discovery`.
+    /// Only use inside a [`Netns`]: the server joins the group.
+    pub fn discovery(mut self, group: &str) -> ServeCmd {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Sets `--max-sessions`.
+    pub fn max_sessions(mut self, n: u32) -> ServeCmd {
+        self.max_sessions = n;
+        self
+    }
+
+    /// Adds a raw argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> ServeCmd {
+        self.extra.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Runs the server inside a network namespace.
+    pub fn netns(mut self, ns: &Netns) -> ServeCmd {
+        self.netns = Some(ns.name().to_owned());
+        self
+    }
+
+    /// Starts the server and waits (at most [`START_TIMEOUT`]) for its listening line.
+    pub fn start(&self) -> Server {
+        let mut cmd = netns_command(self.netns.as_deref(), filesync_bin());
+        cmd.arg("serve")
+            .args(["--port", "0", "--bind", &self.bind])
+            .arg("--root")
+            .arg(&self.root)
+            .args(["--interval", "30", "--idle-timeout", "60"])
+            .args(["--max-sessions", &self.max_sessions.to_string()]);
+        match &self.group {
+            Some(g) => cmd.args(["--group", g]),
+            None => cmd.arg("--no-discovery"),
+        };
+        cmd.args(&self.extra);
+        let (tx, rx) = mpsc::channel();
+        let mut proc = Proc::spawn(cmd, Some(tx));
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => {
+                let status = proc.wait_timeout(Duration::from_millis(500));
+                panic!(
+                    "filesync serve printed no listening line within {START_TIMEOUT:?} \
+                     (exit: {status:?}); stderr:\n{}",
+                    strip_ansi(&proc.stderr())
+                );
+            }
+        };
+        let port = parse_listening_port(&line)
+            .unwrap_or_else(|| panic!("cannot parse the port from {line:?}"));
+        Server {
+            proc,
+            port,
+            listening_line: line.trim_end().to_owned(),
+        }
+    }
+}
+
+/// The port in `filesync serve: listening on HOST:PORT, root DIR, discovery ...`.
+pub fn parse_listening_port(line: &str) -> Option<u16> {
+    let rest = line.strip_prefix("filesync serve: listening on ")?;
+    let addr = rest.split(',').next()?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// A running `filesync serve`; sent SIGTERM (then killed, if it lingers) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    proc: Proc,
+    port: u16,
+    listening_line: String,
+}
+
+impl Server {
+    /// Starts a server with the defaults of [`ServeCmd`].
+    pub fn start(root: &Path) -> Server {
+        ServeCmd::new(root).start()
+    }
+
+    /// The TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, for `--server`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The line the server printed on start.
+    pub fn listening_line(&self) -> &str {
+        &self.listening_line
+    }
+
+    /// The log (stderr) so far, colours removed.
+    pub fn log(&self) -> String {
+        strip_ansi(&self.proc.stderr())
+    }
+
+    /// Waits until the log contains `needle`; false after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        poll_until(timeout, || self.log().contains(needle))
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the log; false after `timeout`.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        poll_until(timeout, || self.log().matches(needle).count() >= n)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.try_wait().is_none()
+    }
+
+    /// Sends SIGTERM and waits for the exit; `None` if it did not exit within `timeout`
+    /// (the process is then killed when the `Server` is dropped).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with(rustix::process::Signal::TERM, timeout)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit, as [`terminate`](Self::terminate).
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with(rustix::process::Signal::INT, timeout)
+    }
+
+    fn stop_with(&mut self, sig: rustix::process::Signal, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.signal(sig);
+        let s = self.proc.wait_timeout(timeout);
+        if s.is_some() {
+            self.proc.join_readers();
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+/// How to run `filesync sync --once`.
+#[derive(Debug, Clone)]
+pub struct SyncCmd {
+    args: Vec<OsString>,
+    netns: Option<String>,
+    timeout: Duration,
+}
+
+/// A finished `filesync sync`.
+#[derive(Debug, Clone)]
+pub struct SyncOutput {
+    /// The exit code (`-1` if killed by a signal).
+    pub code: i32,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr, colours removed.
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl SyncOutput {
+    /// The `--json` summary (the last non-empty stdout line), parsed.
+    pub fn json(&self) -> serde_json::Value {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("no JSON summary on stdout; {self}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON summary {line:?}: {e}"))
+    }
+
+    /// A number from the `--json` summary.
+    pub fn count(&self, key: &str) -> u64 {
+        self.json()[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count {key:?} in the summary; {self}"))
+    }
+
+    /// Panics with the output unless the exit code is `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &SyncOutput {
+        assert_eq!(self.code, code, "unexpected exit code; {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for SyncOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "filesync sync exited {} after {:?}\n--- stdout\n{}--- stderr\n{}---",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+impl SyncCmd {
+    /// `filesync sync --once --id ID --dir DIR --json`.
+    pub fn new(id: &str, dir: &Path) -> SyncCmd {
+        SyncCmd {
+            args: vec![
+                "--once".into(),
+                "--json".into(),
+                "--id".into(),
+                id.into(),
+                "--dir".into(),
+                dir.into(),
+            ],
+            netns: None,
+            timeout: SYNC_TIMEOUT,
+        }
+    }
+
+    /// Adds `--server ADDR`.
+    pub fn server(self, addr: &str) -> SyncCmd {
+        self.arg("--server").arg(addr)
+    }
+
+    /// Adds `--encoding ENC`.
+    pub fn encoding(self, enc: &str) -> SyncCmd {
+        self.arg("--encoding").arg(enc)
+    }
+
+    /// Adds a raw argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> SyncCmd {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Runs the client inside a network namespace.
+    pub fn netns(mut self, ns: &Netns) -> SyncCmd {
+        self.netns = Some(ns.name().to_owned());
+        self
+    }
+
+    /// Sets how long [`run`](Self::run) waits before killing the client and panicking.
+    pub fn timeout(mut self, t: Duration) -> SyncCmd {
+        self.timeout = t;
+        self
+    }
+
+    /// Starts the client in the background.
+    pub fn spawn(&self) -> RunningSync {
+        let mut cmd = netns_command(self.netns.as_deref(), filesync_bin());
+        cmd.arg("sync").args(&self.args);
+        RunningSync {
+            proc: Proc::spawn(cmd, None),
+            started: Instant::now(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// Runs the client to completion.
+    pub fn run(&self) -> SyncOutput {
+        self.spawn().wait()
+    }
+}
+
+/// A `filesync sync` running in the background; killed if dropped unfinished.
+#[derive(Debug)]
+pub struct RunningSync {
+    proc: Proc,
+    started: Instant,
+    timeout: Duration,
+}
+
+impl RunningSync {
+    /// Whether it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.proc.try_wait().is_some()
+    }
+
+    /// Its stderr so far, colours removed.
+    pub fn stderr(&self) -> String {
+        strip_ansi(&self.proc.stderr())
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&mut self) {
+        self.proc.signal_term();
+    }
+
+    /// Stops the process (SIGSTOP), freezing it mid-transfer.
+    pub fn pause(&mut self) {
+        self.proc.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.proc.signal(rustix::process::Signal::CONT);
+    }
+
+    /// Waits for the exit (panics after the command's timeout).
+    pub fn wait(mut self) -> SyncOutput {
+        let left = self.timeout.saturating_sub(self.started.elapsed());
+        let Some(status) = self.proc.wait_timeout(left) else {
+            let _ = self.proc.child.kill();
+            let _ = self.proc.child.wait();
+            self.proc.join_readers();
+            panic!(
+                "filesync sync did not finish within {:?}; stderr:\n{}",
+                self.timeout,
+                strip_ansi(&self.proc.stderr())
+            );
+        };
+        let elapsed = self.started.elapsed();
+        self.proc.join_readers();
+        SyncOutput {
+            code: status.code().unwrap_or(-1),
+            stdout: self.proc.stdout(),
+            stderr: strip_ansi(&self.proc.stderr()),
+            elapsed,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Trees
+// ---------------------------------------------------------------------------------------
+
+/// Writes `data` to `root/rel` (creating parent directories) and sets its mtime.
+pub fn write_file(root: &Path, rel: &str, data: &[u8], mtime: FileTime) {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+    }
+    fs::write(&p, data).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+    set_mtime(root, rel, mtime);
+}
+
+/// Sets the mtime of `root/rel` (and its atime, which nothing compares).
+pub fn set_mtime(root: &Path, rel: &str, mtime: FileTime) {
+    let p = root.join(rel);
+    filetime::set_file_times(&p, mtime, mtime)
+        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", p.display()));
+}
+
+/// `secs.nanos` since the epoch as a [`FileTime`].
+pub fn ts(secs: i64, nanos: u32) -> FileTime {
+    FileTime::from_unix_time(secs, nanos)
+}
+
+/// Creates the directory `root/rel` and its parents.
+pub fn make_dir(root: &Path, rel: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+}
+
+/// Removes `root/rel`, a file or a whole directory.
+pub fn remove(root: &Path, rel: &str) {
+    let p = root.join(rel);
+    let r = if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(&p)
+    } else {
+        fs::remove_file(&p)
+    };
+    r.unwrap_or_else(|e| panic!("removing {}: {e}", p.display()));
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift), different for each `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a file of `mib` MiB at `path`: pseudo-random blocks, each stamped with its
+/// index, so that a lost, repeated or misplaced block shows in a comparison.
+pub fn write_big_file(path: &Path, mib: usize, seed: u64, mtime: FileTime) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+    }
+    let mut block = pseudo_random(1 << 20, seed);
+    let mut f = std::io::BufWriter::new(
+        fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display())),
+    );
+    for i in 0..mib as u64 {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        block[8..16].copy_from_slice(&seed.to_le_bytes());
+        f.write_all(&block)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+    f.flush()
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    drop(f);
+    filetime::set_file_times(path, mtime, mtime)
+        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
+}
+
+/// One entry of a tree, as compared by [`assert_trees_equal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A directory (its mtime is not part of the mirror).
+    Dir,
+    /// A regular file: size and mtime (seconds, nanoseconds).
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// Modification time: seconds since the epoch and nanoseconds.
+        mtime: (i64, u32),
+    },
+    /// A symbolic link and its target.
+    Symlink(PathBuf),
+    /// Anything else (fifo, socket, device).
+    Other,
+}
+
+/// Every entry under `root` (not `root` itself), by `/`-separated relative path.
+/// Panics if `root` is not a directory.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Node> {
+    let m = fs::symlink_metadata(root)
+        .unwrap_or_else(|e| panic!("{} is not there: {e}", root.display()));
+    assert!(m.is_dir(), "{} is not a directory", root.display());
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
+    let rd = fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    for e in rd {
+        let e = e.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let m = fs::symlink_metadata(e.path())
+            .unwrap_or_else(|err| panic!("stat {}: {err}", e.path().display()));
+        let node = if m.is_dir() {
+            walk(&e.path(), &rel, out);
+            Node::Dir
+        } else if m.is_file() {
+            let t = FileTime::from_last_modification_time(&m);
+            Node::File {
+                size: m.len(),
+                mtime: (t.unix_seconds(), t.nanoseconds()),
+            }
+        } else if m.file_type().is_symlink() {
+            Node::Symlink(fs::read_link(e.path()).unwrap_or_default())
+        } else {
+            Node::Other
+        };
+        out.insert(rel, node);
+    }
+}
+
+/// Asserts that the trees at `a` and `b` are identical: the same set of paths (empty
+/// directories included), the same kinds, files of the same size and mtime to the
+/// nanosecond, and the same bytes. Nothing is ignored.
+#[track_caller]
+pub fn assert_trees_equal(a: &Path, b: &Path) {
+    let ta = snapshot(a);
+    let tb = snapshot(b);
+    let mut diffs = Vec::new();
+    for (p, na) in &ta {
+        match tb.get(p) {
+            None => diffs.push(format!("only in {}: {p} ({na:?})", a.display())),
+            Some(nb) if nb != na => diffs.push(format!("{p}: {na:?} vs {nb:?}")),
+            Some(_) => {}
+        }
+    }
+    for (p, nb) in &tb {
+        if !ta.contains_key(p) {
+            diffs.push(format!("only in {}: {p} ({nb:?})", b.display()));
+        }
+    }
+    for (p, n) in &ta {
+        if matches!(n, Node::File { .. }) && tb.get(p) == Some(n) {
+            if let Some(off) = first_difference(&a.join(p), &b.join(p)) {
+                diffs.push(format!("{p}: contents differ at byte {off}"));
+            }
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "trees {} and {} differ:\n  {}",
+        a.display(),
+        b.display(),
+        diffs.join("\n  ")
+    );
+}
+
+/// The offset of the first differing byte of two files, `None` if they are equal.
+pub fn first_difference(a: &Path, b: &Path) -> Option<u64> {
+    let open = |p: &Path| {
+        BufReader::with_capacity(
+            1 << 20,
+            fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display())),
+        )
+    };
+    let (mut fa, mut fb) = (open(a), open(b));
+    let mut off = 0u64;
+    loop {
+        let ba = fa
+            .fill_buf()
+            .unwrap_or_else(|e| panic!("reading {}: {e}", a.display()));
+        let bb = fb
+            .fill_buf()
+            .unwrap_or_else(|e| panic!("reading {}: {e}", b.display()));
+        let n = ba.len().min(bb.len());
+        if n == 0 {
+            return (ba.len() != bb.len()).then_some(off);
+        }
+        // Slice equality is a memcmp even in debug builds; the byte loop only runs to
+        // find where a difference is.
+        if ba[..n] != bb[..n] {
+            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y);
+            return Some(off + i.unwrap_or(0) as u64);
+        }
+        fa.consume(n);
+        fb.consume(n);
+        off += n as u64;
+    }
+}
+
+/// Number of regular files and their total size in a snapshot.
+pub fn file_totals(tree: &BTreeMap<String, Node>) -> (u64, u64) {
+    tree.values().fold((0, 0), |(n, bytes), node| match node {
+        Node::File { size, .. } => (n + 1, bytes + size),
+        _ => (n, bytes),
+    })
+}
+
+/// The names directly under `dir`, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("listing")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The temporary files left under `<root>/.filesync/tmp` (empty if the dir is missing).
+pub fn temp_files(root: &Path) -> Vec<String> {
+    let tmp = root.join(".filesync").join("tmp");
+    if !tmp.exists() {
+        return Vec::new();
+    }
+    dir_names(&tmp)
+}
+
+/// Polls `f` every few milliseconds until it holds; false after `timeout`.
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespaces
+// ---------------------------------------------------------------------------------------
+
+fn netns_command(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        // `ip netns exec` execs the program itself (no fork), so the child's pid is the
+        // program's and SIGTERM reaches it.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+/// Names of the namespaces the tests make: `<prefix><pid>-<tag>-<n>`.
+const NETNS_PREFIX: &str = "filesync-test-";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running `ip {}`: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace made for one test and deleted when dropped. Its loopback is up,
+/// multicast-capable and routes 224.0.0.0/4, so discovery works inside and never reaches
+/// the machine's real interfaces.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named after the process id, `tag` and a counter.
+    pub fn create(tag: &str) -> Result<Netns, String> {
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        SWEPT.get_or_init(sweep_stale_namespaces);
+        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{}-{tag}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        ns.exec(&["ip", "link", "set", "lo", "multicast", "on"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace and checks that it succeeds.
+    pub fn exec(&self, args: &[&str]) -> Result<(), String> {
+        let mut v = vec!["netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        ip(&v)
+    }
+
+    /// Routes multicast (224.0.0.0/4) through `dev` inside the namespace.
+    pub fn route_multicast(&self, dev: &str) -> Result<(), String> {
+        self.exec(&["ip", "route", "add", "224.0.0.0/4", "dev", dev])
+    }
+
+    /// Joins `self` and `other` with a veth pair: `10.99.<subnet>.1/24` here and
+    /// `.2/24` there, both up with multicast routed over the link. Returns the
+    /// addresses (here, there).
+    pub fn link(&self, other: &Netns, subnet: u8) -> Result<(String, String), String> {
+        // Made inside the namespaces, so the root namespace never sees the link; the
+        // names are private to each namespace.
+        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
+        let (a, b) = (format!("fsveth{n}a"), format!("fsveth{n}b"));
+        self.exec(&[
+            "ip",
+            "link",
+            "add",
+            &a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &other.name,
+        ])?;
+        let here = format!("10.99.{subnet}.1");
+        let there = format!("10.99.{subnet}.2");
+        for (ns, dev, addr) in [(self, &a, &here), (other, &b, &there)] {
+            ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ns.exec(&["ip", "link", "set", dev, "multicast", "on"])?;
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+            ns.route_multicast(dev)?;
+        }
+        Ok((here, there))
+    }
+}
+
+/// Deletes namespaces left by test processes that were killed before their `Drop` ran
+/// (their names carry the pid of a process that no longer exists).
+fn sweep_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth ends inside it.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Runs `f` to set up namespaces; if that fails, prints a loud `SKIPPED` line and
+/// returns `None`, or panics when `FILESYNC_REQUIRE_NETNS=1` (as CI sets).
+pub fn netns_or_skip<T>(test: &str, f: impl FnOnce() -> Result<T, String>) -> Option<T> {
+    match f() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            if std::env::var("FILESYNC_REQUIRE_NETNS").as_deref() == Ok("1") {
+                panic!(
+                    "{test}: cannot set up network namespaces ({e}) and FILESYNC_REQUIRE_NETNS=1"
+                );
+            }
+            // Straight to the stderr handle: the test harness captures `eprintln!` of
+            // passing tests, and a skip must be seen.
+            let msg = format!(
+                "\n!!!!!!!!\nSKIPPED: {test}: cannot set up network namespaces (needs root and \
+                 iproute2): {e}\n!!!!!!!!\n"
+            );
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            None
+        }
+    }
+}

@@ -37,7 +37,7 @@ pub(super) async fn session(
     ctx: &Ctx,
     mut stream: TcpStream,
     peer: SocketAddr,
-    mut ticket: Ticket,
+    ticket: &mut Ticket,
     turn: TurnState,
     cancel: &CancellationToken,
     summary: &mut Summary,
@@ -68,7 +68,11 @@ pub(super) async fn session(
     summary.queue_wait = turn.queued_at.elapsed();
 
     let mut framed = Framed::new(stream, SeedServerCodec::default());
-    let info = match within(idle, framed.next()).await? {
+    let first = tokio::select! {
+        f = within(idle, framed.next()) => f?,
+        _ = cancel.cancelled() => return Err(Error::Closed),
+    };
+    let info = match first {
         Some(Ok(Frame::Msg(seed::ClientMsg::FilesInfo(i)))) => i,
         Some(Ok(Frame::Msg(other))) => {
             return Err(Error::Protocol(ProtocolError::Unexpected {

@@ -158,7 +158,10 @@ pub async fn serve(
 async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let result = session(&ctx, stream, peer, &cancel, &mut summary).await;
+    // The ticket (the queue slot) outlives the session's log line, so that with one session
+    // at a time the log never shows the next one starting before this one is done.
+    let mut ticket = ctx.queue.join();
+    let result = session(&ctx, stream, peer, &mut ticket, &cancel, &mut summary).await;
     let t = summary.tally;
     let client = summary.client.as_ref().map_or("-", ClientId::as_str);
     let dialect = summary.dialect.map_or("-", Dialect::name);
@@ -173,6 +176,18 @@ async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: Canc
             duration = ?started.elapsed(), error = %e, "session failed"
         ),
     }
+    drop(ticket);
+}
+
+/// Runs `f` unless the server shuts down first.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    f: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::select! {
+        r = f => r,
+        _ = cancel.cancelled() => Err(shutdown_error()),
+    }
 }
 
 pub(super) async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
@@ -185,12 +200,12 @@ async fn session(
     ctx: &Ctx,
     mut stream: TcpStream,
     peer: SocketAddr,
+    ticket: &mut Ticket,
     cancel: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let idle = ctx.cfg.idle_timeout;
     let queued_at = Instant::now();
-    let mut ticket = ctx.queue.join();
     let params = ServerParams {
         encodings: ctx.cfg.encodings.clone(),
     };
@@ -199,12 +214,15 @@ async fn session(
     // The greeting ends in `\n` although the original's does not: its clients parse one
     // `recv` with `json.loads`, which allows trailing whitespace.
     encode_seed(&seed::ServerMsg::Status(status), true, &mut greeting);
-    within(idle, stream.write_all(&greeting))
-        .await?
-        .map_err(|e| Error::io("sending the greeting", e))?;
+    unless_cancelled(cancel, async {
+        within(idle, stream.write_all(&greeting))
+            .await?
+            .map_err(|e| Error::io("sending the greeting", e))
+    })
+    .await?;
 
     let greeted_busy = ticket.position().is_some();
-    let dialect = sniff(&mut stream, &mut ticket, idle, cancel).await?;
+    let dialect = unless_cancelled(cancel, sniff(&mut stream, ticket, idle, cancel)).await?;
     summary.dialect = Some(dialect);
     if dialect == Dialect::Seed {
         let turn = TurnState {
@@ -215,13 +233,16 @@ async fn session(
     }
 
     let mut pre = [0u8; preamble::LEN];
-    within(idle, stream.read_exact(&mut pre))
-        .await?
-        .map_err(|e| Error::io("reading the preamble", e))?;
+    unless_cancelled(cancel, async {
+        within(idle, stream.read_exact(&mut pre))
+            .await?
+            .map_err(|e| Error::io("reading the preamble", e))
+    })
+    .await?;
     let encoding = preamble::decode(&pre)?;
     let mut framed = Framed::new(stream, ServerCodec::new(encoding));
 
-    let hello = match next_msg(&mut framed, idle).await {
+    let hello = match next_msg_or_cancel(&mut framed, idle, cancel).await {
         Ok(m) => m,
         Err(e) => return Err(fail(&mut framed, e, idle).await),
     };
@@ -237,7 +258,7 @@ async fn session(
     };
     summary.client = Some(srv.client_id().clone());
 
-    wait_turn(&srv, &mut framed, &mut ticket, cancel).await?;
+    wait_turn(&srv, &mut framed, ticket, cancel).await?;
     summary.queue_wait = queued_at.elapsed();
 
     let id = srv.client_id().clone();
@@ -467,7 +488,16 @@ pub(super) fn spawn_writer(
     let (op_tx, mut op_rx) = mpsc::channel::<Op>(64);
     let (res_tx, res_rx) = mpsc::unbounded_channel();
     let handle = tokio::task::spawn_blocking(move || {
-        let mut r = store.receiver(&id);
+        let placed = res_tx.clone();
+        let mut r = match store.receiver(&id, move |out| {
+            let _ = placed.send(Written::Results(out));
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the placer thread");
+                return;
+            }
+        };
         while let Some(op) = op_rx.blocking_recv() {
             match op {
                 Op::Open(h) => r.open(&h),
@@ -480,21 +510,14 @@ pub(super) fn spawn_writer(
                     }
                 }
                 Op::Finish(tail) => {
-                    let (out, deleted, errors) = r.finish(&tail);
-                    let _ = res_tx.send(Written::Results(out));
+                    let (deleted, errors) = r.finish(&tail);
                     let _ = res_tx.send(Written::Finished { deleted, errors });
                     return;
                 }
             }
         }
-        // The session ended early: keep the files that arrived whole.
-        let kept = r.flush();
-        if !kept.is_empty() {
-            tracing::info!(
-                files = kept.len(),
-                "kept complete files of an interrupted session"
-            );
-        }
+        // The session ended early: dropping the receiver keeps the files that arrived
+        // whole and removes the partial one.
     });
     (op_tx, res_rx, handle)
 }

@@ -1,0 +1,218 @@
+//! The exit codes of `filesync sync --once` (filesync-cli/src/exit.rs), each provoked for
+//! real, and what the server holds afterwards.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use filesync_tests::{
+    assert_trees_equal, make_dir, pseudo_random, snapshot, ts, write_file, Server, SyncCmd,
+};
+
+fn build(dir: &Path) {
+    write_file(dir, "a.txt", b"precious", ts(1_650_000_000, 1));
+    write_file(
+        dir,
+        "sub/b.bin",
+        &pseudo_random(5000, 9),
+        ts(1_650_000_001, 2),
+    );
+    write_file(dir, "sub/deeper/empty", b"", ts(1_650_000_002, 3));
+    make_dir(dir, "empty-dir");
+}
+
+/// A server holding the tree of [`build`] for `id`, and a reference copy of that tree.
+fn server_holding(
+    id: &str,
+) -> (
+    Server,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let client = tempfile::tempdir().unwrap();
+    let reference = tempfile::tempdir().unwrap();
+    build(client.path());
+    build(reference.path());
+    let server = Server::start(root.path());
+    SyncCmd::new(id, client.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    assert_trees_equal(reference.path(), &root.path().join(format!("client_{id}")));
+    (server, root, client, reference)
+}
+
+#[test]
+fn closed_port_is_a_connection_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    // A port that was free a moment ago and that nobody listens on now.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = SyncCmd::new("c", dir.path())
+        .server(&format!("127.0.0.1:{port}"))
+        .timeout(Duration::from_secs(20))
+        .run();
+    out.assert_code(4);
+    assert!(out.stdout.trim().is_empty(), "no summary on failure; {out}");
+}
+
+#[test]
+fn hostile_ids_are_refused_and_the_server_untouched() {
+    // The server root sits one level down, so that an id escaping it would land in
+    // `outer`, which is watched too.
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("srv");
+    let client = tempfile::tempdir().unwrap();
+    build(client.path());
+    let server = Server::start(&root);
+    SyncCmd::new("good", client.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    let before = snapshot(outer.path());
+
+    let too_long = "x".repeat(65);
+    for id in [
+        "../x",
+        "..",
+        ".",
+        "a/b",
+        "/etc",
+        "..\\x",
+        "",
+        "with space",
+        "naïve",
+        too_long.as_str(),
+    ] {
+        let out = SyncCmd::new(id, client.path()).server(&server.addr()).run();
+        assert_eq!(out.code, 5, "id {id:?}; {out}");
+    }
+    assert_eq!(snapshot(outer.path()), before, "the server root changed");
+    assert!(!outer.path().join("x").exists());
+    assert!(!root.join("x").exists());
+    // Refused before connecting: the server saw exactly one session, the good one.
+    let log = server.log();
+    assert_eq!(log.matches("session started").count(), 1, "{log}");
+    assert!(!log.contains("session failed"), "{log}");
+}
+
+/// A hostile id with no server at all: refused locally (5), not "no server" (3) or
+/// "connection failed" (4).
+#[test]
+fn hostile_id_is_refused_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    SyncCmd::new("../x", dir.path())
+        .server(&format!("127.0.0.1:{port}"))
+        .run()
+        .assert_code(5);
+}
+
+#[test]
+fn empty_folder_would_empty_the_archive() {
+    let id = "e";
+    let (server, root, client, reference) = server_holding(id);
+    let stored = root.path().join(format!("client_{id}"));
+    for e in fs::read_dir(client.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            fs::remove_dir_all(p).unwrap();
+        } else {
+            fs::remove_file(p).unwrap();
+        }
+    }
+
+    let out = SyncCmd::new(id, client.path()).server(&server.addr()).run();
+    out.assert_code(7);
+    assert_trees_equal(reference.path(), &stored);
+
+    let out = SyncCmd::new(id, client.path())
+        .server(&server.addr())
+        .arg("--allow-empty")
+        .run();
+    out.assert_code(0);
+    assert_trees_equal(client.path(), &stored);
+    // a.txt, sub, sub/b.bin, sub/deeper, sub/deeper/empty, empty-dir
+    assert_eq!(out.count("deleted"), 6, "{}", out.json());
+    assert_eq!(out.count("files_stored"), 0);
+}
+
+#[test]
+fn missing_folder_would_empty_the_archive() {
+    let id = "m";
+    let (server, root, client, reference) = server_holding(id);
+    let stored = root.path().join(format!("client_{id}"));
+    let missing = client.path().join("not-mounted");
+
+    SyncCmd::new(id, &missing)
+        .server(&server.addr())
+        .run()
+        .assert_code(7);
+    assert_trees_equal(reference.path(), &stored);
+    assert!(!missing.exists(), "the client must not create its folder");
+
+    // --allow-empty: "let an empty or missing folder empty the server's copy".
+    SyncCmd::new(id, &missing)
+        .server(&server.addr())
+        .arg("--allow-empty")
+        .run()
+        .assert_code(0);
+    assert_eq!(snapshot(&stored).len(), 0, "{:?}", snapshot(&stored));
+}
+
+/// Refusing to empty is about archives that hold files: a first sync of an empty
+/// folder, or of one holding only empty directories, is fine.
+#[test]
+fn empty_folder_with_nothing_stored_is_fine() {
+    let root = tempfile::tempdir().unwrap();
+    let client = tempfile::tempdir().unwrap();
+    let server = Server::start(root.path());
+    SyncCmd::new("n", client.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    assert_trees_equal(client.path(), &root.path().join("client_n"));
+
+    make_dir(client.path(), "only/empty/dirs");
+    SyncCmd::new("n", client.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    assert_trees_equal(client.path(), &root.path().join("client_n"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [
+        &["--no-such-flag"][..],
+        &["--encoding", "xml"],
+        &["--discovery-timeout", "soon"],
+    ] {
+        let mut cmd = SyncCmd::new("u", dir.path()).server("127.0.0.1:1");
+        for a in extra {
+            cmd = cmd.arg(a);
+        }
+        let out = cmd.run();
+        assert_eq!(out.code, 2, "{extra:?}; {out}");
+    }
+}
+
+#[test]
+fn folder_that_is_a_file_is_a_local_error() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(root.path());
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let out = SyncCmd::new("f", f.path()).server(&server.addr()).run();
+    out.assert_code(1);
+    assert!(!root.path().join("client_f").exists());
+}
