@@ -120,36 +120,6 @@ struct MsgVector<'a, M: Serialize> {
     json_frame_hex: String,
 }
 
-/// The wire names of the client's messages, in declaration order (= postcard index).
-/// An exhaustive match, so that a new variant fails to compile here until it has a vector.
-fn client_index(m: &ClientMsg) -> u32 {
-    match m {
-        ClientMsg::Hello(_) => 0,
-        ClientMsg::Manifest(_) => 1,
-        ClientMsg::ManifestEnd(_) => 2,
-        ClientMsg::FileHeader(_) => 3,
-        ClientMsg::FileEnd(_) => 4,
-        ClientMsg::FileAbort(_) => 5,
-        ClientMsg::TransferEnd(_) => 6,
-        ClientMsg::Error(_) => 7,
-    }
-}
-
-/// As [`client_index`], for the server's messages.
-fn server_index(m: &ServerMsg) -> u32 {
-    match m {
-        ServerMsg::Welcome(_) => 0,
-        ServerMsg::Queued(_) => 1,
-        ServerMsg::Ready(_) => 2,
-        ServerMsg::Tasks(_) => 3,
-        ServerMsg::Deletions(_) => 4,
-        ServerMsg::PlanEnd(_) => 5,
-        ServerMsg::FileResult(_) => 6,
-        ServerMsg::NextSync(_) => 7,
-        ServerMsg::Error(_) => 8,
-    }
-}
-
 fn msg_vector<M: Serialize>(
     direction: &'static str,
     ty: &'static str,
@@ -174,12 +144,12 @@ fn msg_vector<M: Serialize>(
 }
 
 fn client(name: &str, note: &str, m: ClientMsg) -> Res<(String, String)> {
-    let text = msg_vector("client", m.kind(), client_index(&m), note, &m)?;
+    let text = msg_vector("client", m.kind(), m.index(), note, &m)?;
     Ok((format!("client-{name}"), text))
 }
 
 fn server(name: &str, note: &str, m: ServerMsg) -> Res<(String, String)> {
-    let text = msg_vector("server", m.kind(), server_index(&m), note, &m)?;
+    let text = msg_vector("server", m.kind(), m.index(), note, &m)?;
     Ok((format!("server-{name}"), text))
 }
 

@@ -32,6 +32,13 @@ macro_rules! wire_enum {
             pub fn kind(&self) -> &'static str {
                 match self { $( $name::$variant(_) => $tag ),+ }
             }
+
+            /// The message's postcard variant index: its position in the declaration.
+            pub fn index(&self) -> u32 {
+                #[allow(non_camel_case_types, clippy::enum_variant_names)]
+                enum Position { $( $variant ),+ }
+                match self { $( $name::$variant(_) => Position::$variant as u32 ),+ }
+            }
         }
 
         const _: () = {

@@ -170,7 +170,7 @@ fn check_native(path: &Path, v: &Value, seen: &mut Seen) {
         ("message", "client") => {
             let m: ClientMsg = check_message(path, v, &CLIENT_VARIANTS);
             assert_eq!(
-                client_index(&m),
+                m.index(),
                 field(path, v, "variant_index")
                     .as_u64()
                     .map(|i| i as u32)
@@ -182,7 +182,7 @@ fn check_native(path: &Path, v: &Value, seen: &mut Seen) {
         ("message", "server") => {
             let m: ServerMsg = check_message(path, v, &SERVER_VARIANTS);
             assert_eq!(
-                server_index(&m),
+                m.index(),
                 field(path, v, "variant_index")
                     .as_u64()
                     .map(|i| i as u32)
@@ -374,35 +374,6 @@ fn check_invalid<M: DeserializeOwned + std::fmt::Debug>(path: &Path, v: &Value) 
             | (Err(CodecError::Truncated(_)), "truncated")
     );
     assert!(ok, "{}: expected {want}, got {res:?}", path.display());
-}
-
-/// Exhaustive, so that a new variant fails to compile until the table above has it.
-fn client_index(m: &ClientMsg) -> u32 {
-    match m {
-        ClientMsg::Hello(_) => 0,
-        ClientMsg::Manifest(_) => 1,
-        ClientMsg::ManifestEnd(_) => 2,
-        ClientMsg::FileHeader(_) => 3,
-        ClientMsg::FileEnd(_) => 4,
-        ClientMsg::FileAbort(_) => 5,
-        ClientMsg::TransferEnd(_) => 6,
-        ClientMsg::Error(_) => 7,
-    }
-}
-
-/// As [`client_index`].
-fn server_index(m: &ServerMsg) -> u32 {
-    match m {
-        ServerMsg::Welcome(_) => 0,
-        ServerMsg::Queued(_) => 1,
-        ServerMsg::Ready(_) => 2,
-        ServerMsg::Tasks(_) => 3,
-        ServerMsg::Deletions(_) => 4,
-        ServerMsg::PlanEnd(_) => 5,
-        ServerMsg::FileResult(_) => 6,
-        ServerMsg::NextSync(_) => 7,
-        ServerMsg::Error(_) => 8,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
