@@ -226,6 +226,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
         let v = serde_json::json!({
             "server": addr.to_string(),
             "client_id": s.client_id.as_str(),
+            "dialect": s.dialect.name(),
             "files_requested": r.requested,
             "files_sent": r.sent,
             "files_stored": r.stored,
@@ -238,7 +239,8 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
         println!("{v}");
     } else {
         println!(
-            "synced to {addr} as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {}s",
+            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {}s",
+            s.dialect.name(),
             s.client_id,
             r.stored,
             r.bytes_sent,

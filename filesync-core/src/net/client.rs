@@ -22,6 +22,7 @@ use tokio_util::codec::{Framed, FramedParts};
 
 use crate::codec::json_stream::JsonCodec;
 use crate::codec::native::ClientCodec;
+use crate::codec::preamble::Dialect;
 use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::{Error, ProtocolError};
 use crate::messages::{seed, ClientMsg, Entry, EntryKind, NextSync, ServerMsg};
@@ -82,6 +83,8 @@ pub struct Synced {
     pub next: NextSync,
     /// The id the server filed us under.
     pub client_id: ClientId,
+    /// The protocol the session spoke.
+    pub dialect: Dialect,
 }
 
 type Sink = SplitSink<Framed<TcpStream, ClientCodec>, Frame<ClientMsg>>;
@@ -309,6 +312,7 @@ async fn drive(
         report: done.report().clone(),
         next: done.next_sync(),
         client_id: done.client_id().clone(),
+        dialect: Dialect::Native,
     })
 }
 

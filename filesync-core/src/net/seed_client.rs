@@ -17,6 +17,7 @@ use tokio_util::codec::{Framed, FramedParts};
 
 use super::client::{Progress, SyncConfig, Synced};
 use crate::codec::json_stream::{encode_seed, JsonCodec};
+use crate::codec::preamble::Dialect;
 use crate::codec::DATA_CHUNK;
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::{self, ServerStatus, Status};
@@ -211,5 +212,6 @@ pub(super) async fn sync(
         },
         report,
         client_id,
+        dialect: Dialect::Seed,
     })
 }
