@@ -12,7 +12,7 @@ use clap::{ArgAction, Args as ClapArgs, Parser, Subcommand, ValueEnum};
 /// A client finds the server by UDP multicast (or is told where it is), pushes only
 /// what changed, one way, and the server tells it when to come back.
 #[derive(Debug, Parser)]
-#[command(name = "filesync", version, about, long_about = None, propagate_version = true)]
+#[command(name = "filesync", version, propagate_version = true)]
 pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,
