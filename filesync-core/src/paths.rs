@@ -196,7 +196,10 @@ impl ClientId {
     /// The id derived from a client's IPv4 address when it sends none, as the original
     /// does: `10.0.0.7` becomes `10_0_0_7`. IPv6 colons become `_` too.
     pub fn from_addr(ip: std::net::IpAddr) -> Self {
+        // A server bound to `::` sees IPv4 clients as `::ffff:10.0.0.7`; they are still
+        // `client_10_0_0_7`.
         let s: String = ip
+            .to_canonical()
             .to_string()
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -338,6 +341,8 @@ mod tests {
         }
         let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
         assert_eq!(ClientId::from_addr(ip).folder_name(), "client_10_0_0_7");
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(ClientId::from_addr(mapped).folder_name(), "client_10_0_0_7");
     }
 
     proptest! {

@@ -130,21 +130,18 @@ pub async fn sync(
     let _ = leftover.split_to(skip);
 
     let native = status.filesync.is_some();
-    match cfg.dialect {
-        DialectChoice::Seed => {
-            tracing::info!(%addr, dialect = "seed", "syncing in the original dialect");
-            let entries = listing.await?;
-            return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress)
-                .await;
-        }
-        DialectChoice::Auto if !native => {
-            tracing::info!(%addr, dialect = "seed", "the server speaks the original FileSync dialect");
-            let entries = listing.await?;
-            return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress)
-                .await;
-        }
-        _ => tracing::debug!(%addr, dialect = "native", "syncing"),
+    let seed = match cfg.dialect {
+        DialectChoice::Seed => true,
+        DialectChoice::Auto => !native,
+        // An original server is refused by `on_greeting` below, with the reason.
+        DialectChoice::Native => false,
+    };
+    if seed {
+        tracing::info!(%addr, dialect = "seed", server_speaks_native = native, "syncing in the original FileSync dialect");
+        let entries = listing.await?;
+        return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress).await;
     }
+    tracing::debug!(%addr, dialect = "native", "syncing");
     let (client, greeting) = Client::new(cfg.params.clone()).on_greeting(&status)?;
     if let Some(p) = greeting.queue_position {
         progress.queued(p);
