@@ -49,6 +49,10 @@ pub struct Tail {
     pub delete: Vec<RelPath>,
     /// Directories the manifest lists that the server lacks (empty directories included).
     pub make_dirs: Vec<RelPath>,
+    /// Listed directories whose mtime must be set once everything else is done: those
+    /// whose mtime differs from the server's, and those the session changes the content
+    /// of (which moves their mtime on the server).
+    pub dir_times: Vec<(RelPath, MTime)>,
 }
 
 /// Plans one session, batch by batch.
@@ -60,6 +64,12 @@ pub struct Planner {
     listed_files: HashSet<RelPath>,
     kept: HashSet<RelPath>,
     make_dirs: Vec<RelPath>,
+    /// Listed directories and their mtimes.
+    dirs: Vec<(RelPath, MTime)>,
+    /// Directories whose content the plan changes so far (parents of requested files).
+    touched: HashSet<RelPath>,
+    /// Listed directories whose mtime already matches the server's.
+    unchanged_dirs: HashSet<RelPath>,
     files: u64,
     bytes: u64,
 }
@@ -74,6 +84,9 @@ impl Planner {
             listed_files: HashSet::new(),
             kept: HashSet::new(),
             make_dirs: Vec::new(),
+            dirs: Vec::new(),
+            touched: HashSet::new(),
+            unchanged_dirs: HashSet::new(),
             files: 0,
             bytes: 0,
         }
@@ -102,13 +115,22 @@ impl Planner {
                     if held.is_none_or(|h| self.differs(h, e)) {
                         self.files += 1;
                         self.bytes += e.size;
+                        if let Some(parent) = e.path.parent() {
+                            self.touched.insert(parent);
+                        }
                         send.push(e.path.clone());
                     }
                 }
                 EntryKind::Dir => {
-                    if held.is_none_or(|h| h.kind != EntryKind::Dir) {
+                    let same_dir = held.filter(|h| h.kind == EntryKind::Dir);
+                    if same_dir.is_none() {
                         self.make_dirs.push(e.path.clone());
                     }
+                    if same_dir.is_some_and(|h| h.mtime == e.mtime) {
+                        // Its time is set only if the plan changes what is in it.
+                        self.unchanged_dirs.insert(e.path.clone());
+                    }
+                    self.dirs.push((e.path.clone(), e.mtime));
                 }
                 EntryKind::Keep => {
                     self.kept.insert(e.path.clone());
@@ -166,9 +188,23 @@ impl Planner {
             .collect();
         delete.sort_by(|a, b| b.depth().cmp(&a.depth()).then_with(|| a.cmp(b)));
         self.make_dirs.sort();
+        let mut touched = self.touched;
+        touched.extend(
+            delete
+                .iter()
+                .chain(self.make_dirs.iter())
+                .filter_map(RelPath::parent),
+        );
+        let unchanged = &self.unchanged_dirs;
+        let dir_times = self
+            .dirs
+            .into_iter()
+            .filter(|(p, _)| !unchanged.contains(p) || touched.contains(p))
+            .collect();
         Ok(Tail {
             delete,
             make_dirs: self.make_dirs,
+            dir_times,
         })
     }
 }
@@ -343,6 +379,49 @@ mod tests {
             assert_eq!(strs(&tail.delete), c.delete, "{}: delete", c.name);
             assert_eq!(strs(&tail.make_dirs), c.make, "{}: make", c.name);
         }
+    }
+
+    #[test]
+    fn directory_times_are_set_where_they_differ_or_content_changes() {
+        let t = |secs| MTime::new(secs, 0).unwrap();
+        let d = |p: &str, secs| Entry {
+            mtime: t(secs),
+            ..dir(p)
+        };
+        let client = [
+            d("same", 5),
+            d("other-time", 6),
+            d("new", 7),
+            d("changed", 8),
+            file("changed/f", 1, 2),
+            d("emptied", 9),
+            d("same/sub", 4),
+        ];
+        let server = [
+            d("same", 5),
+            d("same/sub", 4),
+            d("other-time", 1),
+            d("changed", 8),
+            file("changed/f", 1, 1),
+            d("emptied", 9),
+            file("emptied/gone", 1, 1),
+        ];
+        let (_, tail) = plan(&client, held(&server), Rule::QuickCheck).unwrap();
+        let mut got: Vec<_> = tail
+            .dir_times
+            .iter()
+            .map(|(p, m)| (p.as_str(), m.secs))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("changed", 8),
+                ("emptied", 9),
+                ("new", 7),
+                ("other-time", 6)
+            ]
+        );
     }
 
     #[test]

@@ -90,21 +90,22 @@ impl Store {
                 continue;
             };
             let m = e.metadata().map_err(io::Error::other)?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(MTime::from_system)
+                .unwrap_or(MTime { secs: 0, nanos: 0 });
             let held = if m.is_dir() {
                 Held {
                     kind: EntryKind::Dir,
                     size: 0,
-                    mtime: MTime { secs: 0, nanos: 0 },
+                    mtime,
                 }
             } else if m.is_file() {
                 Held {
                     kind: EntryKind::File,
                     size: m.len(),
-                    mtime: m
-                        .modified()
-                        .ok()
-                        .and_then(MTime::from_system)
-                        .unwrap_or(MTime { secs: 0, nanos: 0 }),
+                    mtime,
                 }
             } else {
                 Held {
@@ -380,6 +381,22 @@ impl Placer {
                 errors.push(format!("making directory {d}: {e}"));
             }
         }
+        // Last, once nothing more is created or removed in them: every change above moved
+        // the directories' own mtimes.
+        for (d, t) in &tail.dir_times {
+            let full = d.to_path(&self.dir);
+            let is_dir = d
+                .ancestors()
+                .chain(std::iter::once(d.clone()))
+                .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()));
+            if !is_dir {
+                continue;
+            }
+            let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
+            if let Err(e) = filetime::set_file_mtime(&full, ft) {
+                errors.push(format!("setting the mtime of {d}: {e}"));
+            }
+        }
         if let Err(e) = ensure_dir(&self.dir) {
             errors.push(format!("making the client folder: {e}"));
         }
@@ -584,7 +601,7 @@ mod tests {
         r.commit();
         let tail = Tail {
             delete: vec![RelPath::parse("d/victim").unwrap()],
-            make_dirs: vec![],
+            ..Tail::default()
         };
         let (deleted, errors) = r.finish(&tail);
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
@@ -595,6 +612,36 @@ mod tests {
         assert!(fs::symlink_metadata(root.path().join("client_a/d"))
             .unwrap()
             .is_dir());
+    }
+
+    #[test]
+    fn directory_times_are_set_after_everything_else() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let id = ClientId::parse("a").unwrap();
+        let mut r = store.receiver(&id, |_| {}).unwrap();
+        r.open(&header("d/f", 1));
+        r.write(b"1");
+        r.commit();
+        let when = MTime::new(1_500_000_000, 42).unwrap();
+        let tail = Tail {
+            make_dirs: vec![RelPath::parse("d/empty").unwrap()],
+            dir_times: vec![
+                (RelPath::parse("d").unwrap(), when),
+                (RelPath::parse("d/empty").unwrap(), when),
+            ],
+            ..Tail::default()
+        };
+        let (_, errors) = r.finish(&tail);
+        assert!(errors.is_empty(), "{errors:?}");
+        for d in ["client_a/d", "client_a/d/empty"] {
+            let m = fs::metadata(root.path().join(d)).unwrap();
+            assert_eq!(
+                MTime::from_system(m.modified().unwrap()).unwrap(),
+                when,
+                "{d}"
+            );
+        }
     }
 
     #[test]

@@ -98,11 +98,8 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
                 continue;
             }
         };
-        let (size, mtime) = if kind == EntryKind::File {
-            (m.len(), mtime_of(&m))
-        } else {
-            (0, MTime { secs: 0, nanos: 0 })
-        };
+        let size = if kind == EntryKind::File { m.len() } else { 0 };
+        let mtime = mtime_of(&m);
         scan.entries.push(Entry {
             path: rel,
             kind,

@@ -780,6 +780,34 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
     }
 }
 
+/// Asserts that every directory under `a` has the same mtime, to the nanosecond, as the
+/// directory at the same path under `b` (native sessions mirror directory times; the
+/// original dialect does not list directories at all).
+#[track_caller]
+pub fn assert_dir_mtimes_equal(a: &Path, b: &Path) {
+    let mut diffs = Vec::new();
+    for (p, n) in snapshot(a) {
+        if n != Node::Dir {
+            continue;
+        }
+        let ta = FileTime::from_last_modification_time(&fs::metadata(a.join(&p)).unwrap());
+        match fs::metadata(b.join(&p)) {
+            Ok(m) => {
+                let tb = FileTime::from_last_modification_time(&m);
+                if ta != tb {
+                    diffs.push(format!("{p}: {ta} vs {tb}"));
+                }
+            }
+            Err(e) => diffs.push(format!("{p}: {e}")),
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "directory mtimes differ:\n{}",
+        diffs.join("\n")
+    );
+}
+
 /// Asserts that the trees at `a` and `b` are identical: the same set of paths (empty
 /// directories included), the same kinds, files of the same size and mtime to the
 /// nanosecond, and the same bytes. Nothing is ignored.

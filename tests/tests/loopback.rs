@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use filesync_tests::{
-    assert_trees_equal, dir_names, file_totals, make_dir, pseudo_random, remove, set_mtime,
-    snapshot, temp_files, ts, write_file, Server, SyncCmd, SyncOutput,
+    assert_dir_mtimes_equal, assert_trees_equal, dir_names, file_totals, make_dir, pseudo_random,
+    remove, set_mtime, snapshot, temp_files, ts, write_file, Server, SyncCmd, SyncOutput,
 };
 
 /// Base of the mtimes used below: 2020-09-13, with nanoseconds that a microsecond or
@@ -166,6 +166,7 @@ fn sequence(encoding: &str) {
     out.assert_code(0);
     assert_eq!(out.json()["client_id"], id.as_str());
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
     assert_counts(&out, files, bytes, 0);
     assert_clean_root(root.path(), &id);
 
@@ -173,12 +174,14 @@ fn sequence(encoding: &str) {
     let out = sync();
     out.assert_code(0);
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
     assert_counts(&out, files, bytes, deleted);
     assert_clean_root(root.path(), &id);
 
     let out = sync();
     out.assert_code(0);
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
     assert_counts(&out, 0, 0, 0);
     assert_clean_root(root.path(), &id);
 
@@ -222,6 +225,7 @@ fn swap_types(encoding: &str) {
     write_file(c, "keep.txt", b"keep", ts(T0, 3));
     sync().assert_code(0);
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
 
     remove(c, "was-file");
     write_file(
@@ -236,12 +240,14 @@ fn swap_types(encoding: &str) {
     let out = sync();
     out.assert_code(0);
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
     assert_eq!(out.count("files_stored"), 2, "{}", out.json());
     assert_clean_root(root.path(), &id);
 
     let out = sync();
     out.assert_code(0);
     assert_trees_equal(c, &stored);
+    assert_dir_mtimes_equal(c, &stored);
     assert_eq!(out.count("files_stored"), 0, "{}", out.json());
 }
 

@@ -84,6 +84,7 @@ pub fn plan(
     let send = planner.batch(entries)?;
     let mut tail = planner.finish()?;
     tail.make_dirs.clear();
+    tail.dir_times.clear();
     tail.delete
         .retain(|p| kinds.get(p) == Some(&EntryKind::File));
     if would_empty {
