@@ -1,5 +1,7 @@
 //! Log setup: tracing to stderr, level from -v/-q unless RUST_LOG says otherwise.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::Args;
@@ -13,8 +15,12 @@ pub(crate) fn init(args: &Args) {
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only for a person at a terminal: cron mail and the systemd journal get
+    // plain text. NO_COLOR (no-color.org) turns them off everywhere.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
