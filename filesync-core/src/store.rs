@@ -35,6 +35,8 @@ pub struct Store {
     root: PathBuf,
     tmp: PathBuf,
     seq: AtomicU64,
+    /// This process's id, naming its temporary files.
+    pid: u32,
 }
 
 impl Store {
@@ -60,6 +62,7 @@ impl Store {
             root: root.to_path_buf(),
             tmp,
             seq: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -156,7 +159,7 @@ impl Store {
 
     fn temp_path(&self) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("{}-{n}.part", std::process::id()))
+        self.tmp.join(format!("{}-{n}.part", self.pid))
     }
 }
 
@@ -424,13 +427,17 @@ impl Placer {
 
     fn place(&mut self, temp: &Path, rel: &RelPath) -> io::Result<()> {
         let dest = self.ensure_parents(rel)?;
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-            // The client replaced a directory with a file: the plan deletes everything in
-            // it, and the file cannot land until it is gone.
-            fs::remove_dir_all(&dest)?;
-            self.dirs_ok.retain(|d| !d.starts_with(&dest));
+        // rename(2) replaces a file or a symlink (never following it) but not a directory.
+        match fs::rename(temp, &dest) {
+            Err(_) if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) => {
+                // The client replaced a directory with a file: the plan deletes everything
+                // in it, and the file cannot land until it is gone.
+                fs::remove_dir_all(&dest)?;
+                self.dirs_ok.retain(|d| !d.starts_with(&dest));
+                fs::rename(temp, dest)
+            }
+            other => other,
         }
-        fs::rename(temp, dest)
     }
 
     /// Deletes one entry without following symlinks; `false` if it was already gone.

@@ -258,35 +258,34 @@ async fn drive(
     // The session hands out tasks in order; the reader thread walks the same order.
     while t.next_task().is_some() {}
 
-    let (read_tx, mut read_rx) = mpsc::channel::<Read>(32);
+    // A few batches in flight keep the disk reads ahead of the socket.
+    let (read_tx, mut read_rx) = mpsc::channel::<Vec<Read>>(4);
     let root = cfg.dir.clone();
     let reader = tokio::task::spawn_blocking(move || read_files(&root, tasks, read_tx));
 
     loop {
         tokio::select! {
-            ev = read_rx.recv() => {
-                let Some(ev) = ev else { break };
-                let msg = match ev {
-                    Read::Header(e) => Frame::Msg(t.header(e.path, e.size, e.mtime)),
-                    Read::Chunk(b) => {
-                        progress.sent(b.len() as u64);
-                        Frame::Data(b)
-                    }
-                    Read::End(p, n) => {
-                        progress.file_done();
-                        Frame::Msg(t.file_end(p, n))
-                    }
-                    Read::Abort(p, why) => {
-                        progress.file_failed(&p, &why);
-                        Frame::Msg(t.abort(p, why))
-                    }
-                };
-                sink.feed(msg).await?;
-                // Flush when the reader has nothing ready, so small files go out in
-                // batches rather than one write each.
-                if read_rx.is_empty() {
-                    sink.flush().await?;
+            batch = read_rx.recv() => {
+                let Some(batch) = batch else { break };
+                for ev in batch {
+                    let frame = match ev {
+                        Read::Header(e) => Frame::Msg(t.header(e.path, e.size, e.mtime)),
+                        Read::Chunk(b) => {
+                            progress.sent(b.len() as u64);
+                            Frame::Data(b)
+                        }
+                        Read::End(p, n) => {
+                            progress.file_done();
+                            Frame::Msg(t.file_end(p, n))
+                        }
+                        Read::Abort(p, why) => {
+                            progress.file_failed(&p, &why);
+                            Frame::Msg(t.abort(p, why))
+                        }
+                    };
+                    sink.feed(frame).await?;
                 }
+                sink.flush().await?;
             }
             m = recv(rx, idle) => t.on_message(m?)?,
         }
@@ -315,22 +314,20 @@ async fn drive(
 
 /// Reads the requested files in order on a blocking thread, checking each against its
 /// listing so that a file changed mid-read is aborted instead of stored torn.
-fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Read>) {
+fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Vec<Read>>) {
+    let mut batch = Batch::new(tx);
     for e in tasks {
         let path = e.path.clone();
         let mut src = match Source::open(root, &e) {
             Ok(s) => s,
             Err(err) => {
-                if tx
-                    .blocking_send(Read::Abort(path, err.to_string()))
-                    .is_err()
-                {
+                if !batch.push(Read::Abort(path, err.to_string()), 0) {
                     return;
                 }
                 continue;
             }
         };
-        if tx.blocking_send(Read::Header(e)).is_err() {
+        if !batch.push(Read::Header(e), 0) {
             return;
         }
         let mut n = 0u64;
@@ -338,7 +335,8 @@ fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Read>)
             match src.next_chunk(DATA_CHUNK) {
                 Ok(Some(c)) => {
                     n += c.len() as u64;
-                    if tx.blocking_send(Read::Chunk(c)).is_err() {
+                    let len = c.len();
+                    if !batch.push(Read::Chunk(c), len) {
                         return;
                     }
                 }
@@ -348,8 +346,52 @@ fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Read>)
                 }
             }
         };
-        if tx.blocking_send(last).is_err() {
+        if !batch.push(last, 0) {
             return;
         }
+    }
+    batch.send();
+}
+
+/// Read events gathered before they cross to the socket loop: one channel hand-off and
+/// one socket write per batch instead of per event, which for small files is most of the
+/// cost of moving them.
+struct Batch {
+    tx: mpsc::Sender<Vec<Read>>,
+    events: Vec<Read>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Events per batch.
+    const EVENTS: usize = 256;
+    /// Content bytes per batch.
+    const BYTES: usize = 2 * DATA_CHUNK;
+
+    fn new(tx: mpsc::Sender<Vec<Read>>) -> Self {
+        Batch {
+            tx,
+            events: Vec::with_capacity(Self::EVENTS),
+            bytes: 0,
+        }
+    }
+
+    /// Adds an event; `false` once the socket loop has gone away.
+    fn push(&mut self, ev: Read, bytes: usize) -> bool {
+        self.events.push(ev);
+        self.bytes += bytes;
+        if self.events.len() >= Self::EVENTS || self.bytes >= Self::BYTES {
+            return self.send();
+        }
+        true
+    }
+
+    fn send(&mut self) -> bool {
+        self.bytes = 0;
+        if self.events.is_empty() {
+            return true;
+        }
+        let events = std::mem::replace(&mut self.events, Vec::with_capacity(Self::EVENTS));
+        self.tx.blocking_send(events).is_ok()
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Ticket;
-use super::server::{spawn_writer, within, Ctx, Op, Summary, TurnState, Written};
+use super::server::{spawn_writer, within, Ctx, Op, OpBatch, Summary, TurnState, Written};
 use crate::codec::json_stream::{encode_seed, SeedServerCodec};
 use crate::codec::Frame;
 use crate::error::{Error, ProtocolError};
@@ -119,10 +119,14 @@ pub(super) async fn session(
 
     let mut expected: std::collections::HashSet<_> = send.into_iter().collect();
     let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
-    let gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
+    let mut batch = OpBatch::new(ops);
     let received = async {
         let mut left: u64 = 0;
         while !expected.is_empty() || left > 0 {
+            // Hand the store what is queued before waiting for the network.
+            if left == 0 || framed.read_buffer().is_empty() {
+                batch.flush().await?;
+            }
             let wait = if left > 0 { idle } else { SKIP_WAIT.min(idle) };
             let frame = tokio::select! {
                 f = tokio::time::timeout(wait, framed.next()) => f,
@@ -153,18 +157,19 @@ pub(super) async fn session(
                         mtime: h.last_mod.to_mtime(&chrono::Local),
                         offset: 0,
                     };
-                    ops.send(Op::Open(header)).await.map_err(|_| gone())?;
+                    batch.push(Op::Open(header), 0).await?;
                     left = h.size;
                     if left == 0 {
-                        ops.send(Op::Commit).await.map_err(|_| gone())?;
+                        batch.push(Op::Commit, 0).await?;
                     }
                 }
                 Frame::Data(b) => {
                     left -= b.len() as u64;
                     summary.tally.bytes += b.len() as u64;
-                    ops.send(Op::Data(b)).await.map_err(|_| gone())?;
+                    let len = b.len();
+                    batch.push(Op::Data(b), len).await?;
                     if left == 0 {
-                        ops.send(Op::Commit).await.map_err(|_| gone())?;
+                        batch.push(Op::Commit, 0).await?;
                     }
                 }
                 Frame::Msg(other) => {
@@ -179,12 +184,15 @@ pub(super) async fn session(
     }
     .await;
     if let Err(e) = received {
-        drop(ops);
+        // Files that arrived whole are kept; the writer drops a partial one.
+        let _ = batch.flush().await;
+        drop(batch);
         let _ = writer.await;
         return Err(e);
     }
-    ops.send(Op::Finish(tail)).await.map_err(|_| gone())?;
-    drop(ops);
+    batch.push(Op::Finish(tail), 0).await?;
+    batch.flush().await?;
+    drop(batch);
     while let Some(w) = results.recv().await {
         match w {
             Written::Results(out) => {

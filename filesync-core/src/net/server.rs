@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ use super::queue::{Queue, Ticket};
 use crate::codec::json_stream::encode_seed;
 use crate::codec::native::ServerCodec;
 use crate::codec::preamble::{self, Dialect};
-use crate::codec::Frame;
+use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::{Error, ProtocolError};
 use crate::messages::{
     seed, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
@@ -29,7 +29,9 @@ use crate::messages::{
 use crate::paths::{ClientId, RelPath};
 use crate::planner::Tail;
 use crate::schedule::Scheduler;
-use crate::session::server::{Listed, Receipt, Receive, Server, ServerParams, Tally, Welcomed};
+use crate::session::server::{
+    Listed, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
+};
 use crate::store::Store;
 use crate::time::MTime;
 
@@ -240,7 +242,8 @@ async fn session(
     })
     .await?;
     let encoding = preamble::decode(&pre)?;
-    let mut framed = Framed::new(stream, ServerCodec::new(encoding));
+    // Reads of a quarter mebibyte: file content arrives in DATA frames of that size.
+    let mut framed = Framed::with_capacity(stream, ServerCodec::new(encoding), DATA_CHUNK + 64);
 
     let hello = match next_msg_or_cancel(&mut framed, idle, cancel).await {
         Ok(m) => m,
@@ -476,16 +479,64 @@ pub(super) enum Written {
     Finished { deleted: u64, errors: Vec<String> },
 }
 
+/// Store operations gathered before they cross to the writer thread.
+pub(super) struct OpBatch {
+    tx: mpsc::Sender<Vec<Op>>,
+    ops: Vec<Op>,
+    bytes: usize,
+}
+
+impl OpBatch {
+    const OPS: usize = 256;
+    const BYTES: usize = 1 << 20;
+
+    pub(super) fn new(tx: mpsc::Sender<Vec<Op>>) -> Self {
+        OpBatch {
+            tx,
+            ops: Vec::with_capacity(Self::OPS),
+            bytes: 0,
+        }
+    }
+
+    /// Queues an operation; sends the batch once it is full.
+    pub(super) async fn push(&mut self, op: Op, bytes: usize) -> Result<(), Error> {
+        self.ops.push(op);
+        self.bytes += bytes;
+        if self.ops.len() >= Self::OPS || self.bytes >= Self::BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued.
+    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+        self.bytes = 0;
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(Self::OPS));
+        self.tx
+            .send(ops)
+            .await
+            .map_err(|_| Error::io("storing", std::io::Error::other("the writer stopped")))
+    }
+
+    /// The channel, once nothing is queued.
+    pub(super) fn into_sender(self) -> mpsc::Sender<Vec<Op>> {
+        self.tx
+    }
+}
+
 pub(super) fn spawn_writer(
     store: Arc<Store>,
     id: ClientId,
 ) -> (
-    mpsc::Sender<Op>,
+    mpsc::Sender<Vec<Op>>,
     mpsc::UnboundedReceiver<Written>,
     tokio::task::JoinHandle<()>,
 ) {
     // Bounded: a slow disk pushes back on the network instead of filling memory.
-    let (op_tx, mut op_rx) = mpsc::channel::<Op>(64);
+    let (op_tx, mut op_rx) = mpsc::channel::<Vec<Op>>(8);
     let (res_tx, res_rx) = mpsc::unbounded_channel();
     let handle = tokio::task::spawn_blocking(move || {
         let placed = res_tx.clone();
@@ -498,21 +549,23 @@ pub(super) fn spawn_writer(
                 return;
             }
         };
-        while let Some(op) = op_rx.blocking_recv() {
-            match op {
-                Op::Open(h) => r.open(&h),
-                Op::Data(b) => r.write(&b),
-                Op::Discard => r.discard(),
-                Op::Commit => {
-                    let out = r.commit();
-                    if !out.is_empty() {
-                        let _ = res_tx.send(Written::Results(out));
+        while let Some(ops) = op_rx.blocking_recv() {
+            for op in ops {
+                match op {
+                    Op::Open(h) => r.open(&h),
+                    Op::Data(b) => r.write(&b),
+                    Op::Discard => r.discard(),
+                    Op::Commit => {
+                        let out = r.commit();
+                        if !out.is_empty() {
+                            let _ = res_tx.send(Written::Results(out));
+                        }
                     }
-                }
-                Op::Finish(tail) => {
-                    let (deleted, errors) = r.finish(&tail);
-                    let _ = res_tx.send(Written::Finished { deleted, errors });
-                    return;
+                    Op::Finish(tail) => {
+                        let (deleted, errors) = r.finish(&tail);
+                        let _ = res_tx.send(Written::Finished { deleted, errors });
+                        return;
+                    }
                 }
             }
         }
@@ -522,21 +575,60 @@ pub(super) fn spawn_writer(
     (op_tx, res_rx, handle)
 }
 
+/// What one frame did to a receiving session.
+enum Step {
+    Receiving(Server<Receiving>),
+    Received(Server<Received>),
+}
+
+/// Applies one frame to the session, queueing the store's work in `batch`.
+async fn step(
+    srv: Server<Receiving>,
+    frame: Frame<ClientMsg>,
+    batch: &mut OpBatch,
+) -> Result<Step, Error> {
+    match frame {
+        Frame::Data(b) => {
+            let mut srv = srv;
+            srv.on_data(b.len())?;
+            let len = b.len();
+            batch.push(Op::Data(b), len).await?;
+            Ok(Step::Receiving(srv))
+        }
+        Frame::Msg(m) => match srv.on_message(m)? {
+            Receipt::Receiving(s, act) => {
+                let op = match act {
+                    Receive::Open(h) => Op::Open(h),
+                    Receive::Commit(_) => Op::Commit,
+                    Receive::Discard(p, reason) => {
+                        tracing::info!(path = %p, reason, "client dropped a file");
+                        Op::Discard
+                    }
+                };
+                batch.push(op, 0).await?;
+                Ok(Step::Receiving(s))
+            }
+            Receipt::Received(s) => Ok(Step::Received(s)),
+        },
+    }
+}
+
 async fn receive(
     ctx: &Ctx,
-    mut srv: Server<crate::session::server::Receiving>,
+    srv: Server<Receiving>,
     framed: &mut Conn,
-    ops: mpsc::Sender<Op>,
+    ops: mpsc::Sender<Vec<Op>>,
     results: &mut mpsc::UnboundedReceiver<Written>,
     cancel: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let idle = ctx.cfg.idle_timeout;
-    let writer_gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
+    let mut batch = OpBatch::new(ops);
+    let mut receiving = Some(srv);
     let mut srv = loop {
         tokio::select! {
             Some(w) = results.recv() => {
-                if let Written::Results(out) = w {
+                if let (Written::Results(out), Some(srv)) = (w, receiving.as_mut()) {
                     for (p, o) in out {
                         within(idle, framed.feed(Frame::Msg(srv.file_result(p, o)))).await??;
                     }
@@ -544,39 +636,41 @@ async fn receive(
                 }
             }
             f = next_frame(framed, idle) => {
-                let f = match f {
-                    Ok(f) => f,
-                    Err(e) => return Err(fail(framed, e, idle).await),
-                };
-                match f {
-                    Frame::Data(b) => {
-                        if let Err(e) = srv.on_data(b.len()) {
-                            return Err(fail(framed, e, idle).await);
+                // Take every frame that is already here, then hand the store their work
+                // in one batch: one wake-up of the writer thread per read, not per frame.
+                let mut next = Some(f);
+                let mut received = None;
+                while let Some(f) = next.take() {
+                    let srv = receiving.take().expect("present until TRANSFER_END");
+                    let stepped = match f {
+                        Ok(f) => step(srv, f, &mut batch).await,
+                        Err(e) => Err(e),
+                    };
+                    match stepped {
+                        Ok(Step::Receiving(s)) => receiving = Some(s),
+                        Ok(Step::Received(s)) => {
+                            received = Some(s);
+                            break;
                         }
-                        ops.send(Op::Data(b)).await.map_err(|_| writer_gone())?;
-                    }
-                    Frame::Msg(m) => match srv.on_message(m) {
-                        Ok(Receipt::Receiving(s, act)) => {
-                            srv = s;
-                            let op = match act {
-                                Receive::Open(h) => Op::Open(h),
-                                Receive::Commit(_) => Op::Commit,
-                                Receive::Discard(p, reason) => {
-                                    tracing::info!(path = %p, reason, "client dropped a file");
-                                    Op::Discard
-                                }
-                            };
-                            ops.send(op).await.map_err(|_| writer_gone())?;
-                        }
-                        Ok(Receipt::Received(s)) => break s,
                         Err(e) => return Err(fail(framed, e, idle).await),
-                    },
+                    }
+                    next = match framed.next().now_or_never() {
+                        Some(Some(r)) => Some(r.map_err(Error::from)),
+                        Some(None) => Some(Err(Error::Closed)),
+                        None => None,
+                    };
+                }
+                batch.flush().await?;
+                if let Some(s) = received {
+                    break s;
                 }
             }
             _ = cancel.cancelled() => return Err(shutting_down(framed).await),
         }
     };
-    ops.send(Op::Finish(srv.tail().clone()))
+    let ops = batch.into_sender();
+    let writer_gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
+    ops.send(vec![Op::Finish(srv.tail().clone())])
         .await
         .map_err(|_| writer_gone())?;
     // Finishing (the last sync, the deletions) can take a while on a slow disk; the client
