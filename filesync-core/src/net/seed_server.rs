@@ -80,7 +80,12 @@ pub(super) async fn session(
                 got: other.kind(),
             }))
         }
-        Some(Ok(Frame::Data(_))) => unreachable!("the seed codec yields data only after a header"),
+        // The codec yields content only after a FILE_HEADER, which ends the session above.
+        Some(Ok(Frame::Data(_))) => {
+            return Err(Error::Protocol(ProtocolError::Data(
+                "content before any FILE_HEADER".into(),
+            )))
+        }
         Some(Err(e)) => return Err(e.into()),
         None => return Err(Error::Closed),
     };

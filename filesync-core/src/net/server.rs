@@ -652,7 +652,12 @@ async fn receive(
                             received = Some(s);
                             break;
                         }
-                        Err(e) => return Err(fail(framed, e, idle).await),
+                        Err(e) => {
+                            // Files that arrived whole before the fault are kept; the
+                            // writer drops the partial one when the channel closes.
+                            let _ = batch.flush().await;
+                            return Err(fail(framed, e, idle).await);
+                        }
                     }
                     next = match framed.next().now_or_never() {
                         Some(Some(r)) => Some(r.map_err(Error::from)),
