@@ -1027,9 +1027,9 @@ fn session_vector() -> Res<(String, String)> {
 
     // Files: notes.txt is sent whole, tmp.log vanished before it could be opened.
     let mut results = Vec::new();
-    while let Some(path) = client.next_task() {
-        if path.as_str() == "notes.txt" {
-            let h = client.header(path.clone(), content.len() as u64, t(T0 + 30, 5));
+    while let Some(task) = client.next_task() {
+        if task.path().as_str() == "notes.txt" {
+            let h = client.header(&task, content.len() as u64, t(T0 + 30, 5));
             push("client", h.kind(), frame_hex(&h)?);
             let Receipt::Receiving(s, Receive::Open(_)) = server.on_message(h)? else {
                 return Err("server did not open notes.txt".into());
@@ -1040,7 +1040,7 @@ fn session_vector() -> Res<(String, String)> {
             codec.encode_data(content, &mut buf)?;
             push("client", "DATA", hex(&buf));
             server.on_data(content.len())?;
-            let end = client.file_end(path.clone(), content.len() as u64);
+            let end = client.file_end(task, content.len() as u64);
             push("client", end.kind(), frame_hex(&end)?);
             let Receipt::Receiving(mut s, Receive::Commit(done)) = server.on_message(end)? else {
                 return Err("server did not commit notes.txt".into());
@@ -1050,7 +1050,7 @@ fn session_vector() -> Res<(String, String)> {
             results.push(r);
             server = s;
         } else {
-            let a = client.abort(path, "No such file or directory (os error 2)".into());
+            let a = client.abort(task, "No such file or directory (os error 2)".into());
             push("client", a.kind(), frame_hex(&a)?);
             let Receipt::Receiving(s, Receive::Discard(..)) = server.on_message(a)? else {
                 return Err("server did not discard the aborted file".into());

@@ -503,10 +503,11 @@ fn full_session(enc: Encoding, id: Option<&str>) {
     let mut store = Store::default();
     let rejected = p("docs/mtime.txt");
     let mut held_back = None;
-    while let Some(path) = client.next_task() {
+    while let Some(task) = client.next_task() {
+        let path = task.path().clone();
         let e = &local[&path];
         let body = content(&path, e.size);
-        let h = wire.up(client.header(path.clone(), e.size, e.mtime));
+        let h = wire.up(client.header(&task, e.size, e.mtime));
         let (s, r) = recv(server, h);
         server = s;
         match r {
@@ -521,7 +522,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
             server.on_data(d.len()).unwrap();
             store.open.as_mut().unwrap().1.extend_from_slice(&d);
         }
-        let end = wire.up(client.file_end(path.clone(), e.size));
+        let end = wire.up(client.file_end(task, e.size));
         let (s, r) = recv(server, end);
         server = s;
         assert_eq!(r, Receive::Commit(path.clone()));
@@ -658,27 +659,28 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
 
         // `a` could not even be opened: FILE_ABORT alone.
         let a = client.next_task().unwrap();
-        let abort = wire.up(client.abort(a.clone(), "vanished".into()));
+        assert_eq!(a.path(), &p("a"));
+        let abort = wire.up(client.abort(a, "vanished".into()));
         let (server, r) = recv(server, abort);
-        assert_eq!(r, Receive::Discard(a.clone(), "vanished".into()));
+        assert_eq!(r, Receive::Discard(p("a"), "vanished".into()));
 
         // `b` changed while being read: header, some DATA, then FILE_ABORT.
         let b = client.next_task().unwrap();
-        let (mut server, r) = recv(server, wire.up(client.header(b.clone(), 5, t0())));
+        let (mut server, r) = recv(server, wire.up(client.header(&b, 5, t0())));
         assert!(matches!(r, Receive::Open(_)));
         server.on_data(wire.up_data(b"he").len()).unwrap();
-        let abort = wire.up(client.abort(b.clone(), "changed".into()));
+        let abort = wire.up(client.abort(b, "changed".into()));
         let (server, r) = recv(server, abort);
-        assert_eq!(r, Receive::Discard(b.clone(), "changed".into()));
+        assert_eq!(r, Receive::Discard(p("b"), "changed".into()));
 
         // `c` goes through.
         let c = client.next_task().unwrap();
-        let (mut server, _) = recv(server, wire.up(client.header(c.clone(), 3, t0())));
+        let (mut server, _) = recv(server, wire.up(client.header(&c, 3, t0())));
         server.on_data(wire.up_data(b"abc").len()).unwrap();
-        let (mut server, r) = recv(server, wire.up(client.file_end(c.clone(), 3)));
-        assert_eq!(r, Receive::Commit(c.clone()));
+        let (mut server, r) = recv(server, wire.up(client.file_end(c, 3)));
+        assert_eq!(r, Receive::Commit(p("c")));
         client
-            .on_message(wire.down(server.file_result(c.clone(), Outcome::Stored)))
+            .on_message(wire.down(server.file_result(p("c"), Outcome::Stored)))
             .unwrap();
 
         let (client, end) = client.finish();
@@ -692,8 +694,8 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
         assert_eq!(
             report.failed,
             vec![
-                (a, ErrorCode::ABORTED, "vanished".to_owned()),
-                (b, ErrorCode::ABORTED, "changed".to_owned()),
+                (p("a"), ErrorCode::ABORTED, "vanished".to_owned()),
+                (p("b"), ErrorCode::ABORTED, "changed".to_owned()),
             ]
         );
         let tally = server.tally();
@@ -1211,9 +1213,11 @@ fn next_sync_while_results_are_missing_is_refused() {
     for enc in ENCODINGS {
         let (client, server, mut wire) = small_planned(enc);
         let mut client = client.start();
-        let (mut server, _) = recv(server, wire.up(header("d/a", 5)));
+        let a = client.next_task().unwrap();
+        assert_eq!(a.path(), &p("d/a"));
+        let (mut server, _) = recv(server, wire.up(client.header(&a, 5, t0())));
         server.on_data(wire.up_data(b"abcde").len()).unwrap();
-        let (server, _) = recv(server, wire.up(client.file_end(p("d/a"), 5)));
+        let (server, _) = recv(server, wire.up(client.file_end(a, 5)));
         let (client, end) = client.finish();
         let server = received(server, wire.up(end));
         // The server "forgets" the FILE_RESULT for d/a.

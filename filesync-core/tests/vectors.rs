@@ -22,7 +22,7 @@ use filesync_core::codec::native::{self, ClientCodec, NativeCodec};
 use filesync_core::codec::preamble::{self, Dialect};
 use filesync_core::codec::{CodecError, Frame};
 use filesync_core::messages::{seed, ClientMsg, Encoding, Entry, FileHeader, Outcome, ServerMsg};
-use filesync_core::paths::{ClientId, RelPath};
+use filesync_core::paths::ClientId;
 use filesync_core::planner::Held;
 use filesync_core::session::client::{self, ClientParams, Finish, Planning, Waiting};
 use filesync_core::session::server::{self, Listed, Receipt, Receive, ServerParams};
@@ -758,7 +758,7 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
         .collect();
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut state = Cli::Start(Client::new(params));
-    let mut open: Option<(RelPath, u64)> = None;
+    let mut open: Option<(filesync_core::session::client::Task, u64)> = None;
     let mut next_sync = None;
     for (i, s) in steps.iter().enumerate() {
         let at = ctx(i, s);
@@ -825,10 +825,10 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
             }
             (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileHeader(h))) => {
                 let FileHeader { size, mtime, .. } = h;
-                let p = c.next_task().expect("a task left");
-                assert_eq!(p, h.path, "{at}: files go in the server's order");
-                let out = c.header(p.clone(), size, mtime);
-                open = Some((p, 0));
+                let task = c.next_task().expect("a task left");
+                assert_eq!(task.path(), &h.path, "{at}: files go in the server's order");
+                let out = c.header(&task, size, mtime);
+                open = Some((task, 0));
                 state = Cli::Transferring(c);
                 client_frame(enc, &out)
             }
@@ -839,18 +839,18 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                 s.bytes.clone()
             }
             (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileEnd(_))) => {
-                let (p, n) = open.take().expect("FILE_END closes an open file");
-                let out = c.file_end(p, n);
+                let (task, n) = open.take().expect("FILE_END closes an open file");
+                let out = c.file_end(task, n);
                 state = Cli::Transferring(c);
                 client_frame(enc, &out)
             }
             (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileAbort(a))) => {
-                let p = match open.take() {
-                    Some((p, _)) => p,
+                let task = match open.take() {
+                    Some((task, _)) => task,
                     None => c.next_task().expect("a task left"),
                 };
-                assert_eq!(p, a.path);
-                let out = c.abort(p, a.reason);
+                assert_eq!(task.path(), &a.path);
+                let out = c.abort(task, a.reason);
                 state = Cli::Transferring(c);
                 client_frame(enc, &out)
             }

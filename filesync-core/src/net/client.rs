@@ -27,7 +27,7 @@ use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::{Error, ProtocolError};
 use crate::messages::{seed, ClientMsg, Entry, EntryKind, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
-use crate::session::client::{Client, ClientParams, Finish, Planning, Report, Waiting};
+use crate::session::client::{Client, ClientParams, Finish, Planning, Report, Task, Waiting};
 use crate::walk::{ReadError, Source};
 
 /// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
@@ -191,12 +191,18 @@ async fn recv(
     }
 }
 
-/// What the file-reading thread hands the socket loop.
+/// What the file-reading thread hands the socket loop, in order.
 enum Read {
-    Header(Entry),
+    /// A file was opened and checked: send its header; its content follows.
+    Start(Task, Entry),
+    /// Content of the started file.
     Chunk(Bytes),
-    End(RelPath, u64),
-    Abort(RelPath, String),
+    /// The started file was sent whole, this many bytes.
+    End(u64),
+    /// The started file changed or failed while being read.
+    Abort(String),
+    /// A file that could not even be opened.
+    Skip(Task, String),
 }
 
 async fn drive(
@@ -255,32 +261,47 @@ async fn drive(
         }
     }
     let mut t = planned.start();
-    // The session hands out tasks in order; the reader thread walks the same order.
-    while t.next_task().is_some() {}
+    let mut work = Vec::with_capacity(tasks.len());
+    for entry in tasks {
+        let task = t.next_task().expect("one task per requested file");
+        work.push((task, entry));
+    }
 
     // A few batches in flight keep the disk reads ahead of the socket.
     let (read_tx, mut read_rx) = mpsc::channel::<Vec<Read>>(4);
     let root = cfg.dir.clone();
-    let reader = tokio::task::spawn_blocking(move || read_files(&root, tasks, read_tx));
+    let reader = tokio::task::spawn_blocking(move || read_files(&root, work, read_tx));
 
+    // The task whose content is flowing: the reader hands it over with the header.
+    let mut open: Option<Task> = None;
     loop {
         tokio::select! {
             batch = read_rx.recv() => {
                 let Some(batch) = batch else { break };
                 for ev in batch {
                     let frame = match ev {
-                        Read::Header(e) => Frame::Msg(t.header(e.path, e.size, e.mtime)),
+                        Read::Start(task, e) => {
+                            let h = t.header(&task, e.size, e.mtime);
+                            open = Some(task);
+                            Frame::Msg(h)
+                        }
                         Read::Chunk(b) => {
                             progress.sent(b.len() as u64);
                             Frame::Data(b)
                         }
-                        Read::End(p, n) => {
+                        Read::End(n) => {
                             progress.file_done();
-                            Frame::Msg(t.file_end(p, n))
+                            let task = open.take().expect("the reader ends only a started file");
+                            Frame::Msg(t.file_end(task, n))
                         }
-                        Read::Abort(p, why) => {
-                            progress.file_failed(&p, &why);
-                            Frame::Msg(t.abort(p, why))
+                        Read::Abort(why) => {
+                            let task = open.take().expect("the reader aborts only a started file");
+                            progress.file_failed(task.path(), &why);
+                            Frame::Msg(t.abort(task, why))
+                        }
+                        Read::Skip(task, why) => {
+                            progress.file_failed(task.path(), &why);
+                            Frame::Msg(t.abort(task, why))
                         }
                     };
                     sink.feed(frame).await?;
@@ -314,20 +335,19 @@ async fn drive(
 
 /// Reads the requested files in order on a blocking thread, checking each against its
 /// listing so that a file changed mid-read is aborted instead of stored torn.
-fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Vec<Read>>) {
+fn read_files(root: &std::path::Path, work: Vec<(Task, Entry)>, tx: mpsc::Sender<Vec<Read>>) {
     let mut batch = Batch::new(tx);
-    for e in tasks {
-        let path = e.path.clone();
+    for (task, e) in work {
         let mut src = match Source::open(root, &e) {
             Ok(s) => s,
             Err(err) => {
-                if !batch.push(Read::Abort(path, err.to_string()), 0) {
+                if !batch.push(Read::Skip(task, err.to_string()), 0) {
                     return;
                 }
                 continue;
             }
         };
-        if !batch.push(Read::Header(e), 0) {
+        if !batch.push(Read::Start(task, e), 0) {
             return;
         }
         let mut n = 0u64;
@@ -340,9 +360,9 @@ fn read_files(root: &std::path::Path, tasks: Vec<Entry>, tx: mpsc::Sender<Vec<Re
                         return;
                     }
                 }
-                Ok(None) => break Read::End(path, n),
+                Ok(None) => break Read::End(n),
                 Err(err @ (ReadError::Changed(_) | ReadError::Io(_))) => {
-                    break Read::Abort(path, err.to_string())
+                    break Read::Abort(err.to_string())
                 }
             }
         };

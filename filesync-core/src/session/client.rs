@@ -376,10 +376,27 @@ impl Client<Planned> {
     }
 }
 
+/// A file the server asked for, taken from the plan. Only the session hands these out, so
+/// only requested files can be sent: [`Client::<Transferring>::header`] takes one by
+/// reference, and [`file_end`](Client::<Transferring>::file_end) or
+/// [`abort`](Client::<Transferring>::abort) consume it.
+#[must_use = "a task is sent (header, content, file_end) or aborted"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Task {
+    path: RelPath,
+}
+
+impl Task {
+    /// The file to send.
+    pub fn path(&self) -> &RelPath {
+        &self.path
+    }
+}
+
 impl Client<Transferring> {
     /// The next file to send, in the server's order; `None` when all were taken.
-    pub fn next_task(&mut self) -> Option<RelPath> {
-        self.state.queue.pop_front()
+    pub fn next_task(&mut self) -> Option<Task> {
+        self.state.queue.pop_front().map(|path| Task { path })
     }
 
     /// Files not yet taken.
@@ -387,27 +404,29 @@ impl Client<Transferring> {
         self.state.queue.len()
     }
 
-    /// The header to send before a file's content.
-    pub fn header(&self, path: RelPath, size: u64, mtime: MTime) -> ClientMsg {
+    /// The header to send before a task's content.
+    pub fn header(&self, task: &Task, size: u64, mtime: MTime) -> ClientMsg {
         ClientMsg::FileHeader(FileHeader {
-            path,
+            path: task.path.clone(),
             size,
             mtime,
             offset: 0,
         })
     }
 
-    /// The message closing a file whose content was sent whole and unchanged.
-    pub fn file_end(&mut self, path: RelPath, bytes: u64) -> ClientMsg {
+    /// The message closing a task whose content was sent whole and unchanged.
+    pub fn file_end(&mut self, task: Task, bytes: u64) -> ClientMsg {
         self.state.report.sent += 1;
         self.state.report.bytes_sent += bytes;
-        self.state.awaiting.insert(path);
+        self.state.awaiting.insert(task.path);
         ClientMsg::FileEnd(FileEnd {})
     }
 
-    /// The message dropping a file that changed, vanished or could not be read; sent after
-    /// its header (if one was sent) or on its own. The file is retried next sync.
-    pub fn abort(&mut self, path: RelPath, reason: String) -> ClientMsg {
+    /// The message dropping a task whose file changed, vanished or could not be read;
+    /// sent after its header (if one was sent) or on its own. The file is retried next
+    /// sync.
+    pub fn abort(&mut self, task: Task, reason: String) -> ClientMsg {
+        let path = task.path;
         self.state
             .report
             .failed
