@@ -239,7 +239,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
         println!("{v}");
     } else {
         println!(
-            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {}s",
+            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {:.1}s",
             s.dialect.name(),
             s.client_id,
             r.stored,
@@ -247,7 +247,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             r.deleted,
             r.failed.len(),
             took.as_secs_f64(),
-            s.next.delay_ms / 1000
+            s.next.delay_ms as f64 / 1000.0
         );
     }
 }

@@ -42,7 +42,9 @@ impl Scheduler {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         client.hash(&mut h);
         let offset = (h.finish() % window as u64) as i64;
-        let base = now.plus(self.interval).secs.max(now.secs + 1);
+        // The first whole second at or after now + interval (and after now).
+        let due = now.plus(self.interval);
+        let base = (due.secs + i64::from(due.nanos > 0)).max(now.secs + 1);
         let start = base + offset;
         let slot = (0..window)
             .map(|i| base + (offset + i) % window)
@@ -72,8 +74,9 @@ mod tests {
         for i in 0..30 {
             let id = ClientId::parse(&format!("c{i}")).unwrap();
             let (at, delay) = s.next(now, &id);
-            assert!(at.secs >= 1_300 && at.secs < 1_300 + 30, "{at}");
-            assert!(delay >= Duration::from_millis(299_500));
+            // Due at 1300.5, so from 1301, spread over a window of 30 seconds.
+            assert!((1_301..1_301 + 30).contains(&at.secs), "{at}");
+            assert!(delay >= Duration::from_secs(300), "{delay:?}");
             assert!(seen.insert(at.secs), "two clients in second {}", at.secs);
         }
     }
