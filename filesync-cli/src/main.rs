@@ -30,7 +30,13 @@ fn main() {
     let code = runtime.block_on(async {
         match args.command {
             cli::Command::Serve(a) => serve::run(a).await,
-            cli::Command::Sync(a) => sync::run(a, args.json).await,
+            cli::Command::Sync(a) => {
+                let out = sync::Output {
+                    json: args.json,
+                    quiet: args.quiet > 0,
+                };
+                sync::run(a, out).await
+            }
         }
     });
     // Dropping the runtime waits for blocking writer threads to finish their cleanup.

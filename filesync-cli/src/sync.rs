@@ -28,7 +28,14 @@ struct Failure {
     rediscover: bool,
 }
 
-pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
+/// How the command reports: `--json` summary, `-q` quiet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     let id = match args.id.as_deref().map(ClientId::parse).transpose() {
         Ok(id) => id,
         Err(e) => {
@@ -56,7 +63,7 @@ pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
         },
     };
     if args.once {
-        return match attempt(&args, &cfg, &mut None, json).await {
+        return match attempt(&args, &cfg, &mut None, out).await {
             Ok(synced) => {
                 if synced.report.failed.is_empty() {
                     exit::OK
@@ -70,19 +77,19 @@ pub(crate) async fn run(args: SyncArgs, json: bool) -> i32 {
             }
         };
     }
-    run_loop(&args, &cfg, json).await
+    run_loop(&args, &cfg, out).await
 }
 
 /// Loop mode: sync, sleep until the server's NEXT_SYNC, repeat; on failure retry with
 /// backoff and jitter. Ctrl-C or SIGTERM ends it with exit 0.
-async fn run_loop(args: &SyncArgs, cfg: &SyncConfig, json: bool) -> i32 {
+async fn run_loop(args: &SyncArgs, cfg: &SyncConfig, out: Output) -> i32 {
     let mut server = None;
     let mut failures = 0u32;
     let stop = crate::serve::shutdown_signal();
     tokio::pin!(stop);
     loop {
         let wait = tokio::select! {
-            r = attempt(args, cfg, &mut server, json) => match r {
+            r = attempt(args, cfg, &mut server, out) => match r {
                 Ok(synced) => {
                     failures = 0;
                     Duration::from_millis(synced.next.delay_ms)
@@ -153,7 +160,7 @@ async fn attempt(
     args: &SyncArgs,
     cfg: &SyncConfig,
     server: &mut Option<SocketAddr>,
-    json: bool,
+    out: Output,
 ) -> Result<Synced, Failure> {
     let started = Instant::now();
     // Walk the folder while connecting: the listing is needed only once the server is
@@ -173,11 +180,12 @@ async fn attempt(
             a
         }
     };
-    let progress = progress::for_terminal(json);
+    // No bar under a JSON summary or -q: the terminal gets only what was asked for.
+    let progress = progress::for_terminal(out.json || out.quiet);
     let synced = net::client::sync(addr, cfg, listing, progress)
         .await
         .map_err(|e| failure(e, addr, cfg, args.server.is_none()))?;
-    summarise(&synced, started.elapsed(), json, addr);
+    summarise(&synced, started.elapsed(), out.json, addr);
     Ok(synced)
 }
 
