@@ -607,9 +607,24 @@ impl RunningSync {
         self.proc.signal_term();
     }
 
-    /// Stops the process (SIGSTOP), freezing it mid-transfer.
+    /// Stops the process (SIGSTOP), freezing it mid-transfer, and returns once every one
+    /// of its threads is stopped: the signal is asynchronous, and a thread running on
+    /// another core would otherwise go on for a moment after `kill` returned.
     pub fn pause(&mut self) {
         self.proc.signal(rustix::process::Signal::STOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.proc.pid()));
+        let stopped = poll_until(Duration::from_secs(5), || {
+            let Ok(rd) = fs::read_dir(&tasks) else {
+                return true;
+            };
+            rd.filter_map(Result::ok).all(|t| {
+                fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(true)
+            })
+        });
+        assert!(stopped, "the process did not stop within 5 s of SIGSTOP");
     }
 
     /// Lets a paused process go on (SIGCONT).
