@@ -451,9 +451,18 @@ async fn wait_turn(
                 return Err(match f {
                     None => Error::Closed,
                     Some(Err(e)) => e.into(),
-                    Some(Ok(_)) => Error::Protocol(ProtocolError::Unexpected {
+                    // A client may give up while it waits, and say why.
+                    Some(Ok(Frame::Msg(ClientMsg::Error(e)))) => Error::Remote {
+                        code: e.code,
+                        message: e.message,
+                    },
+                    Some(Ok(Frame::Msg(m))) => Error::Protocol(ProtocolError::Unexpected {
                         expected: "silence while queued",
-                        got: "a frame",
+                        got: m.kind(),
+                    }),
+                    Some(Ok(Frame::Data(_))) => Error::Protocol(ProtocolError::Unexpected {
+                        expected: "silence while queued",
+                        got: "DATA",
                     }),
                 });
             }
