@@ -181,6 +181,9 @@ fn sigterm_with_clients_queued() {
             || !temp_files(root.path()).is_empty()),
         "the transfer never started"
     );
+    // Freeze the transferring client so that its session is certainly still running when
+    // the server stops, however fast this machine moves the data.
+    transferring.pause();
     let queued: Vec<_> = (0..2)
         .map(|i| {
             let r = SyncCmd::new(&format!("w{i}"), waiting.path())
@@ -205,6 +208,7 @@ fn sigterm_with_clients_queued() {
         )
     });
     assert_eq!(status.code(), Some(0), "server log:\n{}", server.log());
+    transferring.resume();
     let out = transferring.wait();
     assert_eq!(out.code, 4, "{out}");
     for r in queued {
