@@ -97,7 +97,7 @@ impl Store {
                 .modified()
                 .ok()
                 .and_then(MTime::from_system)
-                .unwrap_or(MTime { secs: 0, nanos: 0 });
+                .unwrap_or(MTime::EPOCH);
             let held = if m.is_dir() {
                 Held {
                     kind: EntryKind::Dir,
@@ -114,7 +114,7 @@ impl Store {
                 Held {
                     kind: EntryKind::File,
                     size: u64::MAX,
-                    mtime: MTime { secs: 0, nanos: 0 },
+                    mtime: MTime::EPOCH,
                 }
             };
             out.push((rel, held));

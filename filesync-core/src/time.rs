@@ -38,6 +38,9 @@ impl TryFrom<RawMTime> for MTime {
 }
 
 impl MTime {
+    /// 1970-01-01T00:00:00Z: what a time that cannot be read is taken as.
+    pub const EPOCH: MTime = MTime { secs: 0, nanos: 0 };
+
     /// Builds an `MTime`, refusing `nanos >= 1e9`.
     pub fn new(secs: i64, nanos: u32) -> Option<Self> {
         (nanos < 1_000_000_000).then_some(Self { secs, nanos })

@@ -39,7 +39,7 @@ impl Scan {
             path: rel,
             kind: EntryKind::Keep,
             size: 0,
-            mtime: MTime { secs: 0, nanos: 0 },
+            mtime: MTime::EPOCH,
         });
     }
 }
@@ -125,7 +125,7 @@ fn mtime_of(m: &std::fs::Metadata) -> MTime {
     m.modified()
         .ok()
         .and_then(MTime::from_system)
-        .unwrap_or(MTime { secs: 0, nanos: 0 })
+        .unwrap_or(MTime::EPOCH)
 }
 
 /// Why a file could not be sent as listed.

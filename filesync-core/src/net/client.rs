@@ -28,6 +28,7 @@ use crate::error::{Error, ProtocolError};
 use crate::messages::{seed, ClientMsg, Entry, EntryKind, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
 use crate::session::client::{Client, ClientParams, Finish, Planning, Report, Task, Waiting};
+use crate::session::unexpected;
 use crate::walk::{ReadError, Source};
 
 /// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
@@ -113,12 +114,7 @@ pub async fn sync(
         Ok(None) => return Err(Error::Closed),
         Ok(Some(Err(e))) => return Err(e.into()),
         Ok(Some(Ok(seed::ServerMsg::Status(s)))) => s,
-        Ok(Some(Ok(other))) => {
-            return Err(Error::Protocol(ProtocolError::Unexpected {
-                expected: "SERVER_STATUS_MESSAGE",
-                got: other.kind(),
-            }))
-        }
+        Ok(Some(Ok(other))) => return Err(unexpected("SERVER_STATUS_MESSAGE", other.kind())),
     };
     let old = greet.into_parts();
     let mut stream = old.io;

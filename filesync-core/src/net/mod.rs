@@ -20,6 +20,12 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::discovery::{self, Backoff, MAX_DATAGRAM, MULTICAST_TTL};
 use crate::error::Error;
 use crate::messages::seed::Datagram;
+use crate::time::MTime;
+
+/// The clock, read here at the edge so that the pure modules take time as an argument.
+pub(crate) fn now() -> MTime {
+    MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH)
+}
 
 /// How long a TCP connect may take, as the original's 5 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -25,7 +25,7 @@ use crate::messages::{Entry, EntryKind, ErrorCode, NextSync};
 use crate::paths::ClientId;
 use crate::session::client::Report;
 use crate::session::seed as rules;
-use crate::time::MTime;
+use crate::session::unexpected;
 use crate::walk::Source;
 
 /// Writes are gathered up to this size, so small files do not cost a packet each.
@@ -69,12 +69,7 @@ pub(super) async fn sync(
             match next(&mut framed, cfg, "READY").await? {
                 seed::ServerMsg::Status(s) if s.status == Status::Ready => break,
                 seed::ServerMsg::Status(s) => progress.queued(s.queue_position.unwrap_or(1)),
-                other => {
-                    return Err(Error::Protocol(ProtocolError::Unexpected {
-                        expected: "SERVER_STATUS_MESSAGE",
-                        got: other.kind(),
-                    }))
-                }
+                other => return Err(unexpected("SERVER_STATUS_MESSAGE", other.kind())),
             }
         }
     }
@@ -104,12 +99,7 @@ pub(super) async fn sync(
 
     let tasks = match next(&mut framed, cfg, "TASKS").await? {
         seed::ServerMsg::Tasks(t) => t.files_to_send,
-        other => {
-            return Err(Error::Protocol(ProtocolError::Unexpected {
-                expected: "TASKS",
-                got: other.kind(),
-            }))
-        }
+        other => return Err(unexpected("TASKS", other.kind())),
     };
     let wanted: HashSet<_> = tasks.iter().collect();
     let todo: Vec<&Entry> = entries
@@ -184,18 +174,11 @@ pub(super) async fn sync(
 
     let time = match next(&mut framed, cfg, "NEXT_SYNC").await? {
         seed::ServerMsg::NextSync(n) => n.time,
-        other => {
-            return Err(Error::Protocol(ProtocolError::Unexpected {
-                expected: "NEXT_SYNC",
-                got: other.kind(),
-            }))
-        }
+        other => return Err(unexpected("NEXT_SYNC", other.kind())),
     };
     // The original confirms nothing per file; NEXT_SYNC after the last byte is its word.
     report.stored = report.sent;
-    let now =
-        MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime { secs: 0, nanos: 0 });
-    let delay = rules::delay_until(time, now, &tz);
+    let delay = rules::delay_until(time, super::now(), &tz);
     let client_id = cfg
         .params
         .client_id

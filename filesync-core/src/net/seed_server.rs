@@ -27,7 +27,8 @@ use crate::messages::seed::{self, NextSync, ServerStatus, Status, Tasks};
 use crate::messages::{FileHeader, Outcome};
 use crate::paths::ClientId;
 use crate::session::seed as rules;
-use crate::time::{MTime, SeedTime};
+use crate::session::unexpected;
+use crate::time::SeedTime;
 
 /// Between files, how long an original client may stay silent before the files it has not
 /// sent count as skipped.
@@ -74,12 +75,7 @@ pub(super) async fn session(
     };
     let info = match first {
         Some(Ok(Frame::Msg(seed::ClientMsg::FilesInfo(i)))) => i,
-        Some(Ok(Frame::Msg(other))) => {
-            return Err(Error::Protocol(ProtocolError::Unexpected {
-                expected: "CLIENT_FILES_INFO",
-                got: other.kind(),
-            }))
-        }
+        Some(Ok(Frame::Msg(other))) => return Err(unexpected("CLIENT_FILES_INFO", other.kind())),
         // The codec yields content only after a FILE_HEADER, which ends the session above.
         Some(Ok(Frame::Data(_))) => {
             return Err(Error::Protocol(ProtocolError::Data(
@@ -178,10 +174,7 @@ pub(super) async fn session(
                     }
                 }
                 Frame::Msg(other) => {
-                    return Err(Error::Protocol(ProtocolError::Unexpected {
-                        expected: "FILE_HEADER",
-                        got: other.kind(),
-                    }))
+                    return Err(unexpected("FILE_HEADER", other.kind()))
                 }
             }
         }
@@ -221,13 +214,7 @@ pub(super) async fn session(
     }
     let _ = writer.await;
 
-    let now =
-        MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime { secs: 0, nanos: 0 });
-    let (at, _) = ctx
-        .sched
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .next(now, &id);
+    let (at, _) = ctx.next_visit(&id);
     let mut out = BytesMut::new();
     encode_seed(
         &seed::ServerMsg::NextSync(NextSync {

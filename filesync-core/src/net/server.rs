@@ -32,6 +32,7 @@ use crate::schedule::Scheduler;
 use crate::session::server::{
     Listed, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
 };
+use crate::session::unexpected;
 use crate::store::Store;
 use crate::time::MTime;
 
@@ -73,6 +74,14 @@ pub(super) struct Lease<'a> {
 }
 
 impl Ctx {
+    /// When `id` should come back, counted from now: the `NEXT_SYNC` time and delay.
+    pub(super) fn next_visit(&self, id: &ClientId) -> (MTime, Duration) {
+        self.sched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(super::now(), id)
+    }
+
     /// Takes the id for a session, or `None` if another session holds it.
     pub(super) fn lease(&self, id: &ClientId) -> Option<Lease<'_>> {
         let mut ids = self.active_ids.lock().unwrap_or_else(|e| e.into_inner());
@@ -456,14 +465,8 @@ async fn wait_turn(
                         code: e.code,
                         message: e.message,
                     },
-                    Some(Ok(Frame::Msg(m))) => Error::Protocol(ProtocolError::Unexpected {
-                        expected: "silence while queued",
-                        got: m.kind(),
-                    }),
-                    Some(Ok(Frame::Data(_))) => Error::Protocol(ProtocolError::Unexpected {
-                        expected: "silence while queued",
-                        got: "DATA",
-                    }),
+                    Some(Ok(Frame::Msg(m))) => unexpected("silence while queued", m.kind()),
+                    Some(Ok(Frame::Data(_))) => unexpected("silence while queued", "DATA"),
                 });
             }
             _ = cancel.cancelled() => return Err(shutting_down(framed).await),
@@ -486,6 +489,11 @@ pub(super) enum Op {
 pub(super) enum Written {
     Results(Vec<(RelPath, Outcome)>),
     Finished { deleted: u64, errors: Vec<String> },
+}
+
+/// The error for a writer thread that is no longer there to take work.
+fn writer_gone() -> Error {
+    Error::io("storing", std::io::Error::other("the writer stopped"))
 }
 
 /// Store operations gathered before they cross to the writer thread.
@@ -524,10 +532,7 @@ impl OpBatch {
             return Ok(());
         }
         let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(Self::OPS));
-        self.tx
-            .send(ops)
-            .await
-            .map_err(|_| Error::io("storing", std::io::Error::other("the writer stopped")))
+        self.tx.send(ops).await.map_err(|_| writer_gone())
     }
 
     /// The channel, once nothing is queued.
@@ -683,7 +688,6 @@ async fn receive(
         }
     };
     let ops = batch.into_sender();
-    let writer_gone = || Error::io("storing", std::io::Error::other("the writer stopped"));
     ops.send(vec![Op::Finish(srv.tail().clone())])
         .await
         .map_err(|_| writer_gone())?;
@@ -706,13 +710,7 @@ async fn receive(
             None => return Err(writer_gone()),
         }
     }
-    let now =
-        MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime { secs: 0, nanos: 0 });
-    let (at, delay) = ctx
-        .sched
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .next(now, srv.client_id());
+    let (at, delay) = ctx.next_visit(srv.client_id());
     let (done, msg) = srv.next_sync(at, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
     summary.tally = done.tally();
     within(idle, framed.feed(Frame::Msg(msg))).await??;
