@@ -17,6 +17,7 @@ fn main() {
     // color-eyre's hook formats errors for people; the exit code is chosen by us.
     let _ = color_eyre::install();
     logging::init(&args);
+    raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,4 +43,21 @@ fn main() {
     // Dropping the runtime waits for blocking writer threads to finish their cleanup.
     drop(runtime);
     std::process::exit(code);
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as Go's runtime does at
+/// start: systemd and most shells give a soft limit of 1024 while allowing far more.
+/// filesync never needs more than a small fixed number per session (see the store's
+/// module doc); the headroom is for many clients queued at once, each holding a socket.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::debug!(?before, now = ?lim.current, "raised the descriptor limit"),
+            Err(e) => tracing::debug!(error = %e, "cannot raise the descriptor limit"),
+        }
+    }
 }

@@ -12,6 +12,10 @@
 //! Durability is paid per batch, not per file: temporary files are synced together with
 //! one `syncfs(2)` (per-file `fsync` where that is unavailable), then renamed; a last sync
 //! before `NEXT_SYNC` covers the renames and deletions.
+//!
+//! Descriptors: a session holds one open file at a time (the one being received) plus one
+//! for the temporary directory. A staged file is closed as soon as it is written; `syncfs`
+//! needs no descriptor of its own, so a batch of any size costs no descriptors.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +32,10 @@ use crate::time::MTime;
 const BATCH_FILES: usize = 512;
 /// Bytes staged before a batch is synced and renamed.
 const BATCH_BYTES: u64 = 128 << 20;
+/// Batches handed to the placer and not yet placed. When the disk lags behind the network
+/// the receiving thread waits here, which backs up into the socket: staged files and
+/// their bytes in memory stay bounded however slow the disk is.
+const BATCHES_QUEUED: usize = 2;
 
 /// The server root.
 #[derive(Debug)]
@@ -37,7 +45,14 @@ pub struct Store {
     seq: AtomicU64,
     /// This process's id, naming its temporary files.
     pid: u32,
+    /// Test hook: extra time each batch sync takes (see [`SLOW_DISK_ENV`]).
+    slow_disk: std::time::Duration,
 }
+
+/// Environment variable for tests: milliseconds added to every batch sync, making the disk
+/// slower than the network so that back-pressure and descriptor bounds are exercised on any
+/// test machine. Not for production use.
+pub const SLOW_DISK_ENV: &str = "FILESYNC_TEST_SLOW_DISK_MS";
 
 impl Store {
     /// Opens (creating if needed) a server root, and removes temporary files left by a
@@ -63,6 +78,11 @@ impl Store {
             tmp,
             seq: AtomicU64::new(0),
             pid: std::process::id(),
+            slow_disk: std::env::var(SLOW_DISK_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or_default(),
         })
     }
 
@@ -130,10 +150,12 @@ impl Store {
         id: &ClientId,
         report: impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static,
     ) -> io::Result<Receiver<'_>> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(BATCHES_QUEUED);
         let mut placer = Placer {
             dir: self.client_dir(id),
+            tmp: self.tmp.clone(),
             dirs_ok: HashSet::new(),
+            slow_disk: self.slow_disk,
         };
         let thread = std::thread::Builder::new()
             .name("filesync-placer".into())
@@ -177,11 +199,11 @@ enum Open {
     Failed { path: RelPath, error: String },
 }
 
+/// A written, closed temporary file waiting for its batch's sync and rename.
 #[derive(Debug)]
 struct Staged {
     path: RelPath,
     temp: PathBuf,
-    file: File,
 }
 
 /// Work for the placer thread, done in order.
@@ -191,6 +213,8 @@ enum Job {
     /// Apply the plan's tail, sync, and answer with (deleted, errors).
     Finish(Tail, std::sync::mpsc::Sender<(u64, Vec<String>)>),
 }
+
+type JobSender = std::sync::mpsc::SyncSender<Job>;
 
 /// Receives one session's files into a client folder.
 ///
@@ -203,7 +227,7 @@ pub struct Receiver<'a> {
     open: Option<Open>,
     staged: Vec<Staged>,
     staged_bytes: u64,
-    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    jobs: Option<JobSender>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -220,8 +244,11 @@ impl std::fmt::Debug for Job {
 #[derive(Debug)]
 struct Placer {
     dir: PathBuf,
+    /// The temporary directory, on the same filesystem as every staged file.
+    tmp: PathBuf,
     /// Directories already checked or made in this session.
     dirs_ok: HashSet<PathBuf>,
+    slow_disk: std::time::Duration,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
@@ -298,7 +325,9 @@ impl Receiver<'_> {
                         rejected(ErrorCode::STORAGE, format!("setting mtime: {e}")),
                     )];
                 }
-                self.staged.push(Staged { path, temp, file });
+                // Closed here: a batch waiting for the disk holds names, not descriptors.
+                drop(file);
+                self.staged.push(Staged { path, temp });
                 self.staged_bytes += size;
                 if self.staged.len() >= BATCH_FILES || self.staged_bytes >= BATCH_BYTES {
                     self.flush();
@@ -346,7 +375,8 @@ impl Receiver<'_> {
 
 impl Placer {
     fn place_batch(&mut self, staged: Vec<Staged>) -> Vec<(RelPath, Outcome)> {
-        let synced = sync_all(staged.iter().map(|s| &s.file));
+        std::thread::sleep(self.slow_disk);
+        let synced = sync_all(&self.tmp, staged.iter().map(|s| s.temp.as_path()));
         staged
             .into_iter()
             .map(|s| {
@@ -491,16 +521,18 @@ fn ensure_dir(p: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes the given open files durable: one `syncfs` when the platform has it, which costs
-/// one journal commit for the whole batch instead of one per file.
-fn sync_all<'f>(files: impl Iterator<Item = &'f File> + Clone) -> io::Result<()> {
+/// Makes the given closed files, all under `dir`, durable: one `syncfs` of `dir`'s
+/// filesystem when the platform has it, which costs one journal commit for the whole batch
+/// instead of one per file; otherwise each file is reopened and synced in turn, so at most
+/// one descriptor is open at a time.
+fn sync_all<'f>(dir: &Path, files: impl Iterator<Item = &'f Path>) -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let Some(f) = files.clone().next() {
-        if rustix::fs::syncfs(f).is_ok() {
-            return Ok(());
-        }
+    if File::open(dir).is_ok_and(|d| rustix::fs::syncfs(&d).is_ok()) {
+        return Ok(());
     }
-    files.into_iter().try_for_each(File::sync_data)
+    files
+        .into_iter()
+        .try_for_each(|p| OpenOptions::new().write(true).open(p)?.sync_data())
 }
 
 /// Makes renames and deletions under `dir` durable.
