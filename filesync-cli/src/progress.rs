@@ -55,6 +55,9 @@ impl Progress for Bar {
             .set_message(format!("queued at position {position}"));
         self.bar.tick();
     }
+    fn requested(&self, files: u64, bytes: u64) {
+        self.planned(files, bytes, 0);
+    }
     fn planned(&self, files: u64, bytes: u64, _deletions: u64) {
         self.total_files.store(files, Ordering::Relaxed);
         self.bar.set_length(bytes);

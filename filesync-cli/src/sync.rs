@@ -7,7 +7,6 @@ use filesync_core::messages::Encoding;
 use filesync_core::net::{self, client::DialectChoice, client::SyncConfig, client::Synced};
 use filesync_core::paths::ClientId;
 use filesync_core::session::client::ClientParams;
-use filesync_core::walk;
 use filesync_core::Error;
 use rand::Rng;
 
@@ -163,15 +162,9 @@ async fn attempt(
     out: Output,
 ) -> Result<Synced, Failure> {
     let started = Instant::now();
-    // Walk the folder while connecting: the listing is needed only once the server is
-    // ready, and the server indexes its copy meanwhile.
-    let dir = cfg.dir.clone();
-    let walk = tokio::task::spawn_blocking(move || list(&dir));
-    let listing = async move {
-        walk.await
-            .map_err(|e| Error::Listing(std::io::Error::other(e)))?
-            .map_err(Error::Listing)
-    };
+    // Walk the folder while connecting: the first chunks of the listing are ready when
+    // the server is.
+    let listing = net::client::list_in_background(cfg.dir.clone());
     let addr = match *server {
         Some(a) => a,
         None => {
@@ -187,25 +180,6 @@ async fn attempt(
         .map_err(|e| failure(e, addr, cfg, args.server.is_none()))?;
     summarise(&synced, started.elapsed(), out.json, addr);
     Ok(synced)
-}
-
-/// Lists the folder. A missing folder is listed as empty: the server then refuses to
-/// empty an archive that holds files (unless --allow-empty), and an unmounted disk
-/// cannot wipe it.
-fn list(dir: &std::path::Path) -> std::io::Result<Vec<filesync_core::messages::Entry>> {
-    match walk::scan(dir) {
-        Ok(scan) => {
-            for (p, why) in &scan.skipped {
-                tracing::warn!(path = %p.display(), why, "skipped");
-            }
-            Ok(scan.entries)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(dir = %dir.display(), "folder does not exist; listing it as empty");
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 fn failure(e: Error, addr: SocketAddr, cfg: &SyncConfig, discovered: bool) -> Failure {

@@ -29,7 +29,7 @@ use filesync_core::messages::{
 };
 use filesync_core::paths::{ClientId, RelPath};
 use filesync_core::planner::Held;
-use filesync_core::session::client::{ClientParams, Finish, Planning, Waiting};
+use filesync_core::session::client::{ClientParams, Finish, Waiting};
 use filesync_core::session::server::{Listed, Receipt, Receive, ServerParams};
 use filesync_core::session::{Client, Server};
 use filesync_core::time::{MTime, SeedTime};
@@ -210,8 +210,11 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         client(
             "manifest",
-            "One MANIFEST batch: a directory, a file with a nanosecond mtime, a file \
-             before 1970 (negative secs, zigzag varint in postcard) and a non-ASCII name.",
+            "One MANIFEST batch in tree order: a directory, a file with a nanosecond mtime, \
+             a file before 1970 (negative secs, zigzag varint in postcard) and non-ASCII \
+             names. In postcard each path is a shared-prefix length and a suffix: \
+             `photos/été.png` shares 13 bytes with the entry before it, and `photos/êtes` \
+             shares 7, not 8, since a shared prefix never ends inside a UTF-8 character.",
             ClientMsg::Manifest(Manifest {
                 entries: vec![
                     Entry {
@@ -237,6 +240,18 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                         kind: EntryKind::File,
                         size: 300_000,
                         mtime: t(T0 + 60, 0),
+                    },
+                    Entry {
+                        path: p("photos/été.png"),
+                        kind: EntryKind::File,
+                        size: 7,
+                        mtime: t(T0 + 61, 0),
+                    },
+                    Entry {
+                        path: p("photos/êtes"),
+                        kind: EntryKind::File,
+                        size: 0,
+                        mtime: t(T0 + 62, 0),
                     },
                 ],
             }),
@@ -987,51 +1002,36 @@ fn session_vector() -> Res<(String, String)> {
             },
         )
     });
-    let (server, ready) = server.ready(held);
+    let (server, ready) = server.ready();
     push("server", ready.kind(), frame_hex(&ready)?);
     let Waiting::Ready(client) = client.on_message(ready)? else {
         return Err("client not ready after READY".into());
     };
+    let mut index = held.collect::<Vec<_>>().into_iter();
+    let mut ops = Vec::new();
 
-    // Manifest; the server answers each batch, then closes the plan.
-    // Each server answer is written as soon as the batch it answers is read, so TASKS
-    // for a batch may precede the client's next MANIFEST or its MANIFEST_END.
-    let (client, manifest_msgs) = client.send_manifest(&manifest);
-    let mut server = Some(server);
-    let mut receiving = None;
-    let mut client = Some(client);
-    let mut planned = None;
-    for m in manifest_msgs {
-        push("client", m.kind(), frame_hex(&m)?);
-        let s = server.take().ok_or("manifest after MANIFEST_END")?;
-        let answers = match s.on_message(m)? {
-            Listed::Listing(s, out) => {
-                server = Some(s);
-                out
-            }
-            Listed::Receiving(s, out) => {
-                receiving = Some(s);
-                out
-            }
-        };
-        for a in answers {
-            push("server", a.kind(), frame_hex(&a)?);
-            match client.take().ok_or("plan after PLAN_END")?.on_message(a)? {
-                Planning::Listed(c) => client = Some(c),
-                Planning::Planned(c) => planned = Some(c),
-            }
-        }
-    }
-    let mut server = receiving.ok_or("no MANIFEST_END")?;
-    let mut client = planned.ok_or("no PLAN_END")?.start();
+    // One MANIFEST batch and its TASKS; the files asked for flow before MANIFEST_END,
+    // as version 2 allows, then the plan closes and the transfer ends.
+    let mut client = client.start();
+    let m = client.list(manifest.clone());
+    push("client", m.kind(), frame_hex(&m)?);
+    let Listed::Listing(mut server, tasks) =
+        server.on_message(m, &mut index, &mut |op| ops.push(op))?
+    else {
+        return Err("server not listing after MANIFEST".into());
+    };
+    push("server", tasks.kind(), frame_hex(&tasks)?);
+    let work = client.on_message(tasks)?;
 
     // Files: notes.txt is sent whole, tmp.log vanished before it could be opened.
     let mut results = Vec::new();
-    while let Some(task) = client.next_task() {
+    for (task, _) in work {
         if task.path().as_str() == "notes.txt" {
             let h = client.header(&task, content.len() as u64, t(T0 + 30, 5));
             push("client", h.kind(), frame_hex(&h)?);
-            let Receipt::Receiving(s, Receive::Open(_)) = server.on_message(h)? else {
+            let Listed::File(s, Receive::Open(_)) =
+                server.on_message(h, &mut index, &mut |op| ops.push(op))?
+            else {
                 return Err("server did not open notes.txt".into());
             };
             server = s;
@@ -1042,31 +1042,46 @@ fn session_vector() -> Res<(String, String)> {
             server.on_data(content.len())?;
             let end = client.file_end(task, content.len() as u64);
             push("client", end.kind(), frame_hex(&end)?);
-            let Receipt::Receiving(mut s, Receive::Commit(done)) = server.on_message(end)? else {
+            let Listed::File(mut s, Receive::Commit(done)) =
+                server.on_message(end, &mut index, &mut |op| ops.push(op))?
+            else {
                 return Err("server did not commit notes.txt".into());
             };
-            let r = s.file_result(done, Outcome::Stored);
-            push("server", r.kind(), frame_hex(&r)?);
-            results.push(r);
+            results.push(s.file_result(done, Outcome::Stored));
             server = s;
         } else {
             let a = client.abort(task, "No such file or directory (os error 2)".into());
             push("client", a.kind(), frame_hex(&a)?);
-            let Receipt::Receiving(s, Receive::Discard(..)) = server.on_message(a)? else {
+            let Listed::File(s, Receive::Discard(..)) =
+                server.on_message(a, &mut index, &mut |op| ops.push(op))?
+            else {
                 return Err("server did not discard the aborted file".into());
             };
             server = s;
         }
     }
+    let end = client.end_manifest();
+    push("client", end.kind(), frame_hex(&end)?);
+    let Listed::Receiving(server, plan_end) =
+        server.on_message(end, &mut index, &mut |op| ops.push(op))?
+    else {
+        return Err("server not receiving after MANIFEST_END".into());
+    };
     for r in results {
+        push("server", r.kind(), frame_hex(&r)?);
         client.on_message(r)?;
     }
-    let (client, end) = client.finish();
+    push("server", plan_end.kind(), frame_hex(&plan_end)?);
+    let deletions = match &plan_end {
+        ServerMsg::PlanEnd(e) => e.deletions,
+        _ => 0,
+    };
+    client.on_message(plan_end)?;
+    let (client, end) = client.finish()?;
     push("client", end.kind(), frame_hex(&end)?);
     let Receipt::Received(mut server) = server.on_message(end)? else {
         return Err("server not done after TRANSFER_END".into());
     };
-    let deletions = server.tail().delete.len() as u64;
     server.deleted(deletions);
     let (_server, next) = server.next_sync(t(T0 + 600, 0), 600_000);
     push("server", next.kind(), frame_hex(&next)?);
@@ -1078,9 +1093,10 @@ fn session_vector() -> Res<(String, String)> {
         kind: "session",
         direction: "both",
         note: "A whole native session in postcard, produced by the client and server state \
-               machines: BUSY greeting, QUEUED, READY, one manifest batch, a plan with one \
-               file to send, one vanished file and two deletions; NEXT_SYNC. Steps are in \
-               one valid wire order; `hex` is exactly the bytes sent.",
+               machines: BUSY greeting, QUEUED, READY, one manifest batch and its TASKS, \
+               the requested files sent before MANIFEST_END (one whole, one vanished), \
+               PLAN_END counting two deletions, NEXT_SYNC. Steps are in one valid wire \
+               order; `hex` is exactly the bytes sent.",
         encoding: enc.name(),
         peer: peer.to_string(),
         agent: "filesync/0.1.0".into(),

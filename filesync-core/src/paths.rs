@@ -127,6 +127,24 @@ impl RelPath {
         self.0.split('/')
     }
 
+    /// Whether `self` is a proper ancestor of `other` (`a` of `a/b`, not of `ab`).
+    pub fn is_ancestor_of(&self, other: &RelPath) -> bool {
+        other.0.len() > self.0.len()
+            && other.0.starts_with(&self.0)
+            && other.0.as_bytes()[self.0.len()] == b'/'
+    }
+
+    /// Tree order: components compared one by one, each by its bytes; a directory comes
+    /// before everything inside it, and everything inside it comes before its next
+    /// sibling. This is the order of a depth-first walk that visits each directory's
+    /// entries sorted by name, on client and server alike, so a manifest and an index can
+    /// be merged in one pass. It differs from byte order: `a/b` < `a.b` here, since `/`
+    /// ends a component and so sorts before any byte a name can hold.
+    pub fn tree_cmp(&self, other: &RelPath) -> std::cmp::Ordering {
+        let key = |b: u8| if b == b'/' { 0 } else { b };
+        self.0.bytes().map(key).cmp(other.0.bytes().map(key))
+    }
+
     /// Number of components.
     pub fn depth(&self) -> usize {
         self.components().count()

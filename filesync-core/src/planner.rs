@@ -1,10 +1,14 @@
 //! Planning: the client's manifest against the server's index gives the files to send and
-//! the entries to delete.
+//! what to do once they are stored (deletions, new directories, directory times).
 //!
-//! Pure. The planner is fed the manifest batch by batch as it arrives, and answers each
-//! batch at once with the files it needs, so the server sends `TASKS` while the client is
-//! still listing: the plan is complete a moment after the listing is, with no round trip
-//! per file.
+//! Pure, and in bounded memory: the manifest and the server's index both arrive in tree
+//! order ([`RelPath::tree_cmp`]: a depth-first walk, names sorted), and the planner merges
+//! them in one pass, as a sort-merge join. It is fed the manifest batch by batch and pulls
+//! the index entries each batch reaches, so it never holds either listing whole: what it
+//! keeps is one look-ahead entry, the stack of open directories (bounded by the tree's
+//! depth) and a few paths. Its answers come out as they are known: the files to request
+//! for each batch, and [`TailOp`]s (the work to do after every file is stored) through a
+//! sink that the caller may write to disk.
 //!
 //! The rule (rsync's "quick check"): send a file when the server has no such file, or when
 //! its size or its mtime differ. The original FileSync sends only when the client's mtime is
@@ -13,7 +17,7 @@
 //! does not list, applied only after every file is stored, so an interrupted session never
 //! leaves the server with less than it had.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
 
 use crate::error::ProtocolError;
 use crate::messages::{Entry, EntryKind};
@@ -41,103 +45,340 @@ pub struct Held {
     pub mtime: MTime,
 }
 
-/// The plan's tail, known once the whole manifest is in.
+/// Work for after every file of the session is stored, in the order the planner emits it.
+/// Applied in that order it is always valid: a directory's time comes after everything
+/// done inside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TailOp {
+    /// Delete this entry, and everything under it if it is a directory: the manifest
+    /// lists neither it nor anything inside it. Only the top of a deleted subtree is
+    /// emitted.
+    Delete(RelPath),
+    /// Make this listed directory, which the server lacks (or holds as a non-directory).
+    MakeDir(RelPath),
+    /// Give this listed directory this mtime: its time differs from the server's, or the
+    /// session changes what is in it (which moves its time on the server).
+    DirTime(RelPath, MTime),
+}
+
+/// The plan's tail gathered in memory: [`TailOp`]s sorted by kind. For tests and small
+/// listings; sessions stream the ops instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tail {
-    /// Server entries the manifest does not list (nor imply as a parent, nor cover with a
-    /// `Keep`), deepest first, so that a directory comes after everything inside it.
+    /// Tops of deleted subtrees, in tree order.
     pub delete: Vec<RelPath>,
-    /// Directories the manifest lists that the server lacks (empty directories included).
+    /// Directories to make, parents first.
     pub make_dirs: Vec<RelPath>,
-    /// Listed directories whose mtime must be set once everything else is done: those
-    /// whose mtime differs from the server's, and those the session changes the content
-    /// of (which moves their mtime on the server).
+    /// Directory times to set.
     pub dir_times: Vec<(RelPath, MTime)>,
 }
 
-/// Plans one session, batch by batch.
+impl Tail {
+    /// Gathers ops.
+    pub fn from_ops(ops: impl IntoIterator<Item = TailOp>) -> Self {
+        let mut t = Tail::default();
+        for op in ops {
+            match op {
+                TailOp::Delete(p) => t.delete.push(p),
+                TailOp::MakeDir(p) => t.make_dirs.push(p),
+                TailOp::DirTime(p, m) => t.dir_times.push((p, m)),
+            }
+        }
+        t
+    }
+
+    /// The ops again, in an order valid to apply: deletions, directories, times.
+    pub fn into_ops(self) -> impl Iterator<Item = TailOp> {
+        self.delete
+            .into_iter()
+            .map(TailOp::Delete)
+            .chain(self.make_dirs.into_iter().map(TailOp::MakeDir))
+            .chain(
+                self.dir_times
+                    .into_iter()
+                    .map(|(p, m)| TailOp::DirTime(p, m)),
+            )
+    }
+}
+
+/// What one call of the planner decided, besides the tail ops it emitted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Files to request, in manifest order.
+    pub send: Vec<RelPath>,
+    /// Server entries found to be deleted (every entry of a deleted subtree counts).
+    pub deletions: u64,
+}
+
+/// A listed directory whose subtree the merge is inside.
+#[derive(Debug)]
+struct OpenDir {
+    path: RelPath,
+    mtime: MTime,
+    /// The server holds it as a directory with the same mtime.
+    same_time: bool,
+    /// The plan changes what is in it.
+    touched: bool,
+}
+
+/// Plans one session, batch by batch, merging the manifest with the server's index.
 #[derive(Debug)]
 pub struct Planner {
-    held: HashMap<RelPath, Held>,
     rule: Rule,
-    listed: HashSet<RelPath>,
-    listed_files: HashSet<RelPath>,
-    kept: HashSet<RelPath>,
-    make_dirs: Vec<RelPath>,
-    /// Listed directories and their mtimes.
-    dirs: Vec<(RelPath, MTime)>,
-    /// Directories whose content the plan changes so far (parents of requested files).
-    touched: HashSet<RelPath>,
-    /// Listed directories whose mtime already matches the server's.
-    unchanged_dirs: HashSet<RelPath>,
+    /// The next index entry, read but not yet merged.
+    ahead: Option<(RelPath, Held)>,
+    /// The index is exhausted.
+    index_done: bool,
+    /// The last index entry read, to check the index's order.
+    last_held: Option<RelPath>,
+    /// The last manifest entry, to check the manifest's order.
+    last_listed: Option<RelPath>,
+    /// The last listed file: nothing may be listed inside it.
+    last_file: Option<RelPath>,
+    /// The last `Keep` entry: the server keeps what it holds under it.
+    kept: Option<RelPath>,
+    /// The top of the subtree being deleted.
+    deleting: Option<RelPath>,
+    /// Listed directories that enclose the merge position, outermost first.
+    open_dirs: Vec<OpenDir>,
+    /// Whether the index held a regular file, seen so far.
+    held_files: bool,
+    /// Delete only regular files (see [`Planner::files_only`]).
+    files_only: bool,
     files: u64,
     bytes: u64,
+    deletions: u64,
 }
 
 impl Planner {
-    /// A planner over the server's index of the client's folder.
-    pub fn new(held: impl IntoIterator<Item = (RelPath, Held)>, rule: Rule) -> Self {
+    /// A planner for one session.
+    pub fn new(rule: Rule) -> Self {
         Self {
-            held: held.into_iter().collect(),
             rule,
-            listed: HashSet::new(),
-            listed_files: HashSet::new(),
-            kept: HashSet::new(),
-            make_dirs: Vec::new(),
-            dirs: Vec::new(),
-            touched: HashSet::new(),
-            unchanged_dirs: HashSet::new(),
+            ahead: None,
+            index_done: false,
+            last_held: None,
+            last_listed: None,
+            last_file: None,
+            kept: None,
+            deleting: None,
+            open_dirs: Vec::new(),
+            held_files: false,
+            files_only: false,
             files: 0,
             bytes: 0,
+            deletions: 0,
         }
     }
 
-    /// Whether the server holds anything for this client.
-    pub fn server_has_files(&self) -> bool {
-        self.held.values().any(|h| h.kind == EntryKind::File)
+    /// Deletes regular files only, one by one, never directories: for a client that
+    /// lists no directories and so cannot say which empty ones it still has.
+    pub fn files_only(mut self) -> Self {
+        self.files_only = true;
+        self
     }
 
-    /// Plans one manifest batch; returns the files of it to request, in manifest order.
-    /// A path listed twice is the client's fault.
-    pub fn batch(&mut self, entries: &[Entry]) -> Result<Vec<RelPath>, ProtocolError> {
-        let mut send = Vec::new();
+    /// Plans one manifest batch. `index` yields the server's entries in tree order; it is
+    /// read only as far as this batch reaches (plus one entry of look-ahead), and must be
+    /// the same iterator, continued, at every call. `tail` receives the ops found.
+    ///
+    /// Fails if the manifest is not in strictly increasing tree order (which also refuses
+    /// a path listed twice), or lists an entry inside a listed file.
+    pub fn batch(
+        &mut self,
+        entries: &[Entry],
+        index: &mut dyn Iterator<Item = (RelPath, Held)>,
+        tail: &mut dyn FnMut(TailOp),
+    ) -> Result<Step, ProtocolError> {
+        let mut step = Step::default();
         for e in entries {
-            if !self.listed.insert(e.path.clone()) {
-                return Err(ProtocolError::Inconsistent(format!(
-                    "{} listed twice",
-                    e.path
-                )));
+            if let Some(last) = &self.last_listed {
+                if last.tree_cmp(&e.path) != Ordering::Less {
+                    return Err(ProtocolError::Inconsistent(format!(
+                        "{} listed after {last}: listed twice or out of tree order",
+                        e.path
+                    )));
+                }
             }
-            let held = self.held.get(&e.path);
+            if let Some(f) = &self.last_file {
+                if f.is_ancestor_of(&e.path) {
+                    return Err(ProtocolError::Inconsistent(format!(
+                        "{} is listed inside the file {f}",
+                        e.path
+                    )));
+                }
+            }
+            self.last_listed = Some(e.path.clone());
+            // Everything the server holds before this entry is either one of its
+            // ancestors (kept: an implied directory) or gone from the client.
+            let mut held = None;
+            while let Some((p, _)) = self.peek(index)? {
+                match p.tree_cmp(&e.path) {
+                    Ordering::Less => {
+                        let (p, h) = self.take();
+                        if !p.is_ancestor_of(&e.path) {
+                            self.gone(p, h, &mut step, tail);
+                        }
+                    }
+                    Ordering::Equal => {
+                        held = Some(self.take().1);
+                        break;
+                    }
+                    Ordering::Greater => break,
+                }
+            }
+            self.enter(&e.path, tail);
             match e.kind {
                 EntryKind::File => {
-                    self.listed_files.insert(e.path.clone());
-                    if held.is_none_or(|h| self.differs(h, e)) {
+                    self.last_file = Some(e.path.clone());
+                    if held.is_none_or(|h| self.differs(&h, e)) {
                         self.files += 1;
                         self.bytes += e.size;
-                        if let Some(parent) = e.path.parent() {
-                            self.touched.insert(parent);
-                        }
-                        send.push(e.path.clone());
+                        self.touch_parent_of(&e.path);
+                        step.send.push(e.path.clone());
                     }
                 }
                 EntryKind::Dir => {
                     let same_dir = held.filter(|h| h.kind == EntryKind::Dir);
                     if same_dir.is_none() {
-                        self.make_dirs.push(e.path.clone());
+                        self.touch_parent_of(&e.path);
+                        tail(TailOp::MakeDir(e.path.clone()));
                     }
-                    if same_dir.is_some_and(|h| h.mtime == e.mtime) {
-                        // Its time is set only if the plan changes what is in it.
-                        self.unchanged_dirs.insert(e.path.clone());
-                    }
-                    self.dirs.push((e.path.clone(), e.mtime));
+                    self.open_dirs.push(OpenDir {
+                        path: e.path.clone(),
+                        mtime: e.mtime,
+                        same_time: same_dir.is_some_and(|h| h.mtime == e.mtime),
+                        touched: false,
+                    });
                 }
-                EntryKind::Keep => {
-                    self.kept.insert(e.path.clone());
+                EntryKind::Keep => self.kept = Some(e.path.clone()),
+            }
+        }
+        Ok(step)
+    }
+
+    /// Completes the plan once the manifest has ended: whatever the index holds past the
+    /// last listed entry is gone from the client, and every open directory is closed.
+    ///
+    /// With `refuse_empty`, an empty manifest against an index holding a regular file is
+    /// refused with `Ok(Err(WouldEmpty))`; the caller then discards every op emitted.
+    pub fn finish(
+        mut self,
+        index: &mut dyn Iterator<Item = (RelPath, Held)>,
+        refuse_empty: bool,
+        tail: &mut dyn FnMut(TailOp),
+    ) -> Result<Result<Finished, WouldEmpty>, ProtocolError> {
+        let refusing = refuse_empty && self.last_listed.is_none();
+        let mut step = Step::default();
+        while self.peek(index)?.is_some() {
+            if refusing && self.held_files {
+                return Ok(Err(WouldEmpty));
+            }
+            let (p, h) = self.take();
+            self.gone(p, h, &mut step, tail);
+        }
+        self.close_dirs_until(None, tail);
+        Ok(Ok(Finished {
+            files: self.files,
+            bytes: self.bytes,
+            deletions: self.deletions,
+        }))
+    }
+
+    /// Files requested so far and their total size.
+    pub fn requested(&self) -> (u64, u64) {
+        (self.files, self.bytes)
+    }
+
+    /// Server entries found to be deleted so far.
+    pub fn deletions(&self) -> u64 {
+        self.deletions
+    }
+
+    /// Whether the index showed a regular file so far.
+    pub fn held_files(&self) -> bool {
+        self.held_files
+    }
+
+    fn peek(
+        &mut self,
+        index: &mut dyn Iterator<Item = (RelPath, Held)>,
+    ) -> Result<Option<&(RelPath, Held)>, ProtocolError> {
+        if self.ahead.is_none() && !self.index_done {
+            match index.next() {
+                None => self.index_done = true,
+                Some((p, h)) => {
+                    if let Some(last) = &self.last_held {
+                        if last.tree_cmp(&p) != Ordering::Less {
+                            return Err(ProtocolError::Inconsistent(format!(
+                                "the server's index lists {p} after {last}"
+                            )));
+                        }
+                    }
+                    self.last_held = Some(p.clone());
+                    self.held_files |= h.kind == EntryKind::File;
+                    self.ahead = Some((p, h));
                 }
             }
         }
-        Ok(send)
+        Ok(self.ahead.as_ref())
+    }
+
+    fn take(&mut self) -> (RelPath, Held) {
+        self.ahead.take().expect("peeked just before")
+    }
+
+    /// An index entry the manifest does not list.
+    fn gone(&mut self, p: RelPath, h: Held, step: &mut Step, tail: &mut dyn FnMut(TailOp)) {
+        if self
+            .kept
+            .as_ref()
+            .is_some_and(|k| *k == p || k.is_ancestor_of(&p))
+        {
+            return;
+        }
+        if self.files_only {
+            if h.kind == EntryKind::File {
+                step.deletions += 1;
+                self.deletions += 1;
+                tail(TailOp::Delete(p));
+            }
+            return;
+        }
+        step.deletions += 1;
+        self.deletions += 1;
+        if self.deleting.as_ref().is_some_and(|d| d.is_ancestor_of(&p)) {
+            return;
+        }
+        self.enter(&p, tail);
+        self.touch_parent_of(&p);
+        self.deleting = Some(p.clone());
+        tail(TailOp::Delete(p));
+    }
+
+    /// Moves the merge position to `p`: directories that do not enclose it are done.
+    fn enter(&mut self, p: &RelPath, tail: &mut dyn FnMut(TailOp)) {
+        self.close_dirs_until(Some(p), tail);
+    }
+
+    fn close_dirs_until(&mut self, p: Option<&RelPath>, tail: &mut dyn FnMut(TailOp)) {
+        while let Some(top) = self.open_dirs.last() {
+            if p.is_some_and(|p| top.path.is_ancestor_of(p)) {
+                break;
+            }
+            let d = self.open_dirs.pop().expect("just looked");
+            if !d.same_time || d.touched {
+                tail(TailOp::DirTime(d.path, d.mtime));
+            }
+        }
+    }
+
+    fn touch_parent_of(&mut self, p: &RelPath) {
+        if let Some(parent) = self.open_dirs.last_mut() {
+            if parent.path.is_ancestor_of(p) && parent.path.depth() + 1 == p.depth() {
+                parent.touched = true;
+            }
+        }
     }
 
     fn differs(&self, held: &Held, e: &Entry) -> bool {
@@ -147,78 +388,43 @@ impl Planner {
                 Rule::Micros => !held.mtime.same_micros(e.mtime),
             }
     }
-
-    /// Files requested so far and their total size.
-    pub fn requested(&self) -> (u64, u64) {
-        (self.files, self.bytes)
-    }
-
-    /// Completes the plan once the manifest has ended.
-    ///
-    /// Fails if the manifest lists an entry inside something it lists as a file: no tree
-    /// can hold both, and storing it would need to delete a file the client just listed.
-    pub fn finish(mut self) -> Result<Tail, ProtocolError> {
-        // Ancestors of listed entries are implied directories: the original dialect lists
-        // only files, and a directory holding listed entries must never be deleted.
-        let mut implied = HashSet::new();
-        for p in &self.listed {
-            for a in p.ancestors() {
-                if self.listed_files.contains(&a) {
-                    return Err(ProtocolError::Inconsistent(format!(
-                        "{p} is listed inside the file {a}"
-                    )));
-                }
-                implied.insert(a);
-            }
-        }
-        // A listed path is never deleted, whatever the server holds there: storing the file
-        // or making the directory replaces a clashing entry in place. Deleting it at the
-        // end would remove what was just stored.
-        let kept = &self.kept;
-        let mut delete: Vec<RelPath> = self
-            .held
-            .keys()
-            .filter(|p| {
-                !self.listed.contains(*p)
-                    && !implied.contains(*p)
-                    && !kept.contains(*p)
-                    && !p.ancestors().any(|a| kept.contains(&a))
-            })
-            .cloned()
-            .collect();
-        delete.sort_by(|a, b| b.depth().cmp(&a.depth()).then_with(|| a.cmp(b)));
-        self.make_dirs.sort();
-        let mut touched = self.touched;
-        touched.extend(
-            delete
-                .iter()
-                .chain(self.make_dirs.iter())
-                .filter_map(RelPath::parent),
-        );
-        let unchanged = &self.unchanged_dirs;
-        let dir_times = self
-            .dirs
-            .into_iter()
-            .filter(|(p, _)| !unchanged.contains(p) || touched.contains(p))
-            .collect();
-        Ok(Tail {
-            delete,
-            make_dirs: self.make_dirs,
-            dir_times,
-        })
-    }
 }
 
-/// The whole plan at once: files to send (manifest order) and the tail. For tests and
-/// tools; sessions use [`Planner`] batch by batch.
+/// Totals of a completed plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Files requested.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Server entries to delete (every entry of a deleted subtree counts).
+    pub deletions: u64,
+}
+
+/// An empty manifest met an archive that holds files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WouldEmpty;
+
+/// The whole plan at once: files to send (manifest order) and the tail. Sorts both inputs
+/// into tree order first, so it takes listings in any order (the original dialect's are
+/// unordered, and small). For tests and tools; sessions use [`Planner`] batch by batch.
 pub fn plan(
     manifest: &[Entry],
     held: impl IntoIterator<Item = (RelPath, Held)>,
     rule: Rule,
 ) -> Result<(Vec<RelPath>, Tail), ProtocolError> {
-    let mut p = Planner::new(held, rule);
-    let send = p.batch(manifest)?;
-    Ok((send, p.finish()?))
+    let mut manifest = manifest.to_vec();
+    manifest.sort_by(|a, b| a.path.tree_cmp(&b.path));
+    let mut held: Vec<_> = held.into_iter().collect();
+    held.sort_by(|a, b| a.0.tree_cmp(&b.0));
+    let mut index = held.into_iter();
+    let mut ops = Vec::new();
+    let mut p = Planner::new(rule);
+    let step = p.batch(&manifest, &mut index, &mut |op| ops.push(op))?;
+    let _ = p
+        .finish(&mut index, false, &mut |op| ops.push(op))?
+        .map_err(|_| ProtocolError::Inconsistent("unreachable: not refusing".into()))?;
+    Ok((step.send, Tail::from_ops(ops)))
 }
 
 #[cfg(test)]
@@ -280,7 +486,7 @@ mod tests {
                 name: "empty server gets everything",
                 client: vec![dir("d"), file("d/a", 1, 1), file("b", 2, 2)],
                 server: vec![],
-                send: vec!["d/a", "b"],
+                send: vec!["b", "d/a"],
                 delete: vec![],
                 make: vec!["d"],
             },
@@ -309,7 +515,7 @@ mod tests {
                 make: vec![],
             },
             Case {
-                name: "removed files and emptied dirs are deleted deepest first",
+                name: "a removed directory is deleted as one subtree",
                 client: vec![file("keep", 1, 1)],
                 server: vec![
                     file("keep", 1, 1),
@@ -318,7 +524,7 @@ mod tests {
                     file("x/y/z", 1, 1),
                 ],
                 send: vec![],
-                delete: vec!["x/y/z", "x/y", "x"],
+                delete: vec!["x"],
                 make: vec![],
             },
             Case {
@@ -437,6 +643,84 @@ mod tests {
     }
 
     #[test]
+    fn the_merge_counts_every_deleted_entry_and_reads_the_index_lazily() {
+        let server = held(&[
+            dir("a"),
+            file("a/1", 1, 1),
+            file("a/2", 1, 1),
+            file("b", 1, 1),
+            file("c", 1, 1),
+        ]);
+        let mut reads = 0;
+        let mut index = server.into_iter().inspect(|_| reads += 1);
+        let mut ops = Vec::new();
+        let mut p = Planner::new(Rule::QuickCheck);
+        let step = p
+            .batch(&[file("b", 1, 1)], &mut index, &mut |op| ops.push(op))
+            .unwrap();
+        assert_eq!(step.deletions, 3, "a, a/1, a/2");
+        assert_eq!(ops, [TailOp::Delete(p_("a"))]);
+        drop(index);
+        assert_eq!(reads, 4, "read up to b, which matches, and no further");
+    }
+
+    fn p_(s: &str) -> RelPath {
+        p(s)
+    }
+
+    #[test]
+    fn manifests_out_of_tree_order_are_refused() {
+        let mut p = Planner::new(Rule::QuickCheck);
+        let mut none = std::iter::empty();
+        // Byte order puts "a.b" first; tree order puts "a/x" (inside "a") first.
+        assert!(p
+            .batch(
+                &[dir("a"), file("a.b", 1, 1), file("a/x", 1, 1)],
+                &mut none,
+                &mut |_| {}
+            )
+            .is_err());
+        let mut p = Planner::new(Rule::QuickCheck);
+        assert!(p
+            .batch(
+                &[dir("a"), file("a/x", 1, 1), file("a.b", 1, 1)],
+                &mut none,
+                &mut |_| {}
+            )
+            .is_ok());
+        let mut p = Planner::new(Rule::QuickCheck);
+        p.batch(&[file("b", 1, 1)], &mut none, &mut |_| {}).unwrap();
+        assert!(
+            p.batch(&[file("a", 1, 1)], &mut none, &mut |_| {}).is_err(),
+            "order holds across batches"
+        );
+    }
+
+    #[test]
+    fn an_empty_manifest_is_refused_against_files_only_when_asked() {
+        let server = || held(&[dir("d"), file("d/f", 1, 1)]).into_iter();
+        let p = Planner::new(Rule::QuickCheck);
+        assert_eq!(
+            p.finish(&mut server(), true, &mut |_| {}).unwrap(),
+            Err(WouldEmpty)
+        );
+        let p = Planner::new(Rule::QuickCheck);
+        let mut ops = Vec::new();
+        let done = p
+            .finish(&mut server(), false, &mut |op| ops.push(op))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.deletions, 2);
+        assert_eq!(ops, [TailOp::Delete(p_("d"))]);
+        let p = Planner::new(Rule::QuickCheck);
+        let dirs_only = held(&[dir("d")]);
+        assert!(p
+            .finish(&mut dirs_only.into_iter(), true, &mut |_| {})
+            .unwrap()
+            .is_ok());
+    }
+
+    #[test]
     fn inconsistent_manifests_are_refused() {
         assert!(plan(
             &[file("a", 1, 1), file("a", 1, 1)],
@@ -506,11 +790,20 @@ mod tests {
             .collect()
     }
 
+    /// A name set where byte order and tree order differ (`.` sorts before `/`).
+    fn tricky_tree() -> impl Strategy<Value = BTreeMap<String, (bool, u64, i64)>> {
+        tree().prop_map(|t| {
+            t.into_iter()
+                .map(|(k, v)| (k.replace('c', "a.b"), v))
+                .collect()
+        })
+    }
+
     proptest! {
         /// Applying the plan to the server's tree always yields exactly the client's tree,
         /// and the plan never deletes a listed file.
         #[test]
-        fn applying_the_plan_yields_the_client_tree(client in tree(), server in tree()) {
+        fn applying_the_plan_yields_the_client_tree(client in tricky_tree(), server in tricky_tree()) {
             let c = entries(&client);
             let s = entries(&server);
             let (send, tail) = plan(&c, held(&s), Rule::QuickCheck).unwrap();

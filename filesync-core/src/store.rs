@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome};
 use crate::paths::{ClientId, RelPath};
-use crate::planner::{Held, Tail};
+use crate::planner::{Held, TailOp};
 use crate::time::MTime;
 
 /// Files staged before a batch is synced and renamed.
@@ -42,6 +42,8 @@ const BATCHES_QUEUED: usize = 2;
 pub struct Store {
     root: PathBuf,
     tmp: PathBuf,
+    /// Where sessions spool their plans' tails.
+    spools: PathBuf,
     seq: AtomicU64,
     /// This process's id, naming its temporary files.
     pid: u32,
@@ -59,16 +61,19 @@ impl Store {
     /// previous run that stopped mid-transfer.
     pub fn open(root: &Path) -> io::Result<Store> {
         let tmp = root.join(".filesync").join("tmp");
-        fs::create_dir_all(&tmp)?;
+        let spools = root.join(".filesync").join("spool");
         let mut stale = 0;
-        for e in fs::read_dir(&tmp)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                fs::remove_dir_all(e.path())?;
-            } else {
-                fs::remove_file(e.path())?;
+        for dir in [&tmp, &spools] {
+            fs::create_dir_all(dir)?;
+            for e in fs::read_dir(dir)? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    fs::remove_dir_all(e.path())?;
+                } else {
+                    fs::remove_file(e.path())?;
+                }
+                stale += 1;
             }
-            stale += 1;
         }
         if stale > 0 {
             tracing::info!(stale, "removed stale temporary files");
@@ -76,6 +81,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             tmp,
+            spools,
             seq: AtomicU64::new(0),
             pid: std::process::id(),
             slow_disk: std::env::var(SLOW_DISK_ENV)
@@ -96,23 +102,132 @@ impl Store {
         self.root.join(id.folder_name())
     }
 
-    /// What the server holds for a client. Symlinks and special files are listed as files
-    /// that match nothing, so the plan replaces or deletes them.
-    pub fn index(&self, id: &ClientId) -> io::Result<Vec<(RelPath, Held)>> {
+    /// What the server holds for a client, in tree order ([`RelPath::tree_cmp`]), read
+    /// lazily as the planner merges it with the manifest: memory stays bounded by the
+    /// tree's depth and its largest directory, whatever its size. Symlinks and special
+    /// files are listed as files that match nothing, so the plan replaces or deletes them.
+    pub fn index(&self, id: &ClientId) -> Index {
         let dir = self.client_dir(id);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) | Err(_) => return Ok(Vec::new()),
+        let walk = match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Some(
+                walkdir::WalkDir::new(&dir)
+                    .min_depth(1)
+                    .follow_links(false)
+                    .sort_by_file_name()
+                    .into_iter(),
+            ),
+            Ok(_) | Err(_) => None,
+        };
+        Index {
+            dir,
+            walk,
+            error: None,
         }
-        let mut out = Vec::new();
-        for e in walkdir::WalkDir::new(&dir).min_depth(1).follow_links(false) {
-            let e = e.map_err(io::Error::other)?;
-            let Ok(rel) = RelPath::from_local(e.path().strip_prefix(&dir).unwrap_or(e.path()))
+    }
+
+    /// A new, empty spool for a session's tail, in `<root>/.filesync/spool/` (emptied at
+    /// start, like the temporary directory).
+    pub fn spool(&self) -> io::Result<Spool> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.spools.join(format!("{}-{n}.tail", self.pid));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spool {
+            path,
+            out: Some(io::BufWriter::new(file)),
+            error: None,
+        })
+    }
+
+    /// A writer for one session of `id`. `report` is called, from another thread, with
+    /// the outcome of every file once it is settled: stored (durable and in place) or
+    /// rejected.
+    pub fn receiver(
+        &self,
+        id: &ClientId,
+        report: impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static,
+    ) -> io::Result<Receiver<'_>> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(BATCHES_QUEUED);
+        let mut placer = Placer {
+            dir: self.client_dir(id),
+            tmp: self.tmp.clone(),
+            dirs_ok: HashSet::new(),
+            slow_disk: self.slow_disk,
+        };
+        let thread = std::thread::Builder::new()
+            .name("filesync-placer".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Batch(batch) => report(placer.place_batch(batch)),
+                        Job::Finish(mut spool, done) => {
+                            let _ = done.send(placer.finish(&mut spool));
+                        }
+                    }
+                }
+            })?;
+        Ok(Receiver {
+            store: self,
+            open: None,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{}-{n}.part", self.pid))
+    }
+}
+
+/// The server's index of one client folder, in tree order: an iterator of
+/// `(path, what is held)`. A read error ends the iteration and is kept for
+/// [`Index::take_error`]: a session must not go on with a partial index.
+#[derive(Debug)]
+pub struct Index {
+    dir: PathBuf,
+    walk: Option<walkdir::IntoIter>,
+    error: Option<io::Error>,
+}
+
+impl Index {
+    /// The error that ended the iteration early, if any.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+}
+
+impl Iterator for Index {
+    type Item = (RelPath, Held);
+
+    fn next(&mut self) -> Option<(RelPath, Held)> {
+        loop {
+            let e = match self.walk.as_mut()?.next()? {
+                Ok(e) => e,
+                Err(err) => {
+                    self.error = Some(io::Error::other(err));
+                    self.walk = None;
+                    return None;
+                }
+            };
+            let Ok(rel) = RelPath::from_local(e.path().strip_prefix(&self.dir).unwrap_or(e.path()))
             else {
                 tracing::warn!(path = %e.path().display(), "ignoring a name that cannot be synced");
                 continue;
             };
-            let m = e.metadata().map_err(io::Error::other)?;
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(err) => {
+                    self.error = Some(io::Error::other(err));
+                    self.walk = None;
+                    return None;
+                }
+            };
             let mtime = m
                 .modified()
                 .ok()
@@ -137,51 +252,80 @@ impl Store {
                     mtime: MTime::EPOCH,
                 }
             };
-            out.push((rel, held));
+            return Some((rel, held));
         }
-        Ok(out)
     }
+}
 
-    /// A writer for one session of `id`. `report` is called, from another thread, with
-    /// the outcome of every file once it is settled: stored (durable and in place) or
-    /// rejected.
-    pub fn receiver(
-        &self,
-        id: &ClientId,
-        report: impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static,
-    ) -> io::Result<Receiver<'_>> {
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(BATCHES_QUEUED);
-        let mut placer = Placer {
-            dir: self.client_dir(id),
-            tmp: self.tmp.clone(),
-            dirs_ok: HashSet::new(),
-            slow_disk: self.slow_disk,
+/// A session's tail ([`TailOp`]s) on disk, in the order the planner emitted them: a plan
+/// can delete or touch more entries than fit in memory. Each record is a little-endian
+/// `u32` length and the op in postcard. Removed when dropped.
+#[derive(Debug)]
+pub struct Spool {
+    path: PathBuf,
+    out: Option<io::BufWriter<File>>,
+    error: Option<io::Error>,
+}
+
+impl Spool {
+    /// Appends an op. A write error is kept and reported by [`Spool::check`]; later
+    /// pushes are ignored.
+    pub fn push(&mut self, op: &TailOp) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(out) = self.out.as_mut() else {
+            return;
         };
-        let thread = std::thread::Builder::new()
-            .name("filesync-placer".into())
-            .spawn(move || {
-                for job in rx {
-                    match job {
-                        Job::Batch(batch) => report(placer.place_batch(batch)),
-                        Job::Finish(tail, done) => {
-                            let _ = done.send(placer.finish(&tail));
-                        }
-                    }
-                }
-            })?;
-        Ok(Receiver {
-            store: self,
-            open: None,
-            staged: Vec::new(),
-            staged_bytes: 0,
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
+        let r = postcard::to_stdvec(op)
+            .map_err(io::Error::other)
+            .and_then(|b| {
+                let len = u32::try_from(b.len()).map_err(io::Error::other)?;
+                out.write_all(&len.to_le_bytes())?;
+                out.write_all(&b)
+            });
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
     }
 
-    fn temp_path(&self) -> PathBuf {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("{}-{n}.part", self.pid))
+    /// The first write error, if any.
+    pub fn check(&mut self) -> io::Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the ops back, in order.
+    fn read(&mut self) -> io::Result<impl Iterator<Item = io::Result<TailOp>> + '_> {
+        use std::io::{Read, Seek};
+        self.check()?;
+        let mut file = match self.out.take() {
+            Some(w) => w.into_inner().map_err(|e| e.into_error())?,
+            None => File::open(&self.path)?,
+        };
+        file.seek(io::SeekFrom::Start(0))?;
+        let mut r = io::BufReader::new(file);
+        Ok(std::iter::from_fn(move || {
+            let mut len = [0u8; 4];
+            match r.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return None,
+                Err(e) => return Some(Err(e)),
+            }
+            let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+            Some(
+                r.read_exact(&mut buf)
+                    .and_then(|()| postcard::from_bytes(&buf).map_err(io::Error::other)),
+            )
+        }))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -211,7 +355,7 @@ enum Job {
     /// Make these durable and move them into place.
     Batch(Vec<Staged>),
     /// Apply the plan's tail, sync, and answer with (deleted, errors).
-    Finish(Tail, std::sync::mpsc::Sender<(u64, Vec<String>)>),
+    Finish(Spool, std::sync::mpsc::Sender<(u64, Vec<String>)>),
 }
 
 type JobSender = std::sync::mpsc::SyncSender<Job>;
@@ -358,14 +502,14 @@ impl Receiver<'_> {
     /// Ends the session's writes: every staged file placed, deletions applied, directories
     /// made, and all of it durable. Returns how many entries were deleted and what failed.
     /// Every file's outcome has been reported when this returns.
-    pub fn finish(&mut self, tail: &Tail) -> (u64, Vec<String>) {
+    pub fn finish(&mut self, tail: Spool) -> (u64, Vec<String>) {
         self.discard();
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = self
             .jobs
             .as_ref()
-            .is_some_and(|j| j.send(Job::Finish(tail.clone(), tx)).is_ok());
+            .is_some_and(|j| j.send(Job::Finish(tail, tx)).is_ok());
         match rx.recv() {
             Ok(r) if sent => r,
             _ => (0, vec!["the placer thread stopped".into()]),
@@ -398,36 +542,21 @@ impl Placer {
             .collect()
     }
 
-    fn finish(&mut self, tail: &Tail) -> (u64, Vec<String>) {
+    fn finish(&mut self, tail: &mut Spool) -> (u64, Vec<String>) {
         let mut deleted = 0;
         let mut errors = Vec::new();
-        for p in &tail.delete {
-            match self.remove(p) {
-                Ok(true) => deleted += 1,
-                Ok(false) => {}
-                Err(e) => errors.push(format!("deleting {p}: {e}")),
-            }
-        }
-        for d in &tail.make_dirs {
-            let full = d.to_path(&self.dir);
-            if let Err(e) = self.ensure_parents(d).and_then(|_| ensure_dir(&full)) {
-                errors.push(format!("making directory {d}: {e}"));
-            }
-        }
-        // Last, once nothing more is created or removed in them: every change above moved
-        // the directories' own mtimes.
-        for (d, t) in &tail.dir_times {
-            let full = d.to_path(&self.dir);
-            let is_dir = d
-                .ancestors()
-                .chain(std::iter::once(d.clone()))
-                .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()));
-            if !is_dir {
-                continue;
-            }
-            let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
-            if let Err(e) = filetime::set_file_mtime(&full, ft) {
-                errors.push(format!("setting the mtime of {d}: {e}"));
+        match tail.read() {
+            Err(e) => errors.push(format!("reading the plan's tail: {e}")),
+            Ok(ops) => {
+                for op in ops {
+                    match op {
+                        Err(e) => {
+                            errors.push(format!("reading the plan's tail: {e}"));
+                            break;
+                        }
+                        Ok(op) => self.apply(op, &mut deleted, &mut errors),
+                    }
+                }
             }
         }
         if let Err(e) = ensure_dir(&self.dir) {
@@ -437,6 +566,35 @@ impl Placer {
             errors.push(format!("syncing: {e}"));
         }
         (deleted, errors)
+    }
+
+    /// Applies one op of the tail; ops come in tree order, so a directory's time is set
+    /// after everything inside it is done.
+    fn apply(&mut self, op: TailOp, deleted: &mut u64, errors: &mut Vec<String>) {
+        match op {
+            TailOp::Delete(p) => match self.remove(&p) {
+                Ok(n) => *deleted += n,
+                Err(e) => errors.push(format!("deleting {p}: {e}")),
+            },
+            TailOp::MakeDir(d) => {
+                let full = d.to_path(&self.dir);
+                if let Err(e) = self.ensure_parents(&d).and_then(|_| ensure_dir(&full)) {
+                    errors.push(format!("making directory {d}: {e}"));
+                }
+            }
+            TailOp::DirTime(d, t) => {
+                let is_dir = d
+                    .ancestors()
+                    .chain(std::iter::once(d.clone()))
+                    .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()));
+                if is_dir {
+                    let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
+                    if let Err(e) = filetime::set_file_mtime(d.to_path(&self.dir), ft) {
+                        errors.push(format!("setting the mtime of {d}: {e}"));
+                    }
+                }
+            }
+        }
     }
 
     /// Ensures every ancestor of `rel` is a real directory under the client folder,
@@ -470,26 +628,32 @@ impl Placer {
         }
     }
 
-    /// Deletes one entry without following symlinks; `false` if it was already gone.
-    fn remove(&mut self, rel: &RelPath) -> io::Result<bool> {
+    /// Deletes one entry, and everything in it if it is a directory, without following
+    /// symlinks; returns how many entries were deleted (0 if it was already gone).
+    fn remove(&mut self, rel: &RelPath) -> io::Result<u64> {
         // Through a symlinked ancestor the path would name something outside the folder.
         for a in rel.ancestors() {
             match fs::symlink_metadata(a.to_path(&self.dir)) {
                 Ok(m) if m.is_dir() => {}
-                _ => return Ok(false),
+                _ => return Ok(0),
             }
         }
         let p = rel.to_path(&self.dir);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {
+                // Counted first, for the session's tally; walkdir never follows links.
+                let n = walkdir::WalkDir::new(&p)
+                    .follow_links(false)
+                    .into_iter()
+                    .count();
                 fs::remove_dir_all(&p)?;
                 self.dirs_ok.retain(|d| !d.starts_with(&p));
+                Ok(n as u64)
             }
-            Ok(_) => fs::remove_file(&p)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
+            Ok(_) => fs::remove_file(&p).map(|()| 1),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
         }
-        Ok(true)
     }
 }
 
@@ -548,6 +712,15 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::Tail;
+
+    fn spool(store: &Store, tail: Tail) -> Spool {
+        let mut s = store.spool().unwrap();
+        for op in tail.into_ops() {
+            s.push(&op);
+        }
+        s
+    }
 
     type Reported = std::sync::Arc<std::sync::Mutex<Vec<(RelPath, Outcome)>>>;
 
@@ -580,7 +753,7 @@ mod tests {
         r.write(b"lo");
         assert!(r.commit().is_empty(), "staged, not yet placed");
         assert!(!dest.exists());
-        r.finish(&Tail::default());
+        r.finish(spool(&store, Tail::default()));
         assert_eq!(
             *seen.lock().unwrap(),
             vec![(RelPath::parse("d/x.txt").unwrap(), Outcome::Stored)]
@@ -642,7 +815,7 @@ mod tests {
             delete: vec![RelPath::parse("d/victim").unwrap()],
             ..Tail::default()
         };
-        let (deleted, errors) = r.finish(&tail);
+        let (deleted, errors) = r.finish(spool(&store, tail));
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(deleted, 0);
@@ -671,7 +844,7 @@ mod tests {
             ],
             ..Tail::default()
         };
-        let (_, errors) = r.finish(&tail);
+        let (_, errors) = r.finish(spool(&store, tail));
         assert!(errors.is_empty(), "{errors:?}");
         for d in ["client_a/d", "client_a/d/empty"] {
             let m = fs::metadata(root.path().join(d)).unwrap();
@@ -702,7 +875,7 @@ mod tests {
         r.open(&header("a", 2));
         r.write(b"hi");
         r.commit();
-        let (_, errors) = r.finish(&Tail::default());
+        let (_, errors) = r.finish(spool(&store, Tail::default()));
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty());
         assert_eq!(fs::read(root.path().join("client_a/a")).unwrap(), b"hi");
@@ -716,8 +889,7 @@ mod tests {
         fs::create_dir_all(d.join("sub")).unwrap();
         fs::write(d.join("sub/f"), b"123").unwrap();
         std::os::unix::fs::symlink("/etc", d.join("link")).unwrap();
-        let mut idx = store.index(&ClientId::parse("a").unwrap()).unwrap();
-        idx.sort_by(|a, b| a.0.cmp(&b.0));
+        let idx: Vec<_> = store.index(&ClientId::parse("a").unwrap()).collect();
         let names: Vec<_> = idx
             .iter()
             .map(|(p, h)| (p.as_str(), h.kind, h.size))
@@ -730,5 +902,64 @@ mod tests {
                 ("sub/f", EntryKind::File, 3)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+    use crate::planner::Tail;
+
+    #[test]
+    fn the_tail_is_applied_from_its_spool_and_deletions_count_subtrees() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let d = root.path().join("client_a");
+        fs::create_dir_all(d.join("gone/sub")).unwrap();
+        fs::write(d.join("gone/sub/f"), b"1").unwrap();
+        fs::write(d.join("gone/g"), b"1").unwrap();
+        fs::write(d.join("file"), b"1").unwrap();
+        let id = ClientId::parse("a").unwrap();
+        let mut r = store.receiver(&id, |_| {}).unwrap();
+        let when = MTime::new(1_500_000_000, 7).unwrap();
+        let mut spool = store.spool().unwrap();
+        let tail = Tail {
+            delete: vec![
+                RelPath::parse("gone").unwrap(),
+                RelPath::parse("file").unwrap(),
+            ],
+            make_dirs: vec![RelPath::parse("new/deep").unwrap()],
+            dir_times: vec![(RelPath::parse("new").unwrap(), when)],
+        };
+        for op in tail.into_ops() {
+            spool.push(&op);
+        }
+        let spool_path = spool.path.clone();
+        assert!(spool_path.starts_with(root.path().join(".filesync/spool")));
+        let (deleted, errors) = r.finish(spool);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(deleted, 5, "gone, gone/sub, gone/sub/f, gone/g, file");
+        assert!(!d.join("gone").exists() && !d.join("file").exists());
+        assert!(d.join("new/deep").is_dir());
+        assert_eq!(
+            MTime::from_system(fs::metadata(d.join("new")).unwrap().modified().unwrap()).unwrap(),
+            when
+        );
+        assert!(!spool_path.exists(), "the spool is removed once applied");
+    }
+
+    #[test]
+    fn the_index_is_in_tree_order() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let d = root.path().join("client_a");
+        fs::create_dir_all(d.join("a")).unwrap();
+        fs::write(d.join("a/x"), b"").unwrap();
+        fs::write(d.join("a.b"), b"").unwrap();
+        let names: Vec<_> = store
+            .index(&ClientId::parse("a").unwrap())
+            .map(|(p, _)| p.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["a", "a/x", "a.b"]);
     }
 }

@@ -13,40 +13,29 @@ use crate::messages::{Entry, EntryKind};
 use crate::paths::RelPath;
 use crate::time::MTime;
 
-/// A listing of the client's folder.
-#[derive(Debug, Default)]
-pub struct Scan {
-    /// Files and directories, parents before children, names sorted.
-    pub entries: Vec<Entry>,
-    /// Entries left out, with why.
-    pub skipped: Vec<(PathBuf, String)>,
+/// Entries per chunk a background listing hands over.
+pub const LIST_CHUNK: usize = 4096;
+
+/// The client's folder, listed lazily in tree order ([`RelPath::tree_cmp`]): parents before
+/// children, names sorted by their bytes. Memory stays bounded by the tree's depth and its
+/// largest directory, whatever its size.
+///
+/// Entries that cannot be listed are logged and skipped (symlinks, special files, names
+/// that cannot be synced); a path that could not be read (a permission error) is listed as
+/// [`EntryKind::Keep`], so that the server keeps its copy instead of deleting it as gone.
+#[derive(Debug)]
+pub struct Lister {
+    root: PathBuf,
+    walk: walkdir::IntoIter,
+    /// One entry of look-ahead: a directory whose contents then fail to read is turned
+    /// into a `Keep` entry before it is handed out.
+    ahead: Option<Entry>,
+    skipped: u64,
+    done: bool,
 }
 
-impl Scan {
-    /// Marks a path that could not be read as [`EntryKind::Keep`], so that the server
-    /// keeps its copy instead of deleting it as gone (a permission error must not erase
-    /// a subtree of the archive).
-    fn keep(&mut self, root: &Path, path: &Path) {
-        let Ok(rel) = RelPath::from_local(path.strip_prefix(root).unwrap_or(path)) else {
-            return;
-        };
-        // An unreadable directory was already listed before its contents failed.
-        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.path == rel) {
-            e.kind = EntryKind::Keep;
-            return;
-        }
-        self.entries.push(Entry {
-            path: rel,
-            kind: EntryKind::Keep,
-            size: 0,
-            mtime: MTime::EPOCH,
-        });
-    }
-}
-
-/// Lists `root`. Fails if `root` is not a readable directory; entries that cannot be
-/// read are skipped and reported.
-pub fn scan(root: &Path) -> io::Result<Scan> {
+/// Starts listing `root`. Fails if `root` is not a readable directory.
+pub fn lister(root: &Path) -> io::Result<Lister> {
     let meta = std::fs::metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -54,60 +43,122 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
             format!("{} is not a directory", root.display()),
         ));
     }
-    let mut scan = Scan::default();
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name();
-    for e in walker {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) => {
-                let p = err.path().map(Path::to_path_buf).unwrap_or_default();
-                scan.keep(root, &p);
-                scan.skipped.push((p, err.to_string()));
-                continue;
-            }
-        };
-        let rel = match RelPath::from_local(e.path().strip_prefix(root).unwrap_or(e.path())) {
-            Ok(r) => r,
-            Err(err) => {
-                scan.skipped.push((e.path().to_path_buf(), err.to_string()));
-                continue;
-            }
-        };
-        let ft = e.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_symlink() {
-            scan.skipped
-                .push((e.path().to_path_buf(), "symbolic link, not followed".into()));
-            continue;
-        } else {
-            scan.skipped
-                .push((e.path().to_path_buf(), "not a regular file".into()));
-            continue;
-        };
-        let m = match e.metadata() {
-            Ok(m) => m,
-            Err(err) => {
-                scan.keep(root, e.path());
-                scan.skipped.push((e.path().to_path_buf(), err.to_string()));
-                continue;
-            }
-        };
-        let size = if kind == EntryKind::File { m.len() } else { 0 };
-        let mtime = mtime_of(&m);
-        scan.entries.push(Entry {
-            path: rel,
-            kind,
-            size,
-            mtime,
-        });
+    Ok(Lister {
+        root: root.to_path_buf(),
+        walk: walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter(),
+        ahead: None,
+        skipped: 0,
+        done: false,
+    })
+}
+
+impl Lister {
+    /// Entries skipped so far (each was logged as a warning).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
-    Ok(scan)
+
+    fn skip(&mut self, path: &Path, why: &str) {
+        self.skipped += 1;
+        tracing::warn!(path = %path.display(), why, "skipped");
+    }
+
+    /// A path that could not be read becomes a `Keep` entry, returned; the directory in
+    /// hand, if it is that path, is marked instead.
+    fn keep(&mut self, path: &Path) -> Option<Entry> {
+        let rel = RelPath::from_local(path.strip_prefix(&self.root).unwrap_or(path)).ok()?;
+        if let Some(e) = self.ahead.as_mut().filter(|e| e.path == rel) {
+            e.kind = EntryKind::Keep;
+            return None;
+        }
+        Some(Entry {
+            path: rel,
+            kind: EntryKind::Keep,
+            size: 0,
+            mtime: MTime::EPOCH,
+        })
+    }
+
+    /// The next entry of the walk itself, before the look-ahead; `None` at the end.
+    fn walk_next(&mut self) -> Option<Entry> {
+        loop {
+            let e = match self.walk.next()? {
+                Ok(e) => e,
+                Err(err) => {
+                    let p = err.path().map(Path::to_path_buf).unwrap_or_default();
+                    self.skip(&p, &err.to_string());
+                    match self.keep(&p) {
+                        Some(k) => return Some(k),
+                        None => continue,
+                    }
+                }
+            };
+            let rel =
+                match RelPath::from_local(e.path().strip_prefix(&self.root).unwrap_or(e.path())) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        self.skip(e.path(), &err.to_string());
+                        continue;
+                    }
+                };
+            let ft = e.file_type();
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_symlink() {
+                self.skip(e.path(), "symbolic link, not followed");
+                continue;
+            } else {
+                self.skip(e.path(), "not a regular file");
+                continue;
+            };
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(err) => {
+                    self.skip(e.path(), &err.to_string());
+                    match self.keep(e.path()) {
+                        Some(k) => return Some(k),
+                        None => continue,
+                    }
+                }
+            };
+            let size = if kind == EntryKind::File { m.len() } else { 0 };
+            return Some(Entry {
+                path: rel,
+                kind,
+                size,
+                mtime: mtime_of(&m),
+            });
+        }
+    }
+}
+
+impl Iterator for Lister {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        if self.ahead.is_none() && !self.done {
+            self.ahead = self.walk_next();
+            self.done = self.ahead.is_none();
+        }
+        if self.done {
+            return self.ahead.take();
+        }
+        // Read one further, so that an error about the entry in hand can still mark it.
+        let next = self.walk_next();
+        self.done = next.is_none();
+        std::mem::replace(&mut self.ahead, next)
+    }
+}
+
+/// Lists `root` whole. For tests and small trees; syncs use [`Lister`].
+pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
+    Ok(lister(root)?.collect())
 }
 
 /// Opens for reading without following a symlink in the last component: a link that
@@ -240,7 +291,6 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
         let s = scan(d.path()).unwrap();
         let names: Vec<_> = s
-            .entries
             .iter()
             .map(|e| (e.path.as_str(), e.kind, e.size))
             .collect();
@@ -253,7 +303,9 @@ mod tests {
                 ("b/x", EntryKind::File, 2)
             ]
         );
-        assert_eq!(s.skipped.len(), 1);
+        let mut l = lister(d.path()).unwrap();
+        assert_eq!(l.by_ref().count(), 4);
+        assert_eq!(l.skipped(), 1);
         assert!(scan(&d.path().join("missing")).is_err());
     }
 
@@ -263,25 +315,46 @@ mod tests {
         // bookkeeping that walk errors go through instead.
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("locked")).unwrap();
-        let mut s = scan(d.path()).unwrap();
-        s.keep(d.path(), &d.path().join("locked"));
-        s.keep(d.path(), &d.path().join("other/f"));
-        let kinds: Vec<_> = s
-            .entries
-            .iter()
-            .map(|e| (e.path.as_str(), e.kind))
-            .collect();
+        let mut l = lister(d.path()).unwrap();
+        l.ahead = Some(Entry {
+            path: RelPath::parse("locked").unwrap(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: MTime::EPOCH,
+        });
         assert_eq!(
-            kinds,
-            [("locked", EntryKind::Keep), ("other/f", EntryKind::Keep)]
+            l.keep(&d.path().join("locked")),
+            None,
+            "marks the entry in hand"
         );
+        assert_eq!(l.ahead.as_ref().unwrap().kind, EntryKind::Keep);
+        let other = l.keep(&d.path().join("other/f")).unwrap();
+        assert_eq!(
+            (other.path.as_str(), other.kind),
+            ("other/f", EntryKind::Keep)
+        );
+    }
+
+    #[test]
+    fn the_listing_is_in_tree_order() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a")).unwrap();
+        fs::write(d.path().join("a/x"), b"").unwrap();
+        fs::write(d.path().join("a.b"), b"").unwrap();
+        fs::write(d.path().join("a0"), b"").unwrap();
+        let names: Vec<_> = scan(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["a", "a/x", "a.b", "a0"]);
     }
 
     #[test]
     fn source_detects_changes() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("f"), vec![7u8; 1000]).unwrap();
-        let entry = scan(d.path()).unwrap().entries.remove(0);
+        let entry = scan(d.path()).unwrap().remove(0);
         let mut src = Source::open(d.path(), &entry).unwrap();
         let mut total = 0;
         while let Some(c) = src.next_chunk(300).unwrap() {

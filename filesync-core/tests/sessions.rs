@@ -5,7 +5,7 @@
 //! The happy path runs a whole session; the rest are peers misbehaving on purpose, each of
 //! which must end in an `Err` (never a panic) that says what went wrong.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -18,13 +18,13 @@ use filesync_core::messages::seed::{self, ServerStatus, Status};
 use filesync_core::messages::{
     ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
     FileHeader, FileResult, Hello, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
-    Ready, ServerMsg, Tasks, TransferEnd, Welcome, PROTOCOL_VERSION,
+    Ready, ServerMsg, Tasks, TransferEnd, Welcome, MANIFEST_BATCH_MAX, MANIFEST_WINDOW,
+    MAX_OUTSTANDING, PROTOCOL_VERSION,
 };
 use filesync_core::paths::{ClientId, RelPath};
-use filesync_core::planner::Held;
+use filesync_core::planner::{Held, TailOp};
 use filesync_core::session::client::{
-    self, ClientParams, Connected, Finish, Finishing, Greeting, Planned, Planning, Transferring,
-    Waiting,
+    self, ClientParams, Connected, Finish, Finishing, Greeting, Syncing, Task, Waiting,
 };
 use filesync_core::session::server::{
     self, Receipt, Receive, Received, Receiving, ServerParams, Welcomed,
@@ -254,67 +254,90 @@ fn welcomed(params: ClientParams) -> (Client<Connected>, Server<Welcomed>, Wire)
     (client, server, wire)
 }
 
-/// Up to `READY` received by the client.
+/// Up to `READY` received by the client; the server's index of the client folder is
+/// `index`.
 fn ready(
     params: ClientParams,
     index: &[Entry],
-) -> (Client<client::Ready>, Server<server::Listing>, Wire) {
+) -> (Client<client::Ready>, Server<server::Listing>, Plan, Wire) {
     let (client, server, mut wire) = welcomed(params);
-    let (server, msg) = server.ready(index.iter().map(held));
+    let (server, msg) = server.ready();
     let client = match client.on_message(wire.down(msg)).unwrap() {
         Waiting::Ready(c) => c,
         other => panic!("{other:?}"),
     };
-    (client, server, wire)
+    (client, server, Plan::new(index), wire)
 }
 
-/// Sends the manifest and the plan: up to `PLAN_END` received by the client.
-fn planned(
-    params: ClientParams,
-    entries: &[Entry],
-    index: &[Entry],
-) -> (Client<Planned>, Server<Receiving>, Wire) {
-    let (client, server, mut wire) = ready(params, index);
-    let (client, msgs) = client.send_manifest(entries);
-    let mut client = Some(client);
-    let mut planned = None;
-    let mut listing = Some(server);
-    let mut receiving = None;
-    for m in msgs {
-        let m = wire.up(m);
-        let out = match listing
-            .take()
-            .expect("still listing")
-            .on_message(m)
-            .unwrap()
-        {
-            server::Listed::Listing(s, out) => {
-                listing = Some(s);
-                out
-            }
-            server::Listed::Receiving(s, out) => {
-                receiving = Some(s);
-                out
-            }
-        };
-        for o in out {
-            let o = wire.down(o);
-            match client
-                .take()
-                .expect("plan after PLAN_END")
-                .on_message(o)
-                .unwrap()
-            {
-                Planning::Listed(c) => client = Some(c),
-                Planning::Planned(c) => planned = Some(c),
-            }
+/// What the server's planning reads and writes: its index (in tree order, as the store
+/// gives it) and the tail ops emitted so far.
+struct Plan {
+    index: std::vec::IntoIter<(RelPath, Held)>,
+    ops: Vec<TailOp>,
+}
+
+impl Plan {
+    fn new(index: &[Entry]) -> Self {
+        let mut held: Vec<_> = index.iter().map(held).collect();
+        held.sort_by(|a, b| a.0.tree_cmp(&b.0));
+        Plan {
+            index: held.into_iter(),
+            ops: Vec::new(),
         }
     }
-    (
-        planned.expect("PLAN_END arrived"),
-        receiving.expect("MANIFEST_END arrived"),
+
+    /// Hands a message to a listing server.
+    fn feed(
+        &mut self,
+        server: Server<server::Listing>,
+        msg: ClientMsg,
+    ) -> Result<server::Listed, Error> {
+        let ops = &mut self.ops;
+        server.on_message(msg, &mut self.index, &mut |op| ops.push(op))
+    }
+}
+
+/// A session past `PLAN_END`: the client with the tasks it was handed, the server
+/// receiving, and the tail the plan emitted.
+struct Planned {
+    client: Client<Syncing>,
+    tasks: VecDeque<(Task, Entry)>,
+    server: Server<server::Receiving>,
+    ops: Vec<TailOp>,
+    wire: Wire,
+}
+
+/// Lists `entries` (sorted into tree order) in batches of at most `MANIFEST_BATCH_MAX`,
+/// no more batches than the window holds, and runs the plan to `PLAN_END`; no file is
+/// sent yet.
+fn planned(params: ClientParams, entries: &[Entry], index: &[Entry]) -> Planned {
+    let mut entries = entries.to_vec();
+    entries.sort_by(|a, b| a.path.tree_cmp(&b.path));
+    assert!(entries.len() <= MANIFEST_WINDOW * MANIFEST_BATCH_MAX);
+    let (client, mut server, mut plan, mut wire) = ready(params, index);
+    let mut client = client.start();
+    let mut tasks = VecDeque::new();
+    for chunk in entries.chunks(MANIFEST_BATCH_MAX) {
+        assert!(client.can_list());
+        let m = wire.up(client.list(chunk.to_vec()));
+        let server::Listed::Listing(s, t) = plan.feed(server, m).unwrap() else {
+            panic!("not listing");
+        };
+        server = s;
+        tasks.extend(client.on_message(wire.down(t)).unwrap());
+    }
+    let end = wire.up(client.end_manifest());
+    let server::Listed::Receiving(server, plan_end) = plan.feed(server, end).unwrap() else {
+        panic!("not receiving");
+    };
+    assert!(client.on_message(wire.down(plan_end)).unwrap().is_empty());
+    Planned {
+        client,
+        tasks,
+        server,
+        ops: plan.ops,
         wire,
-    )
+    }
 }
 
 /// A small tree: `d/a` (new), `d/b` (unchanged), `d/c` (new, empty); the server also
@@ -330,7 +353,7 @@ fn small() -> (Vec<Entry>, Vec<Entry>) {
     (entries, index)
 }
 
-fn small_planned(enc: Encoding) -> (Client<Planned>, Server<Receiving>, Wire) {
+fn small_planned(enc: Encoding) -> Planned {
     let (entries, index) = small();
     planned(params(enc, Some("lab-7"), false), &entries, &index)
 }
@@ -440,7 +463,9 @@ fn full_session(enc: Encoding, id: Option<&str>) {
     for i in 0..3000 {
         index.push(file(&format!("trash/t{i:04}"), 1, t));
     }
-    assert!(entries.len() > 8192);
+    assert!(entries.len() > MANIFEST_BATCH_MAX);
+    // Manifests and tasks come in tree order.
+    entries.sort_by(|a, b| a.path.tree_cmp(&b.path));
 
     let index_map: HashMap<RelPath, Entry> =
         index.iter().map(|e| (e.path.clone(), e.clone())).collect();
@@ -467,43 +492,53 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         .collect();
 
     // Greeting, HELLO, WELCOME, READY, manifest and plan.
-    let (client, server, mut wire) = planned(params(enc, id, false), &entries, &index);
+    let Planned {
+        client,
+        tasks,
+        server,
+        ops,
+        mut wire,
+    } = planned(params(enc, id, false), &entries, &index);
     assert!(wire.up_kinds["MANIFEST"] > 1, "{:?}", wire.up_kinds);
     assert_eq!(wire.up_kinds["MANIFEST_END"], 1);
-    assert!(wire.down_kinds["TASKS"] > 1, "{:?}", wire.down_kinds);
-    assert!(wire.down_kinds["DELETIONS"] > 1, "{:?}", wire.down_kinds);
+    assert_eq!(
+        wire.down_kinds["TASKS"], wire.up_kinds["MANIFEST"],
+        "one per batch"
+    );
+    assert!(
+        !wire.down_kinds.contains_key("DELETIONS"),
+        "not sent in version 2"
+    );
     assert_eq!(wire.down_kinds["PLAN_END"], 1);
 
-    let tasks: Vec<RelPath> = client.tasks().cloned().collect();
-    assert_eq!(tasks, expected_tasks, "tasks in manifest order");
-    let mut expected_deletions: Vec<RelPath> = (0..3000)
-        .map(|i| p(&format!("trash/t{i:04}")))
-        .chain([p("old/x"), p("gone.txt"), p("old"), p("trash")])
-        .collect();
-    expected_deletions.sort_by(|a, b| b.depth().cmp(&a.depth()).then_with(|| a.cmp(b)));
-    assert_eq!(client.deletions(), &expected_deletions[..]);
-    assert_eq!(server.tail().delete, expected_deletions);
-    assert_eq!(server.tail().make_dirs, vec![p("docs")]);
+    let task_paths: Vec<RelPath> = tasks.iter().map(|(t, _)| t.path().clone()).collect();
+    assert_eq!(task_paths, expected_tasks, "tasks in manifest order");
+    // Only the top of a deleted subtree is in the tail; every entry in it counts.
+    let tail = filesync_core::planner::Tail::from_ops(ops);
+    assert_eq!(tail.delete, [p("gone.txt"), p("old"), p("trash")]);
+    assert_eq!(tail.make_dirs, [p("docs")]);
+    let deletions = 3000 + 4;
     assert_eq!(
         client.plan_end(),
-        PlanEnd {
+        Some(PlanEnd {
             files: expected_tasks.len() as u64,
             bytes: expected_bytes,
-            deletions: expected_deletions.len() as u64,
-        }
+            deletions,
+        })
     );
     let expected_id = id.map_or("10_0_0_7", |s| s);
     assert_eq!(server.client_id().as_str(), expected_id);
 
     // Files: header, DATA, FILE_END, each answered by FILE_RESULT as soon as committed,
     // except the last one, whose result comes after TRANSFER_END.
-    let mut client: Client<Transferring> = client.start();
-    assert_eq!(client.remaining(), expected_tasks.len());
+    let mut client: Client<Syncing> = client;
+    let mut tasks = tasks;
     let mut server = server;
     let mut store = Store::default();
     let rejected = p("docs/mtime.txt");
     let mut held_back = None;
-    while let Some(task) = client.next_task() {
+    while let Some((task, _)) = tasks.pop_front() {
+        assert!(!client.all_sent());
         let path = task.path().clone();
         let e = &local[&path];
         let body = content(&path, e.size);
@@ -536,7 +571,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
             store.files.insert(name, bytes);
             Outcome::Stored
         };
-        if client.remaining() == 0 {
+        if tasks.is_empty() {
             held_back = Some((path, outcome));
         } else {
             let result = wire.down(server.file_result(path, outcome));
@@ -546,14 +581,15 @@ fn full_session(enc: Encoding, id: Option<&str>) {
     assert_eq!(client.report().sent, expected_tasks.len() as u64);
     assert_eq!(client.report().bytes_sent, expected_bytes);
 
-    let (client, end) = client.finish();
+    assert!(client.all_sent());
+    let (client, end) = client.finish().unwrap();
     let mut server = received(server, wire.up(end));
     let (path, outcome) = held_back.expect("a last file");
     let client = match finish_step(client, wire.down(server.file_result(path, outcome))) {
         Finish::Finishing(c) => c,
         Finish::Done(_) => panic!("done before NEXT_SYNC"),
     };
-    server.deleted(server.tail().delete.len() as u64);
+    server.deleted(deletions);
     let at = MTime::new(1_700_003_600, 0).unwrap();
     let (server, next) = server.next_sync(at, 3_600_000);
     let client = match finish_step(client, wire.down(next)) {
@@ -563,7 +599,6 @@ fn full_session(enc: Encoding, id: Option<&str>) {
 
     // Both sides agree on what happened.
     let files = expected_tasks.len() as u64;
-    let deletions = expected_deletions.len() as u64;
     let report = client.report();
     assert_eq!(report.requested, files);
     assert_eq!(report.requested_bytes, expected_bytes);
@@ -626,7 +661,7 @@ fn busy_greeting_then_queued_then_ready() {
                 other => panic!("{other:?}"),
             };
         }
-        let (server, ready) = server.ready(Vec::new());
+        let (server, ready) = server.ready();
         let client = match client.on_message(wire.down(ready)).unwrap() {
             Waiting::Ready(c) => c,
             other => panic!("{other:?}"),
@@ -654,18 +689,23 @@ fn busy_greeting_shape() {
 fn files_aborted_by_the_client_alone_and_after_a_header() {
     for enc in ENCODINGS {
         let entries = vec![file("a", 5, t0()), file("b", 5, t0()), file("c", 3, t0())];
-        let (client, server, mut wire) = planned(params(enc, Some("x"), false), &entries, &[]);
-        let mut client = client.start();
+        let Planned {
+            mut client,
+            mut tasks,
+            server,
+            mut wire,
+            ..
+        } = planned(params(enc, Some("x"), false), &entries, &[]);
 
         // `a` could not even be opened: FILE_ABORT alone.
-        let a = client.next_task().unwrap();
+        let a = take(&mut tasks);
         assert_eq!(a.path(), &p("a"));
         let abort = wire.up(client.abort(a, "vanished".into()));
         let (server, r) = recv(server, abort);
         assert_eq!(r, Receive::Discard(p("a"), "vanished".into()));
 
         // `b` changed while being read: header, some DATA, then FILE_ABORT.
-        let b = client.next_task().unwrap();
+        let b = take(&mut tasks);
         let (mut server, r) = recv(server, wire.up(client.header(&b, 5, t0())));
         assert!(matches!(r, Receive::Open(_)));
         server.on_data(wire.up_data(b"he").len()).unwrap();
@@ -674,7 +714,7 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
         assert_eq!(r, Receive::Discard(p("b"), "changed".into()));
 
         // `c` goes through.
-        let c = client.next_task().unwrap();
+        let c = take(&mut tasks);
         let (mut server, _) = recv(server, wire.up(client.header(&c, 3, t0())));
         server.on_data(wire.up_data(b"abc").len()).unwrap();
         let (mut server, r) = recv(server, wire.up(client.file_end(c, 3)));
@@ -683,7 +723,7 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
             .on_message(wire.down(server.file_result(p("c"), Outcome::Stored)))
             .unwrap();
 
-        let (client, end) = client.finish();
+        let (client, end) = client.finish().unwrap();
         let server = received(server, wire.up(end));
         let (server, next) = server.next_sync(t0(), 1000);
         let Finish::Done(client) = finish_step(client, wire.down(next)) else {
@@ -707,25 +747,155 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
     }
 }
 
-/// Files the client never took from its queue count as failed on both sides.
+/// The next task handed out.
+fn take(tasks: &mut VecDeque<(Task, Entry)>) -> Task {
+    tasks.pop_front().expect("a task left").0
+}
+
+/// A client cannot end the transfer with requested files neither sent nor aborted; a
+/// server whose client does anyway counts them as failed.
 #[test]
 fn files_never_sent_count_as_failed() {
-    let (client, server, mut wire) = small_planned(Encoding::Postcard);
-    let (client, end) = client.start().finish();
-    let server = received(server, wire.up(end));
-    let (server, next) = server.next_sync(t0(), 0);
-    let Finish::Done(client) = finish_step(client, wire.down(next)) else {
-        panic!("not done");
-    };
-    let failed: Vec<&str> = client
-        .report()
-        .failed
-        .iter()
-        .map(|(p, _, _)| p.as_str())
-        .collect();
-    assert_eq!(failed, ["d/a", "d/c"]);
+    let pl = small_planned(Encoding::Postcard);
+    assert_eq!(pl.tasks.len(), 2);
+    assert!(!pl.client.all_sent());
+    assert!(inconsistent(pl.client.finish().map(drop)).contains("before the plan"));
+    let mut wire = pl.wire;
+    let server = received(pl.server, wire.up(ClientMsg::TransferEnd(TransferEnd {})));
+    let (server, _) = server.next_sync(t0(), 0);
     assert_eq!(server.tally().rejected, 2);
-    assert_eq!(client.next_sync().rejected, 2);
+}
+
+/// More batches than the window: the client lists only while fewer than
+/// `MANIFEST_WINDOW` batches are open, and a batch closes once its files are sent.
+#[test]
+fn the_manifest_window_interleaves_listing_and_files() {
+    let batches = MANIFEST_WINDOW * 3;
+    let per = 10;
+    let entries: Vec<Entry> = (0..batches * per)
+        .map(|i| file(&format!("f{i:04}"), 1, t0()))
+        .collect();
+    // The server holds every other file already.
+    let index: Vec<Entry> = entries.iter().step_by(2).cloned().collect();
+    let (client, mut server, mut plan, mut wire) =
+        ready(params(Encoding::Postcard, None, false), &index);
+    let mut client = client.start();
+    let mut chunks = entries.chunks(per);
+    let mut queue: VecDeque<(Task, Entry)> = VecDeque::new();
+    let mut in_flight: VecDeque<ClientMsg> = VecDeque::new();
+    let mut max_open = 0;
+    let mut sent = 0;
+    let mut receiving = None;
+    loop {
+        // List while the window allows.
+        while client.can_list() {
+            match chunks.next() {
+                Some(c) => in_flight.push_back(wire.up(client.list(c.to_vec()))),
+                None => in_flight.push_back(wire.up(client.end_manifest())),
+            }
+        }
+        max_open = max_open.max(in_flight.len());
+        // The server answers the oldest message.
+        let Some(m) = in_flight.pop_front() else {
+            break;
+        };
+        match plan.feed(server, m).unwrap() {
+            server::Listed::Listing(s, tasks) => {
+                server = s;
+                queue.extend(client.on_message(wire.down(tasks)).unwrap());
+            }
+            server::Listed::Receiving(s, end) => {
+                assert!(client.on_message(wire.down(end)).unwrap().is_empty());
+                receiving = Some(s);
+                break;
+            }
+            server::Listed::File(..) => unreachable!(),
+        }
+        // Send every file handed out, through the listing server.
+        while let Some((t, e)) = queue.pop_front() {
+            let h = wire.up(client.header(&t, e.size, e.mtime));
+            let server::Listed::File(s, _) = plan.feed(server, h).unwrap() else {
+                panic!("header refused")
+            };
+            server = s;
+            server.on_data(wire.up_data(b"x").len()).unwrap();
+            let end = wire.up(client.file_end(t, 1));
+            let server::Listed::File(s, r) = plan.feed(server, end).unwrap() else {
+                panic!()
+            };
+            assert!(matches!(r, Receive::Commit(_)));
+            server = s;
+            sent += 1;
+        }
+    }
+    assert!(
+        max_open <= MANIFEST_WINDOW,
+        "{max_open} batches open at once"
+    );
+    assert_eq!(wire.up_kinds["MANIFEST"], batches);
+    assert_eq!(sent, batches * per / 2);
+    assert!(client.all_sent());
+    let (_, end) = client.finish().unwrap();
+    let server = received(receiving.expect("PLAN_END"), wire.up(end));
+    assert_eq!(server.next_sync(t0(), 0).0.tally().rejected, 0);
+}
+
+/// A client that keeps listing without sending the files it was asked for is refused
+/// once the server holds more than `MAX_OUTSTANDING` requests.
+#[test]
+fn a_client_past_the_window_is_refused() {
+    let (_, mut server, mut plan, mut wire) = ready(params(Encoding::Postcard, None, false), &[]);
+    let mut n = 0;
+    loop {
+        let batch: Vec<Entry> = (n..n + MANIFEST_BATCH_MAX)
+            .map(|i| file(&format!("f{i:07}"), 1, t0()))
+            .collect();
+        n += MANIFEST_BATCH_MAX;
+        match plan.feed(server, wire.up(manifest(batch))) {
+            Ok(server::Listed::Listing(s, _)) => server = s,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                assert!(n > MAX_OUTSTANDING, "refused at {n}");
+                assert!(inconsistent::<()>(Err(e)).contains("window"));
+                break;
+            }
+        }
+        assert!(n <= MAX_OUTSTANDING + MANIFEST_BATCH_MAX, "never refused");
+    }
+}
+
+/// `TASKS` must answer an outstanding batch and name its files in order.
+#[test]
+fn client_refuses_tasks_it_did_not_ask_for() {
+    let tasks = |paths: &[&str]| {
+        ServerMsg::Tasks(Tasks {
+            paths: paths.iter().map(|s| p(s)).collect(),
+        })
+    };
+    let (client, _, _, mut wire) = ready(params(Encoding::Json, None, false), &[]);
+    let mut client = client.start();
+    // No batch outstanding.
+    inconsistent(client.on_message(wire.down(tasks(&[]))));
+    let (client, _, _, mut wire) = ready(params(Encoding::Json, None, false), &[]);
+    let mut client = client.start();
+    let _ = client.list(vec![dir("d"), file("d/a", 1, t0()), file("d/b", 1, t0())]);
+    // A directory, an unlisted file, files out of order.
+    for bad in [&["d"][..], &["zzz"], &["d/b", "d/a"]] {
+        let mut c = {
+            let (client, _, _, _) = ready(params(Encoding::Json, None, false), &[]);
+            client.start()
+        };
+        let _ = c.list(vec![dir("d"), file("d/a", 1, t0()), file("d/b", 1, t0())]);
+        let err = inconsistent(c.on_message(wire.down(tasks(bad))));
+        assert!(err.contains("not a listed file"), "{err}");
+    }
+    assert_eq!(
+        client
+            .on_message(wire.down(tasks(&["d/a", "d/b"])))
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -779,31 +949,30 @@ fn client_refuses_messages_out_of_order() {
             let msg = wire.down(msg);
             assert_eq!(unexpected(client.on_message(msg)), ("QUEUED or READY", got));
         }
-        // Listed: only the plan.
+        // Syncing: the plan and results.
+        let deletions = || ServerMsg::Deletions(Deletions { paths: vec![] });
         for (msg, got) in [
             (welcome(), "WELCOME"),
             (next(), "NEXT_SYNC"),
             (ServerMsg::Ready(Ready {}), "READY"),
+            (deletions(), "DELETIONS"),
         ] {
             let (entries, index) = small();
-            let (client, _, mut wire) = ready(params(enc, None, false), &index);
-            let (client, _) = client.send_manifest(&entries);
+            let (client, _, _, mut wire) = ready(params(enc, None, false), &index);
+            let mut client = client.start();
+            let _ = client.list(entries);
             let msg = wire.down(msg);
             assert_eq!(
                 unexpected(client.on_message(msg)),
-                ("TASKS, DELETIONS or PLAN_END", got)
+                ("TASKS, PLAN_END or FILE_RESULT", got)
             );
         }
-        // Transferring: only results.
-        for (msg, got) in [(tasks(), "TASKS"), (next(), "NEXT_SYNC")] {
-            let (client, _, mut wire) = small_planned(enc);
-            let mut client = client.start();
-            let msg = wire.down(msg);
-            assert_eq!(unexpected(client.on_message(msg)), ("FILE_RESULT", got));
-        }
         // Finishing: results and NEXT_SYNC.
-        let (client, _, mut wire) = small_planned(enc);
-        let (client, _) = client.start().finish();
+        let (client, _, _, mut wire) = ready(params(enc, None, false), &[]);
+        let mut client = client.start();
+        let _ = client.end_manifest();
+        client.on_message(wire.down(plan_end())).unwrap();
+        let (client, _) = client.finish().unwrap();
         let msg = wire.down(tasks());
         assert_eq!(
             unexpected(client.on_message(msg)),
@@ -842,20 +1011,25 @@ fn server_refuses_messages_out_of_order() {
             ServerMsg::Error(ErrorMsg { code, .. }) => assert_eq!(code, ErrorCode::PROTOCOL),
             other => panic!("{other:?}"),
         }
-        // Listing: only the manifest.
+        // Listing: the manifest and the files of answered batches.
         for (msg, got) in [
-            (header(), "FILE_HEADER"),
             (hello(), "HELLO"),
             (ClientMsg::TransferEnd(TransferEnd {}), "TRANSFER_END"),
-            (ClientMsg::FileEnd(FileEnd {}), "FILE_END"),
         ] {
-            let (_, server, mut wire) = ready(params(enc, None, false), &[]);
+            let (_, server, mut plan, mut wire) = ready(params(enc, None, false), &[]);
             let msg = wire.up(msg);
             assert_eq!(
-                unexpected(server.on_message(msg)),
-                ("MANIFEST or MANIFEST_END", got)
+                unexpected(plan.feed(server, msg)),
+                ("MANIFEST, MANIFEST_END or a file", got)
             );
         }
+        let (_, server, mut plan, mut wire) = ready(params(enc, None, false), &[]);
+        assert!(data_error(plan.feed(server, wire.up(header()))).contains("not requested"));
+        let (_, server, mut plan, mut wire) = ready(params(enc, None, false), &[]);
+        assert_eq!(
+            unexpected(plan.feed(server, wire.up(ClientMsg::FileEnd(FileEnd {})))),
+            ("FILE_HEADER", "FILE_END")
+        );
         // Receiving: only files.
         for (msg, got) in [
             (manifest(), "MANIFEST"),
@@ -865,7 +1039,9 @@ fn server_refuses_messages_out_of_order() {
                 "MANIFEST_END",
             ),
         ] {
-            let (_, server, mut wire) = small_planned(enc);
+            let Planned {
+                server, mut wire, ..
+            } = small_planned(enc);
             let msg = wire.up(msg);
             assert_eq!(
                 unexpected(server.on_message(msg)),
@@ -873,7 +1049,9 @@ fn server_refuses_messages_out_of_order() {
             );
         }
         // FILE_END with no file open.
-        let (_, server, mut wire) = small_planned(enc);
+        let Planned {
+            server, mut wire, ..
+        } = small_planned(enc);
         let msg = wire.up(ClientMsg::FileEnd(FileEnd {}));
         assert_eq!(
             unexpected(server.on_message(msg)),
@@ -901,16 +1079,20 @@ fn peer_errors_are_reported_as_remote() {
     let msg = wire.down(ServerMsg::Error(err(ErrorCode::SHUTTING_DOWN)));
     check(client.on_message(msg).map(drop), ErrorCode::SHUTTING_DOWN);
 
-    let (_, server, mut wire) = ready(params(enc, None, false), &[]);
+    let (_, server, mut plan, mut wire) = ready(params(enc, None, false), &[]);
     let msg = wire.up(ClientMsg::Error(err(ErrorCode::INTERNAL)));
-    check(server.on_message(msg).map(drop), ErrorCode::INTERNAL);
+    check(plan.feed(server, msg).map(drop), ErrorCode::INTERNAL);
 
-    let (client, server, mut wire) = small_planned(enc);
+    let Planned {
+        mut client,
+        server,
+        mut wire,
+        ..
+    } = small_planned(enc);
     let msg = wire.up(ClientMsg::Error(err(ErrorCode::IDLE_TIMEOUT)));
     check(server.on_message(msg).map(drop), ErrorCode::IDLE_TIMEOUT);
-    let mut client = client.start();
     let msg = wire.down(ServerMsg::Error(err(ErrorCode::STORAGE)));
-    check(client.on_message(msg), ErrorCode::STORAGE);
+    check(client.on_message(msg).map(drop), ErrorCode::STORAGE);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -919,7 +1101,9 @@ fn peer_errors_are_reported_as_remote() {
 
 /// The server after `FILE_HEADER` for `d/a` (5 bytes).
 fn with_open_file(enc: Encoding) -> (Server<Receiving>, Wire) {
-    let (_, server, mut wire) = small_planned(enc);
+    let Planned {
+        server, mut wire, ..
+    } = small_planned(enc);
     let h = wire.up(ClientMsg::FileHeader(FileHeader {
         path: p("d/a"),
         size: 5,
@@ -955,7 +1139,11 @@ fn data_beyond_the_announced_size_is_refused() {
 
 #[test]
 fn data_with_no_open_file_is_refused() {
-    let (_, mut server, mut wire) = small_planned(Encoding::Postcard);
+    let Planned {
+        mut server,
+        mut wire,
+        ..
+    } = small_planned(Encoding::Postcard);
     data_error(server.on_data(wire.up_data(b"x").len()));
     // Nor after the file was committed.
     let (mut server, mut wire) = with_open_file(Encoding::Postcard);
@@ -980,7 +1168,9 @@ fn header_for_a_path_not_requested_is_refused() {
     for enc in ENCODINGS {
         // `d/b` is listed but unchanged; `zzz` was never listed.
         for path in ["d/b", "zzz", "old"] {
-            let (_, server, mut wire) = small_planned(enc);
+            let Planned {
+                server, mut wire, ..
+            } = small_planned(enc);
             let err = data_error(server.on_message(wire.up(header(path, 3))));
             assert!(err.contains("not requested"), "{err}");
         }
@@ -995,7 +1185,9 @@ fn header_for_a_file_sent_twice_is_refused() {
         let (server, _) = recv(server, wire.up(ClientMsg::FileEnd(FileEnd {})));
         data_error(server.on_message(wire.up(header("d/a", 5))));
         // After an abort as well.
-        let (_, server, mut wire) = small_planned(enc);
+        let Planned {
+            server, mut wire, ..
+        } = small_planned(enc);
         let (server, _) = recv(
             server,
             wire.up(ClientMsg::FileAbort(FileAbort {
@@ -1014,7 +1206,9 @@ fn other_framing_faults_are_refused() {
     let (server, mut wire) = with_open_file(enc);
     data_error(server.on_message(wire.up(header("d/c", 0))));
     // An offset without the resume capability.
-    let (_, server, mut wire) = small_planned(enc);
+    let Planned {
+        server, mut wire, ..
+    } = small_planned(enc);
     let h = ClientMsg::FileHeader(FileHeader {
         path: p("d/a"),
         size: 5,
@@ -1034,7 +1228,9 @@ fn other_framing_faults_are_refused() {
         })
     };
     data_error(server.on_message(wire.up(abort("d/c"))));
-    let (_, server, mut wire) = small_planned(enc);
+    let Planned {
+        server, mut wire, ..
+    } = small_planned(enc);
     data_error(server.on_message(wire.up(abort("d/b"))));
 }
 
@@ -1044,16 +1240,25 @@ fn other_framing_faults_are_refused() {
 
 /// Sends `msgs` to a listing server; returns the first error.
 fn listing_error(index: &[Entry], allow_empty: bool, msgs: Vec<ClientMsg>) -> Error {
-    let (_, server, mut wire) = ready(params(Encoding::Json, None, allow_empty), index);
-    let mut server = server;
-    for m in msgs {
-        match server.on_message(wire.up(m)) {
-            Ok(server::Listed::Listing(s, _)) => server = s,
-            Ok(server::Listed::Receiving(..)) => panic!("manifest accepted"),
-            Err(e) => return e,
+    for enc in ENCODINGS {
+        let (_, mut server, mut plan, mut wire) = ready(params(enc, None, allow_empty), index);
+        let mut error = None;
+        for m in msgs.clone() {
+            match plan.feed(server, wire.up(m)) {
+                Ok(server::Listed::Listing(s, _) | server::Listed::File(s, _)) => server = s,
+                Ok(server::Listed::Receiving(..)) => panic!("manifest accepted"),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let error = error.expect("no error");
+        if enc == Encoding::Json {
+            return error;
         }
     }
-    panic!("no error");
+    unreachable!("JSON is the last encoding")
 }
 
 fn manifest(entries: Vec<Entry>) -> ClientMsg {
@@ -1122,15 +1327,15 @@ fn empty_manifest_against_held_files_needs_allow_empty() {
         other => panic!("{other:?}"),
     }
     // With --allow-empty the plan deletes everything.
-    let (client, server, _) = planned(params(Encoding::Postcard, None, true), &[], &index);
-    assert_eq!(client.tasks().len(), 0);
-    assert_eq!(client.deletions(), &[p("d/x"), p("d")]);
-    assert_eq!(server.tail().delete, vec![p("d/x"), p("d")]);
+    let pl = planned(params(Encoding::Postcard, None, true), &[], &index);
+    assert_eq!(pl.tasks.len(), 0);
+    assert_eq!(pl.client.plan_end().unwrap().deletions, 2);
+    assert_eq!(pl.ops, [TailOp::Delete(p("d"))]);
     // An empty listing against an empty archive, or one holding only directories, is fine.
-    let (client, _, _) = planned(params(Encoding::Postcard, None, false), &[], &[]);
-    assert_eq!(client.plan_end().deletions, 0);
-    let (client, _, _) = planned(params(Encoding::Postcard, None, false), &[], &[dir("e")]);
-    assert_eq!(client.deletions(), &[p("e")]);
+    let pl = planned(params(Encoding::Postcard, None, false), &[], &[]);
+    assert_eq!(pl.client.plan_end().unwrap().deletions, 0);
+    let pl = planned(params(Encoding::Postcard, None, false), &[], &[dir("e")]);
+    assert_eq!(pl.ops, [TailOp::Delete(p("e"))]);
 }
 
 #[test]
@@ -1146,7 +1351,10 @@ fn wrong_protocol_version_in_hello_is_refused_with_version() {
         match refusal.msg {
             ServerMsg::Error(ErrorMsg { code, message }) => {
                 assert_eq!(code, ErrorCode::VERSION);
-                assert!(message.contains("version 2"), "{message}");
+                assert!(
+                    message.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1211,14 +1419,21 @@ fn client_refuses_greetings_it_cannot_answer() {
 #[test]
 fn next_sync_while_results_are_missing_is_refused() {
     for enc in ENCODINGS {
-        let (client, server, mut wire) = small_planned(enc);
-        let mut client = client.start();
-        let a = client.next_task().unwrap();
+        let Planned {
+            mut client,
+            mut tasks,
+            server,
+            mut wire,
+            ..
+        } = small_planned(enc);
+        let a = take(&mut tasks);
         assert_eq!(a.path(), &p("d/a"));
         let (mut server, _) = recv(server, wire.up(client.header(&a, 5, t0())));
         server.on_data(wire.up_data(b"abcde").len()).unwrap();
         let (server, _) = recv(server, wire.up(client.file_end(a, 5)));
-        let (client, end) = client.finish();
+        let c = take(&mut tasks);
+        let (server, _) = recv(server, wire.up(client.abort(c, "gone".into())));
+        let (client, end) = client.finish().unwrap();
         let server = received(server, wire.up(end));
         // The server "forgets" the FILE_RESULT for d/a.
         let (_, next) = server.next_sync(t0(), 0);
@@ -1237,62 +1452,53 @@ fn file_results_for_files_not_awaiting_one_are_refused() {
     };
     for enc in ENCODINGS {
         // A file never sent.
-        let (client, _, mut wire) = small_planned(enc);
-        let mut client = client.start();
-        inconsistent(client.on_message(wire.down(stored("d/a"))));
+        let mut pl = small_planned(enc);
+        inconsistent(pl.client.on_message(pl.wire.down(stored("d/a"))));
         // A result twice.
-        let (client, _, mut wire) = small_planned(enc);
-        let mut client = client.start();
-        let a = client.next_task().unwrap();
-        let _ = client.file_end(a, 5);
-        client.on_message(wire.down(stored("d/a"))).unwrap();
-        let (client, _) = client.finish();
-        inconsistent(client.on_message(wire.down(stored("d/a"))));
+        let mut pl = small_planned(enc);
+        let a = take(&mut pl.tasks);
+        let _ = pl.client.file_end(a, 5);
+        let c = take(&mut pl.tasks);
+        let _ = pl.client.abort(c, "gone".into());
+        pl.client.on_message(pl.wire.down(stored("d/a"))).unwrap();
+        let (client, _) = pl.client.finish().unwrap();
+        inconsistent(client.on_message(pl.wire.down(stored("d/a"))));
         // A file the client aborted.
-        let (client, _, mut wire) = small_planned(enc);
-        let mut client = client.start();
-        let a = client.next_task().unwrap();
-        let _ = client.abort(a, "gone".into());
-        inconsistent(client.on_message(wire.down(stored("d/a"))));
+        let mut pl = small_planned(enc);
+        let a = take(&mut pl.tasks);
+        let _ = pl.client.abort(a, "gone".into());
+        inconsistent(pl.client.on_message(pl.wire.down(stored("d/a"))));
     }
 }
 
 #[test]
-fn plan_end_counts_that_do_not_match_are_refused() {
+fn plan_end_that_does_not_match_is_refused() {
+    // (files announced, bytes announced, MANIFEST_END sent, TASKS answered)
     let cases = [
-        // files announced, deletions announced, TASKS and DELETIONS batches sent
-        (2, 0, vec![vec!["a"]], vec![]),
-        (0, 0, vec![vec!["a"]], vec![]),
-        (1, 1, vec![vec!["a"]], vec![]),
-        (1, 0, vec![vec!["a"]], vec![vec!["x"]]),
-        (2, 2, vec![vec!["a"], vec!["b"]], vec![vec!["x"]]),
+        (2, 2, true, true),  // one file asked for, two announced
+        (0, 0, true, true),  // one asked for, none announced
+        (1, 7, true, true),  // bytes differ
+        (1, 1, false, true), // the listing has not ended
+        (0, 0, true, false), // a batch is unanswered
     ];
     for enc in ENCODINGS {
-        for (files, deletions, tasks, dels) in &cases {
-            let (client, _, mut wire) = ready(params(enc, None, false), &[]);
-            let (mut client, _) = client.send_manifest(&[file("a", 1, t0()), file("b", 1, t0())]);
-            let batches = tasks
-                .iter()
-                .map(|b| {
-                    ServerMsg::Tasks(Tasks {
-                        paths: b.iter().map(|s| p(s)).collect(),
-                    })
-                })
-                .chain(dels.iter().map(|b| {
-                    ServerMsg::Deletions(Deletions {
-                        paths: b.iter().map(|s| p(s)).collect(),
-                    })
-                }));
-            for m in batches {
-                client = match client.on_message(wire.down(m)).unwrap() {
-                    Planning::Listed(c) => c,
-                    Planning::Planned(_) => panic!("planned early"),
-                };
+        for (files, bytes, ended, answered) in cases {
+            let (client, _, _, mut wire) = ready(params(enc, None, false), &[]);
+            let mut client = client.start();
+            let _ = client.list(vec![file("a", 1, t0()), file("b", 1, t0())]);
+            if answered {
+                let t = ServerMsg::Tasks(Tasks {
+                    paths: vec![p("a")],
+                });
+                client.on_message(wire.down(t)).unwrap();
+            }
+            if ended {
+                let _ = client.end_manifest();
             }
             let end = ServerMsg::PlanEnd(PlanEnd {
-                files: *files,
-                bytes: 1,
-                deletions: *deletions,
+                files,
+                bytes,
+                deletions: 0,
             });
             let err = inconsistent(client.on_message(wire.down(end)));
             assert!(err.contains("PLAN_END"), "{err}");

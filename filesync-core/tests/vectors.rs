@@ -24,7 +24,7 @@ use filesync_core::codec::{CodecError, Frame};
 use filesync_core::messages::{seed, ClientMsg, Encoding, Entry, FileHeader, Outcome, ServerMsg};
 use filesync_core::paths::ClientId;
 use filesync_core::planner::Held;
-use filesync_core::session::client::{self, ClientParams, Finish, Planning, Waiting};
+use filesync_core::session::client::{self, ClientParams, Finish, Waiting};
 use filesync_core::session::server::{self, Listed, Receipt, Receive, ServerParams};
 use filesync_core::session::{Client, Server};
 
@@ -607,6 +607,8 @@ fn client_frame(enc: Encoding, m: &ClientMsg) -> Vec<u8> {
     native::frame_bytes(enc, m).unwrap().to_vec()
 }
 
+// The states differ in size (the planner is large); a test replays a handful of steps.
+#[allow(clippy::large_enum_variant)]
 enum Srv {
     Greeted(Server<server::Greeted>),
     Welcomed(Server<server::Welcomed>),
@@ -633,6 +635,21 @@ fn replay_server(
     let mut pending: VecDeque<Vec<u8>> = VecDeque::from([greeting]);
     let mut state = Srv::Greeted(srv);
     let mut chosen = None;
+    // The store's index is in tree order.
+    let mut held: Vec<(filesync_core::paths::RelPath, Held)> = index
+        .iter()
+        .map(|e| {
+            let h = Held {
+                kind: e.kind,
+                size: e.size,
+                mtime: e.mtime,
+            };
+            (e.path.clone(), h)
+        })
+        .collect();
+    held.sort_by(|a, b| a.0.tree_cmp(&b.0));
+    let mut held = held.into_iter();
+    let mut deletions = 0;
     for (i, s) in steps.iter().enumerate() {
         let at = ctx(i, s);
         if s.from == "server" {
@@ -650,20 +667,11 @@ fn replay_server(
                             (Srv::Welcomed(w), out)
                         }
                         (Srv::Welcomed(w), ServerMsg::Ready(_)) => {
-                            let held = index.iter().map(|e| {
-                                let h = Held {
-                                    kind: e.kind,
-                                    size: e.size,
-                                    mtime: e.mtime,
-                                };
-                                (e.path.clone(), h)
-                            });
-                            let (l, out) = w.ready(held);
+                            let (l, out) = w.ready();
                             (Srv::Listing(l), out)
                         }
                         (Srv::Received(mut r), ServerMsg::NextSync(n)) => {
-                            let n_del = r.tail().delete.len() as u64;
-                            r.deleted(n_del);
+                            r.deleted(deletions);
                             let (_done, out) = r.next_sync(n.at, n.delay_ms);
                             (Srv::Done, out)
                         }
@@ -694,16 +702,31 @@ fn replay_server(
                 pending.push_back(server_frame(enc, &out));
                 Srv::Welcomed(w)
             }
-            (Srv::Listing(l), Frame::Msg(m)) => match l.on_message(m).unwrap() {
-                Listed::Listing(l, out) => {
-                    pending.extend(out.iter().map(|o| server_frame(enc, o)));
-                    Srv::Listing(l)
+            (Srv::Listing(l), Frame::Msg(m)) => {
+                match l.on_message(m, &mut held, &mut |_| {}).unwrap() {
+                    Listed::Listing(l, out) => {
+                        pending.push_back(server_frame(enc, &out));
+                        Srv::Listing(l)
+                    }
+                    Listed::File(mut l, Receive::Commit(p)) => {
+                        let out = l.file_result(p, Outcome::Stored);
+                        pending.push_back(server_frame(enc, &out));
+                        Srv::Listing(l)
+                    }
+                    Listed::File(l, Receive::Open(_) | Receive::Discard(..)) => Srv::Listing(l),
+                    Listed::Receiving(r, out) => {
+                        if let ServerMsg::PlanEnd(e) = &out {
+                            deletions = e.deletions;
+                        }
+                        pending.push_back(server_frame(enc, &out));
+                        Srv::Receiving(r)
+                    }
                 }
-                Listed::Receiving(r, out) => {
-                    pending.extend(out.iter().map(|o| server_frame(enc, o)));
-                    Srv::Receiving(r)
-                }
-            },
+            }
+            (Srv::Listing(mut l), Frame::Data(d)) => {
+                l.on_data(d.len()).unwrap();
+                Srv::Listing(l)
+            }
             (Srv::Receiving(r), Frame::Msg(m)) => match r.on_message(m).unwrap() {
                 Receipt::Receiving(mut r, Receive::Commit(p)) => {
                     // The store succeeded.
@@ -737,8 +760,7 @@ enum Cli {
     Start(Client<client::Discovered>),
     Connected(Client<client::Connected>),
     Ready(Client<client::Ready>),
-    Listed(Client<client::Listed>),
-    Transferring(Client<client::Transferring>),
+    Syncing(Client<client::Syncing>),
     Finishing(Client<client::Finishing>),
     Done(Client<client::Done>),
 }
@@ -747,15 +769,7 @@ enum Cli {
 fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: ClientParams) {
     let ctx =
         |i: usize, s: &StepBytes| format!("{} step {i} ({} {})", path.display(), s.from, s.what);
-    // The client's tree, as its MANIFEST frames list it.
-    let manifest: Vec<Entry> = steps
-        .iter()
-        .filter(|s| s.from == "client" && s.what == "MANIFEST")
-        .flat_map(|s| match msg_frame::<ClientMsg>(enc, &s.bytes) {
-            Frame::Msg(ClientMsg::Manifest(m)) => m.entries,
-            f => panic!("{}: not a manifest: {f:?}", path.display()),
-        })
-        .collect();
+    let mut tasks: VecDeque<filesync_core::session::client::Task> = VecDeque::new();
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut state = Cli::Start(Client::new(params));
     let mut open: Option<(filesync_core::session::client::Task, u64)> = None;
@@ -795,13 +809,9 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                     Waiting::Waiting(c, _) => Cli::Connected(c),
                     Waiting::Ready(c) => Cli::Ready(c),
                 },
-                Cli::Listed(c) => match c.on_message(m).unwrap() {
-                    Planning::Listed(c) => Cli::Listed(c),
-                    Planning::Planned(c) => Cli::Transferring(c.start()),
-                },
-                Cli::Transferring(mut c) => {
-                    c.on_message(m).unwrap();
-                    Cli::Transferring(c)
+                Cli::Syncing(mut c) => {
+                    tasks.extend(c.on_message(m).unwrap().into_iter().map(|(t, _)| t));
+                    Cli::Syncing(c)
                 }
                 Cli::Finishing(c) => match c.on_message(m).unwrap() {
                     Finish::Finishing(c) => Cli::Finishing(c),
@@ -817,46 +827,57 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
         }
         let frame = msg_frame::<ClientMsg>(enc, &s.bytes);
         let produced = match (state, frame) {
-            (Cli::Ready(c), Frame::Msg(ClientMsg::Manifest(_))) => {
-                let (l, out) = c.send_manifest(&manifest);
-                pending.extend(out.iter().map(|o| client_frame(enc, o)));
-                state = Cli::Listed(l);
-                pending.pop_front().expect("at least MANIFEST_END")
+            (Cli::Ready(c), Frame::Msg(ClientMsg::Manifest(m))) => {
+                let mut c = c.start();
+                let out = c.list(m.entries);
+                state = Cli::Syncing(c);
+                client_frame(enc, &out)
             }
-            (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileHeader(h))) => {
+            (Cli::Syncing(mut c), Frame::Msg(ClientMsg::Manifest(m))) => {
+                assert!(c.can_list(), "{at}: past the window");
+                let out = c.list(m.entries);
+                state = Cli::Syncing(c);
+                client_frame(enc, &out)
+            }
+            (Cli::Syncing(mut c), Frame::Msg(ClientMsg::ManifestEnd(_))) => {
+                let out = c.end_manifest();
+                state = Cli::Syncing(c);
+                client_frame(enc, &out)
+            }
+            (Cli::Syncing(c), Frame::Msg(ClientMsg::FileHeader(h))) => {
                 let FileHeader { size, mtime, .. } = h;
-                let task = c.next_task().expect("a task left");
+                let task = tasks.pop_front().expect("a task left");
                 assert_eq!(task.path(), &h.path, "{at}: files go in the server's order");
                 let out = c.header(&task, size, mtime);
                 open = Some((task, 0));
-                state = Cli::Transferring(c);
+                state = Cli::Syncing(c);
                 client_frame(enc, &out)
             }
-            (Cli::Transferring(c), Frame::Data(d)) => {
+            (Cli::Syncing(c), Frame::Data(d)) => {
                 let (_, n) = open.as_mut().expect("DATA inside a file");
                 *n += d.len() as u64;
-                state = Cli::Transferring(c);
+                state = Cli::Syncing(c);
                 s.bytes.clone()
             }
-            (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileEnd(_))) => {
+            (Cli::Syncing(mut c), Frame::Msg(ClientMsg::FileEnd(_))) => {
                 let (task, n) = open.take().expect("FILE_END closes an open file");
                 let out = c.file_end(task, n);
-                state = Cli::Transferring(c);
+                state = Cli::Syncing(c);
                 client_frame(enc, &out)
             }
-            (Cli::Transferring(mut c), Frame::Msg(ClientMsg::FileAbort(a))) => {
+            (Cli::Syncing(mut c), Frame::Msg(ClientMsg::FileAbort(a))) => {
                 let task = match open.take() {
                     Some((task, _)) => task,
-                    None => c.next_task().expect("a task left"),
+                    None => tasks.pop_front().expect("a task left"),
                 };
                 assert_eq!(task.path(), &a.path);
                 let out = c.abort(task, a.reason);
-                state = Cli::Transferring(c);
+                state = Cli::Syncing(c);
                 client_frame(enc, &out)
             }
-            (Cli::Transferring(c), Frame::Msg(ClientMsg::TransferEnd(_))) => {
-                assert_eq!(c.remaining(), 0, "{at}: files left unsent");
-                let (f, out) = c.finish();
+            (Cli::Syncing(c), Frame::Msg(ClientMsg::TransferEnd(_))) => {
+                assert!(c.all_sent(), "{at}: files left unsent");
+                let (f, out) = c.finish().unwrap();
                 state = Cli::Finishing(f);
                 client_frame(enc, &out)
             }

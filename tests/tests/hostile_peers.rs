@@ -87,7 +87,7 @@ impl Raw {
     /// HELLO as `id`, then wait for READY.
     fn hello(&mut self, id: &str) {
         self.msg(&format!(
-            r#"{{"type":"HELLO","version":1,"agent":"hostile-test","client_id":"{id}","capabilities":[],"allow_empty":false}}"#
+            r#"{{"type":"HELLO","version":2,"agent":"hostile-test","client_id":"{id}","capabilities":[],"allow_empty":false}}"#
         ));
         self.expect("WELCOME");
         self.expect("READY");

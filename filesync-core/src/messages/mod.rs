@@ -16,7 +16,25 @@ use crate::wire_enum::wire_enum;
 /// The native protocol version this library speaks. A server announces the versions it
 /// accepts in its greeting; the client picks the highest both know and says so in
 /// [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 (this one) streams: manifest entries come in tree order, file content may
+/// follow each batch's `TASKS` while the listing is still being sent, and postcard
+/// manifests share path prefixes. Version 1 is no longer spoken.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The most entries one `MANIFEST` batch may hold.
+pub const MANIFEST_BATCH_MAX: usize = 8192;
+
+/// Flow control: a client keeps at most this many `MANIFEST` batches *open*, a batch
+/// being open from when it is sent until its `TASKS` has arrived and every file requested
+/// in it has been sent (or aborted). It sends the next batch only when fewer are open.
+/// With this, each side holds at most this many batches' worth of listing and requests at
+/// any time, whatever the tree's size.
+pub const MANIFEST_WINDOW: usize = 4;
+
+/// The most files a server will have requested and not yet received: the window's worth.
+/// A client past it breaks the protocol.
+pub const MAX_OUTSTANDING: usize = MANIFEST_WINDOW * MANIFEST_BATCH_MAX;
 
 /// How the frames of a native session are encoded. Chosen by the client in the preamble,
 /// from the encodings the server announced in its greeting.
@@ -193,10 +211,102 @@ pub struct Entry {
 
 /// `MANIFEST`: one batch of the client's listing. A listing of any size is sent as many
 /// batches, so neither side ever needs one frame or allocation for the whole tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Entries are in strictly increasing tree order ([`RelPath::tree_cmp`]) across the whole
+/// listing, and the server answers every batch with exactly one `TASKS`.
+///
+/// In JSON each entry carries its whole path. In postcard each entry carries how many
+/// leading bytes its path shares with the previous entry's in the same batch, then the
+/// rest (rsync's file lists do the same): a tree's paths repeat their folders, and this
+/// makes a listing a fraction of its plain size. See `spec/PROTOCOL.md` for the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     /// The entries of this batch.
     pub entries: Vec<Entry>,
+}
+
+/// A manifest entry in postcard: the path as a shared prefix length and a suffix.
+#[derive(Serialize, Deserialize)]
+struct PackedEntry<'a> {
+    shared: u32,
+    #[serde(borrow)]
+    suffix: std::borrow::Cow<'a, str>,
+    kind: EntryKind,
+    size: u64,
+    mtime: MTime,
+}
+
+impl Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        #[derive(Serialize)]
+        struct Plain<'a> {
+            entries: &'a [Entry],
+        }
+        if s.is_human_readable() {
+            return Plain {
+                entries: &self.entries,
+            }
+            .serialize(s);
+        }
+        let mut seq = s.serialize_seq(Some(self.entries.len()))?;
+        let mut prev = "";
+        for e in &self.entries {
+            let path = e.path.as_str();
+            let mut shared = path
+                .bytes()
+                .zip(prev.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            while !path.is_char_boundary(shared) {
+                shared -= 1;
+            }
+            seq.serialize_element(&PackedEntry {
+                shared: u32::try_from(shared).map_err(serde::ser::Error::custom)?,
+                suffix: std::borrow::Cow::Borrowed(&path[shared..]),
+                kind: e.kind,
+                size: e.size,
+                mtime: e.mtime,
+            })?;
+            prev = path;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        struct Plain {
+            entries: Vec<Entry>,
+        }
+        if d.is_human_readable() {
+            return Ok(Manifest {
+                entries: Plain::deserialize(d)?.entries,
+            });
+        }
+        let packed = Vec::<PackedEntry<'_>>::deserialize(d)?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(packed.len());
+        for p in packed {
+            let prev = entries.last().map_or("", |e| e.path.as_str());
+            let shared = usize::try_from(p.shared).unwrap_or(usize::MAX);
+            let head = prev.get(..shared).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "manifest entry shares {shared} bytes with a previous path of {}",
+                    prev.len()
+                ))
+            })?;
+            let path = RelPath::parse(&format!("{head}{}", p.suffix)).map_err(D::Error::custom)?;
+            entries.push(Entry {
+                path,
+                kind: p.kind,
+                size: p.size,
+                mtime: p.mtime,
+            });
+        }
+        Ok(Manifest { entries })
+    }
 }
 
 /// `MANIFEST_END`: the listing is complete.
@@ -206,14 +316,18 @@ pub struct ManifestEnd {
     pub entries: u64,
 }
 
-/// `TASKS`: one batch of the files the server wants, in the client's manifest order.
+/// `TASKS`: the files the server wants from one `MANIFEST` batch, in its order; exactly one
+/// per batch, possibly empty, in the order of the batches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tasks {
     /// Files to send.
     pub paths: Vec<RelPath>,
 }
 
-/// `DELETIONS`: one batch of the entries the server will delete once every file is stored.
+/// `DELETIONS`: version 1 listed here the entries the server would delete. Version 2 does
+/// not send it (a deletion plan can be larger than memory; `PLAN_END` counts it), and a
+/// version 2 peer that receives it treats it as a protocol error. Kept so that postcard
+/// variant indices never move.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deletions {
     /// Server entries that the client no longer has.
@@ -227,7 +341,8 @@ pub struct PlanEnd {
     pub files: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Entries announced in all `DELETIONS` batches.
+    /// Server entries to delete once every file is stored (each entry of a deleted
+    /// folder counts).
     pub deletions: u64,
 }
 

@@ -5,8 +5,6 @@
 //! block the other with full socket buffers, and no step waits for a round trip per file.
 //! File reads run on a blocking thread a few chunks ahead of the socket.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,17 +23,22 @@ use crate::codec::native::ClientCodec;
 use crate::codec::preamble::Dialect;
 use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::{Error, ProtocolError};
-use crate::messages::{seed, ClientMsg, Entry, EntryKind, NextSync, ServerMsg};
+use crate::messages::{seed, ClientMsg, Entry, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
-use crate::session::client::{Client, ClientParams, Finish, Planning, Report, Task, Waiting};
+use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
 use crate::session::unexpected;
+use crate::session::{batches, path_weight};
+use crate::walk;
 use crate::walk::{ReadError, Source};
 
 /// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
 pub trait Progress: Send + Sync {
     /// The server queued us at `position`.
     fn queued(&self, _position: u32) {}
-    /// The plan is known: this many files and bytes to send, this many deletions.
+    /// The plan so far: this many files and bytes requested (it grows while the listing
+    /// is sent).
+    fn requested(&self, _files: u64, _bytes: u64) {}
+    /// The plan is complete: this many files and bytes to send, this many deletions.
     fn planned(&self, _files: u64, _bytes: u64, _deletions: u64) {}
     /// Content bytes were handed to the socket.
     fn sent(&self, _bytes: u64) {}
@@ -75,6 +78,45 @@ pub enum DialectChoice {
     Seed,
 }
 
+/// The client's folder as it is listed, in tree order, chunk by chunk: see
+/// [`list_in_background`].
+pub type Listing = mpsc::Receiver<Result<Vec<Entry>, Error>>;
+
+/// Lists `dir` on a thread of its own, a few chunks ahead of the session, which takes
+/// them only as its window allows: the listing never sits whole in memory. A missing
+/// folder is listed as empty (the server then refuses to empty an archive that holds
+/// files, unless the client allows it), so an unmounted disk cannot wipe the archive.
+pub fn list_in_background(dir: PathBuf) -> Listing {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let lister = match walk::lister(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), "folder does not exist; listing it as empty");
+                return;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::Listing(e)));
+                return;
+            }
+        };
+        let mut chunk = Vec::with_capacity(walk::LIST_CHUNK);
+        for e in lister {
+            chunk.push(e);
+            if chunk.len() == walk::LIST_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(walk::LIST_CHUNK));
+                if tx.blocking_send(Ok(full)).is_err() {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(chunk));
+        }
+    });
+    rx
+}
+
 /// The result of a completed session.
 #[derive(Debug, Clone)]
 pub struct Synced {
@@ -93,13 +135,13 @@ type Sink = SplitSink<Framed<TcpStream, ClientCodec>, Frame<ClientMsg>>;
 /// Runs one sync of `cfg.dir` against the server at `addr`. Returns once the server has
 /// confirmed with `NEXT_SYNC` that everything it stored is durable.
 ///
-/// `listing` yields the folder's entries; it is awaited only once the server is ready, so
-/// a caller that starts the walk before connecting overlaps it with the connection and the
-/// server's own indexing.
+/// `listing` yields the folder's entries in tree order (see [`list_in_background`]); it is
+/// read only once the server is ready, so a walk started before connecting overlaps the
+/// connection.
 pub async fn sync(
     addr: SocketAddr,
     cfg: &SyncConfig,
-    listing: impl Future<Output = Result<Vec<Entry>, Error>>,
+    mut listing: Listing,
     progress: Arc<dyn Progress>,
 ) -> Result<Synced, Error> {
     let idle = cfg.idle_timeout;
@@ -134,7 +176,11 @@ pub async fn sync(
     };
     if seed {
         tracing::info!(%addr, dialect = "seed", server_speaks_native = native, "syncing in the original FileSync dialect");
-        let entries = listing.await?;
+        // The original takes its listing in one message: gather it whole.
+        let mut entries = Vec::new();
+        while let Some(chunk) = listing.recv().await {
+            entries.extend(chunk?);
+        }
         return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress).await;
     }
     tracing::debug!(%addr, dialect = "native", "syncing");
@@ -206,7 +252,7 @@ async fn drive(
     sink: &mut Sink,
     rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
     cfg: &SyncConfig,
-    listing: impl Future<Output = Result<Vec<Entry>, Error>>,
+    mut listing: Listing,
     progress: Arc<dyn Progress>,
     idle: Duration,
 ) -> Result<Synced, Error> {
@@ -222,58 +268,34 @@ async fn drive(
             Waiting::Ready(r) => break r,
         }
     };
+    let mut t = ready.start();
 
-    let entries = listing.await?;
-    let entries = &entries[..];
-    let (mut listed, manifest) = ready.send_manifest(entries);
-    for m in manifest {
-        sink.feed(Frame::Msg(m)).await?;
-    }
-    sink.flush().await?;
-
-    let planned = loop {
-        match listed.on_message(recv(rx, idle).await?)? {
-            Planning::Listed(l) => listed = l,
-            Planning::Planned(p) => break p,
-        }
-    };
-    let end = planned.plan_end();
-    progress.planned(end.files, end.bytes, end.deletions);
-
-    let by_path: HashMap<&RelPath, &Entry> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .map(|e| (&e.path, e))
-        .collect();
-    let mut tasks = Vec::with_capacity(planned.tasks().len());
-    for p in planned.tasks() {
-        match by_path.get(p) {
-            Some(e) => tasks.push((*e).clone()),
-            None => {
-                return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
-                    "the server asked for {p}, which is not a listed file"
-                ))))
-            }
-        }
-    }
-    let mut t = planned.start();
-    let mut work = Vec::with_capacity(tasks.len());
-    for entry in tasks {
-        let task = t.next_task().expect("one task per requested file");
-        work.push((task, entry));
-    }
-
-    // A few batches in flight keep the disk reads ahead of the socket.
+    // Requested files go to a blocking thread that reads them in order, a few batches of
+    // content ahead of the socket. Its work queue is bounded by the manifest window.
+    let (work_tx, work_rx) = std::sync::mpsc::channel::<Vec<(Task, Entry)>>();
     let (read_tx, mut read_rx) = mpsc::channel::<Vec<Read>>(4);
     let root = cfg.dir.clone();
-    let reader = tokio::task::spawn_blocking(move || read_files(&root, work, read_tx));
+    let reader = tokio::task::spawn_blocking(move || read_files(&root, work_rx, read_tx));
 
     // The task whose content is flowing: the reader hands it over with the header.
     let mut open: Option<Task> = None;
-    loop {
+    while !t.all_sent() {
         tokio::select! {
+            chunk = listing.recv(), if t.can_list() => {
+                match chunk {
+                    Some(entries) => {
+                        for b in batches(entries?, |e| path_weight(&e.path)) {
+                            sink.feed(Frame::Msg(t.list(b))).await?;
+                        }
+                    }
+                    None => sink.feed(Frame::Msg(t.end_manifest())).await?,
+                }
+                sink.flush().await?;
+            }
             batch = read_rx.recv() => {
-                let Some(batch) = batch else { break };
+                let Some(batch) = batch else {
+                    return Err(Error::Listing(std::io::Error::other("the file reader stopped")));
+                };
                 for ev in batch {
                     let frame = match ev {
                         Read::Start(task, e) => {
@@ -304,13 +326,25 @@ async fn drive(
                 }
                 sink.flush().await?;
             }
-            m = recv(rx, idle) => t.on_message(m?)?,
+            m = recv(rx, idle) => {
+                let tasks = t.on_message(m?)?;
+                if let Some(end) = t.plan_end() {
+                    progress.planned(end.files, end.bytes, end.deletions);
+                } else if !tasks.is_empty() {
+                    let (files, bytes) = t.requested();
+                    progress.requested(files, bytes);
+                }
+                if !tasks.is_empty() && work_tx.send(tasks).is_err() {
+                    return Err(Error::Listing(std::io::Error::other("the file reader stopped")));
+                }
+            }
         }
     }
+    drop(work_tx);
     sink.flush().await?;
     let _ = reader.await;
 
-    let (mut fin, end) = t.finish();
+    let (mut fin, end) = t.finish()?;
     sink.send(Frame::Msg(end)).await?;
     // After TRANSFER_END the server applies deletions and syncs its disk, saying nothing
     // until NEXT_SYNC: allow that more than an ordinary silence.
@@ -330,43 +364,65 @@ async fn drive(
 }
 
 /// Reads the requested files in order on a blocking thread, checking each against its
-/// listing so that a file changed mid-read is aborted instead of stored torn.
-fn read_files(root: &std::path::Path, work: Vec<(Task, Entry)>, tx: mpsc::Sender<Vec<Read>>) {
+/// listing so that a file changed mid-read is aborted instead of stored torn. Ends when
+/// the work channel closes.
+fn read_files(
+    root: &std::path::Path,
+    work: std::sync::mpsc::Receiver<Vec<(Task, Entry)>>,
+    tx: mpsc::Sender<Vec<Read>>,
+) {
     let mut batch = Batch::new(tx);
-    for (task, e) in work {
-        let mut src = match Source::open(root, &e) {
-            Ok(s) => s,
-            Err(err) => {
-                if !batch.push(Read::Skip(task, err.to_string()), 0) {
+    loop {
+        // Send what is gathered before waiting for more work: the socket must not wait
+        // for the next TASKS to get the end of this one.
+        let tasks = match work.try_recv() {
+            Ok(t) => t,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if !batch.send() {
                     return;
                 }
-                continue;
-            }
-        };
-        if !batch.push(Read::Start(task, e), 0) {
-            return;
-        }
-        let mut n = 0u64;
-        let last = loop {
-            match src.next_chunk(DATA_CHUNK) {
-                Ok(Some(c)) => {
-                    n += c.len() as u64;
-                    let len = c.len();
-                    if !batch.push(Read::Chunk(c), len) {
-                        return;
-                    }
-                }
-                Ok(None) => break Read::End(n),
-                Err(err @ (ReadError::Changed(_) | ReadError::Io(_))) => {
-                    break Read::Abort(err.to_string())
+                match work.recv() {
+                    Ok(t) => t,
+                    Err(_) => return,
                 }
             }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
-        if !batch.push(last, 0) {
-            return;
+        for (task, e) in tasks {
+            if !read_one(root, task, e, &mut batch) {
+                return;
+            }
         }
     }
     batch.send();
+}
+
+/// Reads one file into `batch`; `false` once the socket loop has gone away.
+fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> bool {
+    let mut src = match Source::open(root, &e) {
+        Ok(s) => s,
+        Err(err) => return batch.push(Read::Skip(task, err.to_string()), 0),
+    };
+    if !batch.push(Read::Start(task, e), 0) {
+        return false;
+    }
+    let mut n = 0u64;
+    let last = loop {
+        match src.next_chunk(DATA_CHUNK) {
+            Ok(Some(c)) => {
+                n += c.len() as u64;
+                let len = c.len();
+                if !batch.push(Read::Chunk(c), len) {
+                    return false;
+                }
+            }
+            Ok(None) => break Read::End(n),
+            Err(err @ (ReadError::Changed(_) | ReadError::Io(_))) => {
+                break Read::Abort(err.to_string())
+            }
+        }
+    };
+    batch.push(last, 0)
 }
 
 /// Read events gathered before they cross to the socket loop: one channel hand-off and

@@ -98,12 +98,29 @@ pub(super) async fn session(
 
     let store = Arc::clone(&ctx.store);
     let idx_id = id.clone();
-    let held = tokio::task::spawn_blocking(move || store.index(&idx_id))
-        .await
-        .map_err(|e| Error::io("indexing", std::io::Error::other(e)))?
-        .map_err(|e| Error::io("indexing the client folder", e))?;
     let entries = rules::entries_from_listing(&info, &chrono::Local);
-    let (send, tail) = rules::plan(&entries, held)?;
+    // An original listing is small, but the archive it is compared with may not be: the
+    // index is merged as it is read, and the tail goes to a spool.
+    let (send, tail) = tokio::task::spawn_blocking(move || {
+        let mut index = store.index(&idx_id);
+        let planned = rules::plan(&entries, &mut index);
+        if let Some(e) = index.take_error() {
+            return Err(Error::io("indexing the client folder", e));
+        }
+        let (send, tail) = planned?;
+        let mut spool = store
+            .spool()
+            .map_err(|e| Error::io("creating the plan's spool", e))?;
+        for op in tail.into_ops() {
+            spool.push(&op);
+        }
+        spool
+            .check()
+            .map_err(|e| Error::io("writing the plan's spool", e))?;
+        Ok((send, spool))
+    })
+    .await
+    .map_err(|e| Error::io("planning", std::io::Error::other(e)))??;
     summary.tally.requested = send.len() as u64;
 
     let mut out = BytesMut::new();

@@ -27,13 +27,13 @@ use crate::messages::{
     seed, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
 };
 use crate::paths::{ClientId, RelPath};
-use crate::planner::Tail;
+
 use crate::schedule::Scheduler;
 use crate::session::server::{
-    Listed, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
+    Listed, Listing, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
 };
 use crate::session::unexpected;
-use crate::store::Store;
+use crate::store::{Index, Spool, Store};
 use crate::time::MTime;
 
 /// How a server runs its sessions.
@@ -277,36 +277,34 @@ async fn session(
     let Some(_lease) = ctx.lease(&id) else {
         return Err(fail(&mut framed, in_progress(&id), idle).await);
     };
-    let store = Arc::clone(&ctx.store);
-    let index = tokio::task::spawn_blocking(move || store.index(&id))
-        .await
-        .map_err(|e| Error::io("indexing", std::io::Error::other(e)))?
-        .map_err(|e| Error::io("indexing the client folder", e))?;
-    let (mut srv, ready) = srv.ready(index);
-    tracing::info!(client = %srv.client_id(), %peer, queue_wait = ?summary.queue_wait, "session started");
-    send(&mut framed, ready, idle).await?;
-
-    let srv = loop {
-        let msg = match next_msg_or_cancel(&mut framed, idle, cancel).await {
-            Ok(m) => m,
-            Err(e) => return Err(fail(&mut framed, e, idle).await),
-        };
-        match srv.on_message(msg) {
-            Ok(Listed::Listing(s, out)) => {
-                srv = s;
-                send_all(&mut framed, out, idle).await?;
-            }
-            Ok(Listed::Receiving(s, out)) => {
-                send_all(&mut framed, out, idle).await?;
-                break s;
-            }
-            Err(e) => return Err(fail(&mut framed, e, idle).await),
-        }
+    // The index is read lazily, batch by batch, as the planner merges it with the
+    // manifest; the tail goes to a spool on disk. Neither is ever held whole in memory.
+    let plan = PlanIo {
+        index: ctx.store.index(&id),
+        spool: ctx
+            .store
+            .spool()
+            .map_err(|e| Error::io("creating the plan's spool", e))?,
     };
-
-    let id = srv.client_id().clone();
     let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
-    let outcome = receive(ctx, srv, &mut framed, ops, &mut results, cancel, summary).await;
+    let (srv, ready) = srv.ready();
+    tracing::info!(client = %srv.client_id(), %peer, queue_wait = ?summary.queue_wait, "session started");
+    let outcome = match send(&mut framed, ready, idle).await {
+        Ok(()) => {
+            receive(
+                ctx,
+                srv,
+                plan,
+                &mut framed,
+                ops,
+                &mut results,
+                cancel,
+                summary,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     // Whatever happened, wait for the writer: it keeps complete files and removes partial
     // ones, and must be done before the session is reported over.
     let _ = writer.await;
@@ -360,14 +358,6 @@ type Conn = Framed<TcpStream, ServerCodec>;
 
 async fn send(framed: &mut Conn, msg: ServerMsg, idle: Duration) -> Result<(), Error> {
     within(idle, framed.send(Frame::Msg(msg))).await??;
-    Ok(())
-}
-
-async fn send_all(framed: &mut Conn, msgs: Vec<ServerMsg>, idle: Duration) -> Result<(), Error> {
-    for m in msgs {
-        within(idle, framed.feed(Frame::Msg(m))).await??;
-    }
-    within(idle, framed.flush()).await??;
     Ok(())
 }
 
@@ -481,7 +471,7 @@ pub(super) enum Op {
     Data(Bytes),
     Commit,
     Discard,
-    Finish(Tail),
+    Finish(Spool),
 }
 
 /// What the writer thread reports.
@@ -576,7 +566,7 @@ pub(super) fn spawn_writer(
                         }
                     }
                     Op::Finish(tail) => {
-                        let (deleted, errors) = r.finish(&tail);
+                        let (deleted, errors) = r.finish(tail);
                         let _ = res_tx.send(Written::Finished { deleted, errors });
                         return;
                     }
@@ -589,47 +579,119 @@ pub(super) fn spawn_writer(
     (op_tx, res_rx, handle)
 }
 
-/// What one frame did to a receiving session.
-enum Step {
-    Receiving(Server<Receiving>),
-    Received(Server<Received>),
+/// The planner's I/O: the server's index of the client folder, read as the manifest
+/// arrives, and the spool its tail goes to.
+struct PlanIo {
+    index: Index,
+    spool: Spool,
 }
 
-/// Applies one frame to the session, queueing the store's work in `batch`.
-async fn step(
-    srv: Server<Receiving>,
-    frame: Frame<ClientMsg>,
-    batch: &mut OpBatch,
-) -> Result<Step, Error> {
-    match frame {
-        Frame::Data(b) => {
-            let mut srv = srv;
-            srv.on_data(b.len())?;
-            let len = b.len();
-            batch.push(Op::Data(b), len).await?;
-            Ok(Step::Receiving(srv))
+/// Where a session stands while files flow.
+enum Phase {
+    /// The manifest is still arriving (files of answered batches may too). Both states
+    /// are boxed: they are moved at every frame.
+    Listing(Box<Server<Listing>>),
+    /// `PLAN_END` was sent; the last files arrive.
+    Receiving(Box<Server<Receiving>>),
+}
+
+impl Phase {
+    fn file_result(&mut self, path: RelPath, outcome: Outcome) -> ServerMsg {
+        match self {
+            Phase::Listing(s) => s.file_result(path, outcome),
+            Phase::Receiving(s) => s.file_result(path, outcome),
         }
-        Frame::Msg(m) => match srv.on_message(m)? {
-            Receipt::Receiving(s, act) => {
-                let op = match act {
-                    Receive::Open(h) => Op::Open(h),
-                    Receive::Commit(_) => Op::Commit,
-                    Receive::Discard(p, reason) => {
-                        tracing::info!(path = %p, reason, "client dropped a file");
-                        Op::Discard
-                    }
-                };
-                batch.push(op, 0).await?;
-                Ok(Step::Receiving(s))
-            }
-            Receipt::Received(s) => Ok(Step::Received(s)),
-        },
     }
 }
 
+/// What one frame did to a session.
+enum Step {
+    /// Files still flow; send this, if anything, now.
+    Going(Phase, Option<ServerMsg>),
+    /// `TRANSFER_END`: every file was sent.
+    Received(Server<Received>),
+}
+
+/// Applies one frame to the session, queueing the store's work in `batch`. Manifest
+/// batches are planned on a blocking thread, since planning reads the server's index.
+async fn step(
+    phase: Phase,
+    frame: Frame<ClientMsg>,
+    batch: &mut OpBatch,
+    plan: &mut Option<PlanIo>,
+) -> Result<Step, Error> {
+    let on_data = |phase: &mut Phase, len| match phase {
+        Phase::Listing(s) => s.on_data(len),
+        Phase::Receiving(s) => s.on_data(len),
+    };
+    let msg = match frame {
+        Frame::Data(b) => {
+            let mut phase = phase;
+            on_data(&mut phase, b.len())?;
+            let len = b.len();
+            batch.push(Op::Data(b), len).await?;
+            return Ok(Step::Going(phase, None));
+        }
+        Frame::Msg(m) => m,
+    };
+    let (act, phase) = match phase {
+        Phase::Listing(srv) => {
+            let srv = *srv;
+            let planning = matches!(msg, ClientMsg::Manifest(_) | ClientMsg::ManifestEnd(_));
+            let listed = if planning {
+                let mut io = plan.take().ok_or_else(|| {
+                    Error::io("planning", std::io::Error::other("the plan's I/O is gone"))
+                })?;
+                let (listed, mut io) = tokio::task::spawn_blocking(move || {
+                    let PlanIo { index, spool } = &mut io;
+                    let r = srv.on_message(msg, index, &mut |op| spool.push(&op));
+                    (r, io)
+                })
+                .await
+                .map_err(|e| Error::io("planning", std::io::Error::other(e)))?;
+                if let Some(e) = io.index.take_error() {
+                    return Err(Error::io("indexing the client folder", e));
+                }
+                io.spool
+                    .check()
+                    .map_err(|e| Error::io("writing the plan's spool", e))?;
+                *plan = Some(io);
+                listed?
+            } else {
+                srv.on_message(msg, &mut std::iter::empty(), &mut |_| {})?
+            };
+            match listed {
+                Listed::Listing(s, tasks) => {
+                    return Ok(Step::Going(Phase::Listing(Box::new(s)), Some(tasks)))
+                }
+                Listed::Receiving(s, end) => {
+                    return Ok(Step::Going(Phase::Receiving(Box::new(s)), Some(end)))
+                }
+                Listed::File(s, act) => (act, Phase::Listing(Box::new(s))),
+            }
+        }
+        Phase::Receiving(srv) => match srv.on_message(msg)? {
+            Receipt::Receiving(s, act) => (act, Phase::Receiving(Box::new(s))),
+            Receipt::Received(s) => return Ok(Step::Received(s)),
+        },
+    };
+    let op = match act {
+        Receive::Open(h) => Op::Open(h),
+        Receive::Commit(_) => Op::Commit,
+        Receive::Discard(p, reason) => {
+            tracing::info!(path = %p, reason, "client dropped a file");
+            Op::Discard
+        }
+    };
+    batch.push(op, 0).await?;
+    Ok(Step::Going(phase, None))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     ctx: &Ctx,
-    srv: Server<Receiving>,
+    srv: Server<Listing>,
+    plan: PlanIo,
     framed: &mut Conn,
     ops: mpsc::Sender<Vec<Op>>,
     results: &mut mpsc::UnboundedReceiver<Written>,
@@ -638,13 +700,14 @@ async fn receive(
 ) -> Result<(), Error> {
     let idle = ctx.cfg.idle_timeout;
     let mut batch = OpBatch::new(ops);
-    let mut receiving = Some(srv);
+    let mut plan = Some(plan);
+    let mut going = Some(Phase::Listing(Box::new(srv)));
     let mut srv = loop {
         tokio::select! {
             Some(w) = results.recv() => {
-                if let (Written::Results(out), Some(srv)) = (w, receiving.as_mut()) {
+                if let (Written::Results(out), Some(phase)) = (w, going.as_mut()) {
                     for (p, o) in out {
-                        within(idle, framed.feed(Frame::Msg(srv.file_result(p, o)))).await??;
+                        within(idle, framed.feed(Frame::Msg(phase.file_result(p, o)))).await??;
                     }
                     within(idle, framed.flush()).await??;
                 }
@@ -654,14 +717,21 @@ async fn receive(
                 // in one batch: one wake-up of the writer thread per read, not per frame.
                 let mut next = Some(f);
                 let mut received = None;
+                let mut replies = false;
                 while let Some(f) = next.take() {
-                    let srv = receiving.take().expect("present until TRANSFER_END");
+                    let phase = going.take().expect("present until TRANSFER_END");
                     let stepped = match f {
-                        Ok(f) => step(srv, f, &mut batch).await,
+                        Ok(f) => step(phase, f, &mut batch, &mut plan).await,
                         Err(e) => Err(e),
                     };
                     match stepped {
-                        Ok(Step::Receiving(s)) => receiving = Some(s),
+                        Ok(Step::Going(s, reply)) => {
+                            going = Some(s);
+                            if let Some(m) = reply {
+                                within(idle, framed.feed(Frame::Msg(m))).await??;
+                                replies = true;
+                            }
+                        }
                         Ok(Step::Received(s)) => {
                             received = Some(s);
                             break;
@@ -679,6 +749,9 @@ async fn receive(
                         None => None,
                     };
                 }
+                if replies {
+                    within(idle, framed.flush()).await??;
+                }
                 batch.flush().await?;
                 if let Some(s) = received {
                     break s;
@@ -687,8 +760,14 @@ async fn receive(
             _ = cancel.cancelled() => return Err(shutting_down(framed).await),
         }
     };
+    let spool = plan.take().map(|p| p.spool).ok_or_else(|| {
+        Error::io(
+            "finishing",
+            std::io::Error::other("the plan's spool is gone"),
+        )
+    })?;
     let ops = batch.into_sender();
-    ops.send(vec![Op::Finish(srv.tail().clone())])
+    ops.send(vec![Op::Finish(spool)])
         .await
         .map_err(|_| writer_gone())?;
     // Finishing (the last sync, the deletions) can take a while on a slow disk; the client

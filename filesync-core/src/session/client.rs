@@ -3,13 +3,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::marker::PhantomData;
 
-use super::{batches, path_weight, remote, sealed, unexpected, ClientState};
+use super::{remote, sealed, unexpected, ClientState};
 use crate::codec::preamble;
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::ServerStatus;
 use crate::messages::{
-    ClientMsg, Encoding, Entry, ErrorCode, FileAbort, FileEnd, FileHeader, Hello, Manifest,
-    ManifestEnd, NextSync, Outcome, PlanEnd, ServerMsg, TransferEnd, Welcome, PROTOCOL_VERSION,
+    ClientMsg, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader, Hello,
+    Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ServerMsg, TransferEnd, Welcome,
+    MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 use crate::time::MTime;
@@ -48,26 +49,21 @@ pub struct Connected {
 pub struct Ready {
     welcome: Welcome,
 }
-/// The manifest was sent; waiting for the plan.
+/// Listing and sending at once: manifest batches go out while the window allows, each
+/// batch's `TASKS` comes back, and the files it asks for are sent.
 #[derive(Debug)]
-pub struct Listed {
+pub struct Syncing {
     welcome: Welcome,
-    plan: PlanState,
-}
-/// The whole plan arrived.
-#[derive(Debug)]
-pub struct Planned {
-    welcome: Welcome,
-    plan: PlanState,
-    end: PlanEnd,
-}
-/// Sending the requested files.
-#[derive(Debug)]
-pub struct Transferring {
-    welcome: Welcome,
-    queue: VecDeque<RelPath>,
-    end: PlanEnd,
-    deletions: Vec<RelPath>,
+    /// Open batches, oldest first (see [`MANIFEST_WINDOW`]).
+    open: VecDeque<OpenBatch>,
+    /// Sequence number of the batch at the front of `open`.
+    front_seq: u64,
+    /// Entries listed so far.
+    listed: u64,
+    manifest_ended: bool,
+    /// Files and bytes requested so far.
+    requested: (u64, u64),
+    end: Option<PlanEnd>,
     awaiting: HashSet<RelPath>,
     report: Report,
 }
@@ -89,21 +85,15 @@ pub struct Done {
 macro_rules! client_states {
     ($($s:ident),*) => { $( impl sealed::Sealed for $s {} impl ClientState for $s {} )* };
 }
-client_states!(
-    Discovered,
-    Connected,
-    Ready,
-    Listed,
-    Planned,
-    Transferring,
-    Finishing,
-    Done
-);
+client_states!(Discovered, Connected, Ready, Syncing, Finishing, Done);
 
-#[derive(Debug, Default)]
-struct PlanState {
-    tasks: VecDeque<RelPath>,
-    deletions: Vec<RelPath>,
+/// A manifest batch sent and not yet done with.
+#[derive(Debug)]
+struct OpenBatch {
+    /// Its files, until its `TASKS` arrives.
+    files: Option<Vec<Entry>>,
+    /// Files requested from it and not yet sent or aborted.
+    pending: usize,
 }
 
 /// What a session achieved, for the summary line and the exit code.
@@ -143,15 +133,6 @@ pub enum Waiting {
     Waiting(Client<Connected>, Option<u32>),
     /// `READY`: the client's turn.
     Ready(Client<Ready>),
-}
-
-/// Where a listed client stands after a message.
-#[derive(Debug)]
-pub enum Planning {
-    /// More of the plan is to come.
-    Listed(Client<Listed>),
-    /// The plan is complete.
-    Planned(Client<Planned>),
 }
 
 /// Where a finishing client stands after a message.
@@ -274,25 +255,20 @@ impl Client<Connected> {
 }
 
 impl Client<Ready> {
-    /// Sends the listing: returns the `MANIFEST` batches and the closing `MANIFEST_END`,
-    /// to be written in order. The driver must keep reading while it writes them: the
-    /// server answers each batch with `TASKS` as it goes.
-    pub fn send_manifest(self, entries: &[Entry]) -> (Client<Listed>, Vec<ClientMsg>) {
-        let mut out: Vec<ClientMsg> = batches(entries.iter().cloned(), |e| path_weight(&e.path))
-            .into_iter()
-            .map(|entries| ClientMsg::Manifest(Manifest { entries }))
-            .collect();
-        out.push(ClientMsg::ManifestEnd(ManifestEnd {
-            entries: entries.len() as u64,
-        }));
+    /// Starts listing and sending.
+    pub fn start(self) -> Client<Syncing> {
         let welcome = self.state.welcome.clone();
-        (
-            self.with(Listed {
-                welcome,
-                plan: PlanState::default(),
-            }),
-            out,
-        )
+        self.with(Syncing {
+            welcome,
+            open: VecDeque::new(),
+            front_seq: 0,
+            listed: 0,
+            manifest_ended: false,
+            requested: (0, 0),
+            end: None,
+            awaiting: HashSet::new(),
+            report: Report::default(),
+        })
     }
 
     /// The server's `WELCOME`.
@@ -301,89 +277,16 @@ impl Client<Ready> {
     }
 }
 
-impl Client<Listed> {
-    /// Call with each message until the plan is complete.
-    pub fn on_message(mut self, msg: ServerMsg) -> Result<Planning, Error> {
-        match msg {
-            ServerMsg::Tasks(t) => {
-                self.state.plan.tasks.extend(t.paths);
-                Ok(Planning::Listed(self))
-            }
-            ServerMsg::Deletions(d) => {
-                self.state.plan.deletions.extend(d.paths);
-                Ok(Planning::Listed(self))
-            }
-            ServerMsg::PlanEnd(end) => {
-                let plan = &self.state.plan;
-                if end.files != plan.tasks.len() as u64
-                    || end.deletions != plan.deletions.len() as u64
-                {
-                    return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
-                        "PLAN_END announces {} files and {} deletions, batches held {} and {}",
-                        end.files,
-                        end.deletions,
-                        plan.tasks.len(),
-                        plan.deletions.len()
-                    ))));
-                }
-                let Listed { welcome, plan } = self.state;
-                Ok(Planning::Planned(Client {
-                    params: self.params,
-                    state: Planned { welcome, plan, end },
-                }))
-            }
-            ServerMsg::Error(e) => Err(remote(e)),
-            other => Err(unexpected("TASKS, DELETIONS or PLAN_END", other.kind())),
-        }
-    }
-}
-
-impl Client<Planned> {
-    /// Files the server asked for, in order.
-    pub fn tasks(&self) -> impl ExactSizeIterator<Item = &RelPath> {
-        self.state.plan.tasks.iter()
-    }
-
-    /// Entries the server will delete.
-    pub fn deletions(&self) -> &[RelPath] {
-        &self.state.plan.deletions
-    }
-
-    /// Totals of the plan.
-    pub fn plan_end(&self) -> PlanEnd {
-        self.state.end
-    }
-
-    /// Starts sending the requested files.
-    pub fn start(self) -> Client<Transferring> {
-        let Planned { welcome, plan, end } = self.state;
-        let report = Report {
-            requested: end.files,
-            requested_bytes: end.bytes,
-            ..Report::default()
-        };
-        Client {
-            params: self.params,
-            state: Transferring {
-                welcome,
-                queue: plan.tasks,
-                end,
-                deletions: plan.deletions,
-                awaiting: HashSet::new(),
-                report,
-            },
-        }
-    }
-}
-
 /// A file the server asked for, taken from the plan. Only the session hands these out, so
-/// only requested files can be sent: [`Client::<Transferring>::header`] takes one by
-/// reference, and [`file_end`](Client::<Transferring>::file_end) or
-/// [`abort`](Client::<Transferring>::abort) consume it.
+/// only requested files can be sent: [`Client::<Syncing>::header`] takes one by
+/// reference, and [`file_end`](Client::<Syncing>::file_end) or
+/// [`abort`](Client::<Syncing>::abort) consume it.
 #[must_use = "a task is sent (header, content, file_end) or aborted"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Task {
     path: RelPath,
+    /// The manifest batch that listed it.
+    batch: u64,
 }
 
 impl Task {
@@ -393,15 +296,122 @@ impl Task {
     }
 }
 
-impl Client<Transferring> {
-    /// The next file to send, in the server's order; `None` when all were taken.
-    pub fn next_task(&mut self) -> Option<Task> {
-        self.state.queue.pop_front().map(|path| Task { path })
+impl Client<Syncing> {
+    /// Whether another `MANIFEST` batch may be sent now: the listing has not ended and
+    /// fewer than [`MANIFEST_WINDOW`] batches are open.
+    pub fn can_list(&self) -> bool {
+        !self.state.manifest_ended && self.state.open.len() < MANIFEST_WINDOW
     }
 
-    /// Files not yet taken.
-    pub fn remaining(&self) -> usize {
-        self.state.queue.len()
+    /// The `MANIFEST` for the next entries of the listing, in tree order; at most
+    /// [`MANIFEST_BATCH_MAX`] of them, sent only when [`can_list`](Self::can_list).
+    pub fn list(&mut self, entries: Vec<Entry>) -> ClientMsg {
+        debug_assert!(!self.state.manifest_ended && entries.len() <= MANIFEST_BATCH_MAX);
+        let st = &mut self.state;
+        st.listed += entries.len() as u64;
+        st.open.push_back(OpenBatch {
+            files: Some(
+                entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File)
+                    .cloned()
+                    .collect(),
+            ),
+            pending: 0,
+        });
+        ClientMsg::Manifest(Manifest { entries })
+    }
+
+    /// `MANIFEST_END`, once the listing is exhausted.
+    pub fn end_manifest(&mut self) -> ClientMsg {
+        self.state.manifest_ended = true;
+        ClientMsg::ManifestEnd(ManifestEnd {
+            entries: self.state.listed,
+        })
+    }
+
+    /// Call with each message from the server. Returns the files a `TASKS` asks for, with
+    /// their listed size and mtime, to be sent in that order.
+    pub fn on_message(&mut self, msg: ServerMsg) -> Result<Vec<(Task, Entry)>, Error> {
+        let st = &mut self.state;
+        match msg {
+            ServerMsg::Tasks(t) => {
+                let seq = st.front_seq;
+                let Some((i, batch)) = st
+                    .open
+                    .iter_mut()
+                    .enumerate()
+                    .find(|(_, b)| b.files.is_some())
+                else {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(
+                        "TASKS for no outstanding MANIFEST".into(),
+                    )));
+                };
+                let files = batch.files.take().expect("found with files");
+                // Both in manifest order: one merge pass matches them.
+                let mut listed = files.into_iter();
+                let mut out = Vec::with_capacity(t.paths.len());
+                for p in t.paths {
+                    let Some(e) = listed.by_ref().find(|e| e.path == p) else {
+                        return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                            "the server asked for {p}, which is not a listed file of the batch \
+                             (or is out of order)"
+                        ))));
+                    };
+                    st.requested.0 += 1;
+                    st.requested.1 += e.size;
+                    out.push((
+                        Task {
+                            path: p,
+                            batch: seq + i as u64,
+                        },
+                        e,
+                    ));
+                }
+                batch.pending = out.len();
+                st.close_done_batches();
+                Ok(out)
+            }
+            ServerMsg::PlanEnd(end) => {
+                if !st.manifest_ended || st.open.iter().any(|b| b.files.is_some()) {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(
+                        "PLAN_END before every MANIFEST was answered".into(),
+                    )));
+                }
+                if end.files != st.requested.0 || end.bytes != st.requested.1 {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                        "PLAN_END announces {} files of {} bytes, TASKS asked for {} of {}",
+                        end.files, end.bytes, st.requested.0, st.requested.1
+                    ))));
+                }
+                st.report.requested = end.files;
+                st.report.requested_bytes = end.bytes;
+                st.end = Some(end);
+                Ok(Vec::new())
+            }
+            ServerMsg::FileResult(r) => {
+                record(&mut st.awaiting, &mut st.report, r.path, r.outcome)?;
+                Ok(Vec::new())
+            }
+            ServerMsg::Error(e) => Err(remote(e)),
+            other => Err(unexpected("TASKS, PLAN_END or FILE_RESULT", other.kind())),
+        }
+    }
+
+    /// Files and bytes requested so far.
+    pub fn requested(&self) -> (u64, u64) {
+        self.state.requested
+    }
+
+    /// The plan's totals, once `PLAN_END` has arrived.
+    pub fn plan_end(&self) -> Option<PlanEnd> {
+        self.state.end
+    }
+
+    /// Whether everything is sent: the plan is complete and every requested file was sent
+    /// or aborted. Then [`finish`](Self::finish) may be called.
+    pub fn all_sent(&self) -> bool {
+        self.state.end.is_some() && self.state.open.is_empty()
     }
 
     /// The header to send before a task's content.
@@ -416,9 +426,11 @@ impl Client<Transferring> {
 
     /// The message closing a task whose content was sent whole and unchanged.
     pub fn file_end(&mut self, task: Task, bytes: u64) -> ClientMsg {
-        self.state.report.sent += 1;
-        self.state.report.bytes_sent += bytes;
-        self.state.awaiting.insert(task.path);
+        let st = &mut self.state;
+        st.report.sent += 1;
+        st.report.bytes_sent += bytes;
+        st.task_done(task.batch);
+        st.awaiting.insert(task.path);
         ClientMsg::FileEnd(FileEnd {})
     }
 
@@ -426,26 +438,13 @@ impl Client<Transferring> {
     /// sent after its header (if one was sent) or on its own. The file is retried next
     /// sync.
     pub fn abort(&mut self, task: Task, reason: String) -> ClientMsg {
+        let st = &mut self.state;
+        st.task_done(task.batch);
         let path = task.path;
-        self.state
-            .report
+        st.report
             .failed
             .push((path.clone(), ErrorCode::ABORTED, reason.clone()));
         ClientMsg::FileAbort(FileAbort { path, reason })
-    }
-
-    /// Call with each message that arrives while sending.
-    pub fn on_message(&mut self, msg: ServerMsg) -> Result<(), Error> {
-        match msg {
-            ServerMsg::FileResult(r) => record(
-                &mut self.state.awaiting,
-                &mut self.state.report,
-                r.path,
-                r.outcome,
-            ),
-            ServerMsg::Error(e) => Err(remote(e)),
-            other => Err(unexpected("FILE_RESULT", other.kind())),
-        }
     }
 
     /// Progress so far.
@@ -453,31 +452,20 @@ impl Client<Transferring> {
         &self.state.report
     }
 
-    /// Totals of the plan.
-    pub fn plan_end(&self) -> PlanEnd {
-        self.state.end
-    }
-
-    /// Entries the server will delete.
-    pub fn deletions(&self) -> &[RelPath] {
-        &self.state.deletions
-    }
-
-    /// Ends the transfer; files never taken from the queue count as failed.
-    pub fn finish(mut self) -> (Client<Finishing>, ClientMsg) {
-        for p in std::mem::take(&mut self.state.queue) {
-            self.state
-                .report
-                .failed
-                .push((p, ErrorCode::ABORTED, "not sent".into()));
+    /// Ends the transfer. Fails unless [`all_sent`](Self::all_sent).
+    pub fn finish(self) -> Result<(Client<Finishing>, ClientMsg), Error> {
+        if !self.all_sent() {
+            return Err(Error::Protocol(ProtocolError::Inconsistent(
+                "ending the transfer before the plan is complete and sent".into(),
+            )));
         }
-        let Transferring {
+        let Syncing {
             welcome,
             awaiting,
             report,
             ..
         } = self.state;
-        (
+        Ok((
             Client {
                 params: self.params,
                 state: Finishing {
@@ -487,7 +475,30 @@ impl Client<Transferring> {
                 },
             },
             ClientMsg::TransferEnd(TransferEnd {}),
-        )
+        ))
+    }
+}
+
+impl Syncing {
+    /// One task of batch `seq` was sent or aborted.
+    fn task_done(&mut self, seq: u64) {
+        let i = usize::try_from(seq - self.front_seq).unwrap_or(usize::MAX);
+        if let Some(b) = self.open.get_mut(i) {
+            b.pending = b.pending.saturating_sub(1);
+        }
+        self.close_done_batches();
+    }
+
+    /// Batches whose tasks arrived and were all sent leave the window, oldest first.
+    fn close_done_batches(&mut self) {
+        while self
+            .open
+            .front()
+            .is_some_and(|b| b.files.is_none() && b.pending == 0)
+        {
+            self.open.pop_front();
+            self.front_seq += 1;
+        }
     }
 }
 

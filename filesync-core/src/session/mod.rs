@@ -7,10 +7,19 @@
 //! compile:
 //!
 //! ```text
-//! client: Discovered --on_greeting--> Connected --READY--> Ready --send_manifest--> Listed
-//!         --PLAN_END--> Planned --start--> Transferring --finish--> Finishing --NEXT_SYNC--> Done
+//! client: Discovered --on_greeting--> Connected --READY--> Ready --start--> Syncing
+//!         --finish--> Finishing --NEXT_SYNC--> Done
 //! server: Accepted --greet--> Greeted --on_hello--> Welcomed --ready--> Listing
 //!         --MANIFEST_END--> Receiving --TRANSFER_END--> Received --next_sync--> Done
+//! ```
+//!
+//! While `Syncing` (client) and `Listing` (server), the manifest and the files flow at
+//! once: the client sends a `MANIFEST` batch whenever fewer than
+//! [`MANIFEST_WINDOW`](crate::messages::MANIFEST_WINDOW) batches are open, the server
+//! answers each with `TASKS`, and the files asked for follow while later batches are still
+//! being listed. Neither side ever holds the whole listing.
+//!
+//! ```text
 //! ```
 //!
 //! A peer that sends the wrong message for the state gets
@@ -33,7 +42,7 @@ mod sealed {
 /// A state of the client's session. Sealed: the states are those of [`client`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a client session state",
-    label = "client sessions move through Discovered, Connected, Ready, Listed, Planned, Transferring, Finishing, Done"
+    label = "client sessions move through Discovered, Connected, Ready, Syncing, Finishing, Done"
 )]
 pub trait ClientState: sealed::Sealed {}
 
@@ -65,7 +74,7 @@ pub(crate) fn batches<T>(
 ) -> Vec<Vec<T>> {
     /// Target batch size: a quarter of the frame limit leaves room for JSON's overhead.
     const BUDGET: usize = crate::codec::MAX_FRAME_LEN / 4;
-    const MAX_ITEMS: usize = 8192;
+    const MAX_ITEMS: usize = crate::messages::MANIFEST_BATCH_MAX;
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut used = 0;

@@ -5,8 +5,6 @@
 //! (status, listing, tasks, files, next sync), driven linearly in [`crate::net`]. What
 //! needs care is here: time zones, the mtime rule, and what an original peer can take.
 
-use std::collections::HashMap;
-
 use chrono::TimeZone;
 
 use crate::error::ProtocolError;
@@ -75,25 +73,27 @@ pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
 ///   original client must not wipe its copy. The plan then deletes nothing.
 pub fn plan(
     entries: &[Entry],
-    held: Vec<(RelPath, Held)>,
+    held: impl IntoIterator<Item = (RelPath, Held)>,
 ) -> Result<(Vec<RelPath>, Tail), ProtocolError> {
-    let kinds: HashMap<RelPath, EntryKind> =
-        held.iter().map(|(p, h)| (p.clone(), h.kind)).collect();
-    let mut planner = Planner::new(held, Rule::Micros);
-    let would_empty = entries.is_empty() && planner.server_has_files();
-    let send = planner.batch(entries)?;
-    let mut tail = planner.finish()?;
+    // An original listing is unordered and small (one 8 KiB read): sort it whole. `held`
+    // must come in tree order, as the store's index does.
+    let mut entries = entries.to_vec();
+    entries.sort_by(|a, b| a.path.tree_cmp(&b.path));
+    let mut ops = Vec::new();
+    let mut planner = Planner::new(Rule::Micros).files_only();
+    let mut index = held.into_iter();
+    let step = planner.batch(&entries, &mut index, &mut |op| ops.push(op))?;
+    let finished = planner.finish(&mut index, true, &mut |op| ops.push(op))?;
+    let mut tail = Tail::from_ops(ops);
     tail.make_dirs.clear();
     tail.dir_times.clear();
-    tail.delete
-        .retain(|p| kinds.get(p) == Some(&EntryKind::File));
-    if would_empty {
+    if finished.is_err() {
         tracing::warn!(
             "an original client listed no files; keeping its archive instead of emptying it"
         );
         tail.delete.clear();
     }
-    Ok((send, tail))
+    Ok((step.send, tail))
 }
 
 /// The delay until a naive local `time` read in `tz`, from `now`; zero if it has passed.
@@ -168,10 +168,12 @@ mod tests {
         }];
         let (send, tail) = plan(
             &e,
+            // The index comes in tree order.
             vec![
+                held("dir", EntryKind::Dir, 0),
+                held("dir/f", EntryKind::File, 1),
                 held("keep", EntryKind::File, 9),
                 held("old", EntryKind::File, 1),
-                held("dir", EntryKind::Dir, 0),
             ],
         )
         .unwrap();
@@ -182,8 +184,11 @@ mod tests {
         );
         assert_eq!(
             tail.delete,
-            vec![RelPath::parse("old").unwrap()],
-            "folders are left"
+            vec![
+                RelPath::parse("dir/f").unwrap(),
+                RelPath::parse("old").unwrap()
+            ],
+            "files are deleted one by one; folders are left"
         );
     }
 }

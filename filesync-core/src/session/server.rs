@@ -3,15 +3,16 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::{batches, path_weight, remote, sealed, unexpected, ServerState};
+use super::{remote, sealed, unexpected, ServerState};
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::{NativeOffer, ServerStatus, Status};
 use crate::messages::{
-    ClientMsg, Deletions, Encoding, ErrorCode, ErrorMsg, FileHeader, FileResult, NextSync, Outcome,
-    PlanEnd, Queued, Ready, ServerMsg, Tasks, Welcome, PROTOCOL_VERSION,
+    ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, FileResult, NextSync, Outcome, PlanEnd,
+    Queued, Ready, ServerMsg, Tasks, Welcome, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, MAX_OUTSTANDING,
+    PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
-use crate::planner::{Held, Planner, Rule, Tail};
+use crate::planner::{Held, Planner, Rule, TailOp};
 use crate::time::MTime;
 
 /// What a server offers every session.
@@ -50,29 +51,26 @@ pub struct Welcomed {
     client_id: ClientId,
     allow_empty: bool,
 }
-/// `READY` was sent; receiving the manifest and answering it with `TASKS`.
+/// `READY` was sent; receiving the manifest, answering each batch with `TASKS`, and
+/// receiving the files already requested.
 #[derive(Debug)]
 pub struct Listing {
     client_id: ClientId,
     allow_empty: bool,
     planner: Planner,
     entries: u64,
-    requested: HashSet<RelPath>,
+    files: Files,
 }
-/// The plan was sent; receiving files.
+/// The plan was sent (`PLAN_END`); receiving the last files.
 #[derive(Debug)]
 pub struct Receiving {
     client_id: ClientId,
-    tail: Tail,
-    requested: HashSet<RelPath>,
-    open: Option<Open>,
-    tally: Tally,
+    files: Files,
 }
-/// `TRANSFER_END` arrived; storing the last files and applying deletions.
+/// `TRANSFER_END` arrived; storing the last files and applying the tail.
 #[derive(Debug)]
 pub struct Received {
     client_id: ClientId,
-    tail: Tail,
     tally: Tally,
 }
 /// `NEXT_SYNC` was sent; the session is over.
@@ -91,6 +89,15 @@ server_states!(Accepted, Greeted, Welcomed, Listing, Receiving, Received, Done);
 struct Open {
     header: FileHeader,
     received: u64,
+}
+
+/// The files of a session: requested and not yet received (at most
+/// [`MAX_OUTSTANDING`]), the one being received, and the counts.
+#[derive(Debug, Default)]
+struct Files {
+    requested: HashSet<RelPath>,
+    open: Option<Open>,
+    tally: Tally,
 }
 
 /// Counts of one session, for the server's log line.
@@ -133,10 +140,12 @@ pub enum Receipt {
 /// Where a listing server stands after a message.
 #[derive(Debug)]
 pub enum Listed {
-    /// More manifest to come; send these (`TASKS`) now.
-    Listing(Server<Listing>, Vec<ServerMsg>),
-    /// The plan is complete; send these (`DELETIONS`, `PLAN_END`) now.
-    Receiving(Server<Receiving>, Vec<ServerMsg>),
+    /// A manifest batch was planned: send its `TASKS` now.
+    Listing(Server<Listing>, ServerMsg),
+    /// A file message: the driver acts on the [`Receive`].
+    File(Server<Listing>, Receive),
+    /// The plan is complete: send `PLAN_END` now.
+    Receiving(Server<Receiving>, ServerMsg),
 }
 
 /// A refused `HELLO`: send `msg`, then close.
@@ -265,11 +274,8 @@ impl Server<Welcomed> {
         ServerMsg::Queued(Queued { position })
     }
 
-    /// The client's turn: `held` is the server's index of the client's folder.
-    pub fn ready(
-        self,
-        held: impl IntoIterator<Item = (RelPath, Held)>,
-    ) -> (Server<Listing>, ServerMsg) {
+    /// The client's turn: it may send its manifest.
+    pub fn ready(self) -> (Server<Listing>, ServerMsg) {
         let Welcomed {
             client_id,
             allow_empty,
@@ -277,9 +283,9 @@ impl Server<Welcomed> {
         let listing = Listing {
             client_id,
             allow_empty,
-            planner: Planner::new(held, Rule::QuickCheck),
+            planner: Planner::new(Rule::QuickCheck),
             entries: 0,
-            requested: HashSet::new(),
+            files: Files::default(),
         };
         (
             Server {
@@ -298,19 +304,40 @@ impl Server<Listing> {
         &self.state.client_id
     }
 
-    /// Call with each message until the manifest ends.
-    pub fn on_message(mut self, msg: ClientMsg) -> Result<Listed, Error> {
+    /// Call with each message until the manifest ends. `index` is the server's index of
+    /// the client's folder in tree order, the same iterator at every call; it is read
+    /// only for `MANIFEST` and `MANIFEST_END`, which the driver should therefore run
+    /// where blocking is allowed. `tail` receives the work for after the transfer; after
+    /// an error, discard what it received.
+    pub fn on_message(
+        mut self,
+        msg: ClientMsg,
+        index: &mut dyn Iterator<Item = (RelPath, Held)>,
+        tail: &mut dyn FnMut(TailOp),
+    ) -> Result<Listed, Error> {
         match msg {
             ClientMsg::Manifest(m) => {
-                self.state.entries += m.entries.len() as u64;
-                let send = self.state.planner.batch(&m.entries)?;
-                self.state.requested.extend(send.iter().cloned());
-                let out = if send.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![ServerMsg::Tasks(Tasks { paths: send })]
-                };
-                Ok(Listed::Listing(self, out))
+                if m.entries.len() > MANIFEST_BATCH_MAX {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                        "a MANIFEST of {} entries (at most {MANIFEST_BATCH_MAX})",
+                        m.entries.len()
+                    ))));
+                }
+                let st = &mut self.state;
+                st.entries += m.entries.len() as u64;
+                let step = st.planner.batch(&m.entries, index, tail)?;
+                st.files.requested.extend(step.send.iter().cloned());
+                if st.files.requested.len() > MAX_OUTSTANDING {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                        "{} files requested and not sent: the client exceeds the manifest \
+                         window of {MANIFEST_WINDOW} batches",
+                        st.files.requested.len()
+                    ))));
+                }
+                Ok(Listed::Listing(
+                    self,
+                    ServerMsg::Tasks(Tasks { paths: step.send }),
+                ))
             }
             ClientMsg::ManifestEnd(end) => {
                 let st = self.state;
@@ -320,7 +347,7 @@ impl Server<Listing> {
                         end.entries, st.entries
                     ))));
                 }
-                if st.entries == 0 && !st.allow_empty && st.planner.server_has_files() {
+                let Ok(plan) = st.planner.finish(index, !st.allow_empty, tail)? else {
                     return Err(Error::Refused {
                         code: ErrorCode::WOULD_EMPTY,
                         message:
@@ -328,61 +355,56 @@ impl Server<Listing> {
                                   refusing to empty the archive (the client may pass --allow-empty)"
                                 .into(),
                     });
-                }
-                let (files, bytes) = st.planner.requested();
-                let tail = st.planner.finish()?;
-                let mut out: Vec<ServerMsg> = batches(tail.delete.iter().cloned(), path_weight)
-                    .into_iter()
-                    .map(|paths| ServerMsg::Deletions(Deletions { paths }))
-                    .collect();
-                out.push(ServerMsg::PlanEnd(PlanEnd {
-                    files,
-                    bytes,
-                    deletions: tail.delete.len() as u64,
-                }));
-                let next = Receiving {
-                    client_id: st.client_id,
-                    tail,
-                    requested: st.requested,
-                    open: None,
-                    tally: Tally {
-                        requested: files,
-                        requested_bytes: bytes,
-                        ..Tally::default()
-                    },
                 };
+                let mut files = st.files;
+                files.tally.requested = plan.files;
+                files.tally.requested_bytes = plan.bytes;
+                let msg = ServerMsg::PlanEnd(PlanEnd {
+                    files: plan.files,
+                    bytes: plan.bytes,
+                    deletions: plan.deletions,
+                });
                 Ok(Listed::Receiving(
                     Server {
                         params: self.params,
                         peer: self.peer,
-                        state: next,
+                        state: Receiving {
+                            client_id: st.client_id,
+                            files,
+                        },
                     },
-                    out,
+                    msg,
                 ))
             }
-            ClientMsg::Error(e) => Err(remote(e)),
-            other => Err(unexpected("MANIFEST or MANIFEST_END", other.kind())),
+            other => {
+                let act = self
+                    .state
+                    .files
+                    .on_message(other, "MANIFEST, MANIFEST_END or a file")?;
+                Ok(Listed::File(self, act))
+            }
         }
+    }
+
+    /// Call with the length of each `DATA` frame; refuses content with no open file or
+    /// past the announced size.
+    pub fn on_data(&mut self, len: usize) -> Result<(), Error> {
+        self.state.files.on_data(len)
+    }
+
+    /// The verdict to send once the store has committed (or failed) a file.
+    pub fn file_result(&mut self, path: RelPath, outcome: Outcome) -> ServerMsg {
+        file_result(&mut self.state.files.tally, path, outcome)
     }
 }
 
-impl Server<Receiving> {
-    /// The id this session files under.
-    pub fn client_id(&self) -> &ClientId {
-        &self.state.client_id
-    }
-
-    /// The plan's tail: directories to make, entries to delete.
-    pub fn tail(&self) -> &Tail {
-        &self.state.tail
-    }
-
-    /// Call with each message while files flow.
-    pub fn on_message(mut self, msg: ClientMsg) -> Result<Receipt, Error> {
-        let st = &mut self.state;
+impl Files {
+    /// A file message: `FILE_HEADER`, `FILE_END`, `FILE_ABORT` (or the client's `ERROR`);
+    /// anything else is unexpected, the state expecting what `expected` says.
+    fn on_message(&mut self, msg: ClientMsg, expected: &'static str) -> Result<Receive, Error> {
         match msg {
             ClientMsg::FileHeader(h) => {
-                if let Some(open) = &st.open {
+                if let Some(open) = &self.open {
                     return Err(data_err(format!(
                         "FILE_HEADER for {} while {} is open",
                         h.path, open.header.path
@@ -394,22 +416,20 @@ impl Server<Receiving> {
                         h.path, h.offset
                     )));
                 }
-                if !st.requested.remove(&h.path) {
+                if !self.requested.remove(&h.path) {
                     return Err(data_err(format!(
                         "FILE_HEADER for {}, which was not requested or was already sent",
                         h.path
                     )));
                 }
-                st.open = Some(Open {
+                self.open = Some(Open {
                     header: h.clone(),
                     received: 0,
                 });
-                Ok(Receipt::Receiving(self, Receive::Open(h)))
+                Ok(Receive::Open(h))
             }
-            ClientMsg::FileEnd(_) => match st.open.take() {
-                Some(o) if o.received == o.header.size => {
-                    Ok(Receipt::Receiving(self, Receive::Commit(o.header.path)))
-                }
+            ClientMsg::FileEnd(_) => match self.open.take() {
+                Some(o) if o.received == o.header.size => Ok(Receive::Commit(o.header.path)),
                 Some(o) => Err(data_err(format!(
                     "FILE_END for {} after {} of {} bytes",
                     o.header.path, o.received, o.header.size
@@ -417,9 +437,9 @@ impl Server<Receiving> {
                 None => Err(unexpected("FILE_HEADER", "FILE_END")),
             },
             ClientMsg::FileAbort(a) => {
-                let ok = match st.open.take() {
+                let ok = match self.open.take() {
                     Some(o) => o.header.path == a.path,
-                    None => st.requested.remove(&a.path),
+                    None => self.requested.remove(&a.path),
                 };
                 if !ok {
                     return Err(data_err(format!(
@@ -427,50 +447,20 @@ impl Server<Receiving> {
                         a.path
                     )));
                 }
-                st.tally.rejected += 1;
-                Ok(Receipt::Receiving(self, Receive::Discard(a.path, a.reason)))
-            }
-            ClientMsg::TransferEnd(_) => {
-                if let Some(o) = &st.open {
-                    return Err(data_err(format!(
-                        "TRANSFER_END while {} is open",
-                        o.header.path
-                    )));
-                }
-                let Receiving {
-                    client_id,
-                    tail,
-                    requested,
-                    mut tally,
-                    ..
-                } = self.state;
-                tally.rejected += requested.len() as u64;
-                Ok(Receipt::Received(Server {
-                    params: self.params,
-                    peer: self.peer,
-                    state: Received {
-                        client_id,
-                        tail,
-                        tally,
-                    },
-                }))
+                self.tally.rejected += 1;
+                Ok(Receive::Discard(a.path, a.reason))
             }
             ClientMsg::Error(e) => Err(remote(e)),
-            other => Err(unexpected(
-                "FILE_HEADER, FILE_END, FILE_ABORT or TRANSFER_END",
-                other.kind(),
-            )),
+            other => Err(unexpected(expected, other.kind())),
         }
     }
 
-    /// Call with the length of each `DATA` frame; refuses content with no open file or
-    /// past the announced size.
-    pub fn on_data(&mut self, len: usize) -> Result<(), Error> {
-        let Some(o) = &mut self.state.open else {
+    fn on_data(&mut self, len: usize) -> Result<(), Error> {
+        let Some(o) = &mut self.open else {
             return Err(data_err("DATA with no open file".into()));
         };
         o.received += len as u64;
-        self.state.tally.bytes += len as u64;
+        self.tally.bytes += len as u64;
         if o.received > o.header.size {
             return Err(data_err(format!(
                 "{} bytes of DATA for {}, which announced {}",
@@ -479,10 +469,55 @@ impl Server<Receiving> {
         }
         Ok(())
     }
+}
+
+impl Server<Receiving> {
+    /// The id this session files under.
+    pub fn client_id(&self) -> &ClientId {
+        &self.state.client_id
+    }
+
+    /// Call with each message while files flow.
+    pub fn on_message(mut self, msg: ClientMsg) -> Result<Receipt, Error> {
+        match msg {
+            ClientMsg::TransferEnd(_) => {
+                let files = self.state.files;
+                if let Some(o) = &files.open {
+                    return Err(data_err(format!(
+                        "TRANSFER_END while {} is open",
+                        o.header.path
+                    )));
+                }
+                let mut tally = files.tally;
+                tally.rejected += files.requested.len() as u64;
+                Ok(Receipt::Received(Server {
+                    params: self.params,
+                    peer: self.peer,
+                    state: Received {
+                        client_id: self.state.client_id,
+                        tally,
+                    },
+                }))
+            }
+            other => {
+                let act = self
+                    .state
+                    .files
+                    .on_message(other, "FILE_HEADER, FILE_END, FILE_ABORT or TRANSFER_END")?;
+                Ok(Receipt::Receiving(self, act))
+            }
+        }
+    }
+
+    /// Call with the length of each `DATA` frame; refuses content with no open file or
+    /// past the announced size.
+    pub fn on_data(&mut self, len: usize) -> Result<(), Error> {
+        self.state.files.on_data(len)
+    }
 
     /// The verdict to send once the store has committed (or failed) a file.
     pub fn file_result(&mut self, path: RelPath, outcome: Outcome) -> ServerMsg {
-        file_result(&mut self.state.tally, path, outcome)
+        file_result(&mut self.state.files.tally, path, outcome)
     }
 }
 
@@ -502,11 +537,6 @@ impl Server<Received> {
     /// The id this session files under.
     pub fn client_id(&self) -> &ClientId {
         &self.state.client_id
-    }
-
-    /// The plan's tail: directories to make, entries to delete.
-    pub fn tail(&self) -> &Tail {
-        &self.state.tail
     }
 
     /// The verdict on a file committed after `TRANSFER_END` arrived.

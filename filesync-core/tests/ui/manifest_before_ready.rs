@@ -1,10 +1,9 @@
-//! Planning before READY: a connected client waits for its turn and cannot list its tree.
+//! Listing before READY: a connected client waits for its turn and cannot start listing.
 
-use filesync_core::messages::Entry;
 use filesync_core::session::client::{Client, Connected};
 
-fn list_too_early(connected: Client<Connected>, entries: &[Entry]) {
-    let _ = connected.send_manifest(entries);
+fn list_too_early(connected: Client<Connected>) {
+    let _ = connected.start();
 }
 
 fn main() {

@@ -1,11 +1,9 @@
 //! The server sending READY before HELLO: a greeted server has not welcomed anyone yet.
 
-use filesync_core::paths::RelPath;
-use filesync_core::planner::Held;
 use filesync_core::session::server::{Greeted, Server};
 
 fn ready_too_early(greeted: Server<Greeted>) {
-    let _ = greeted.ready(Vec::<(RelPath, Held)>::new());
+    let _ = greeted.ready();
 }
 
 fn main() {

@@ -1,16 +1,16 @@
-//! Sending a file the server did not ask for: a `Task` comes only from the plan
-//! (`Client<Transferring>::next_task`); one cannot be made up for another path.
+//! Sending a file the server did not ask for: a `Task` comes only from a `TASKS` message
+//! (`Client<Syncing>::on_message`); one cannot be made up for another path.
 
 use filesync_core::paths::RelPath;
-use filesync_core::session::client::{Client, Task, Transferring};
+use filesync_core::session::client::{Client, Syncing, Task};
 use filesync_core::time::MTime;
 
-fn send_unrequested(mut t: Client<Transferring>) {
+fn send_unrequested(mut s: Client<Syncing>) {
     let forged = Task {
         path: RelPath::parse("not-requested.txt").unwrap(),
     };
-    let _ = t.header(&forged, 1, MTime::new(0, 0).unwrap());
-    let _ = t.file_end(forged, 1);
+    let _ = s.header(&forged, 1, MTime::new(0, 0).unwrap());
+    let _ = s.file_end(forged, 1);
 }
 
 fn main() {
