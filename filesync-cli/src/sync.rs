@@ -64,7 +64,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     if args.once {
         return match attempt(&args, &cfg, &mut None, out).await {
             Ok(synced) => {
-                if synced.report.failed.is_empty() {
+                if synced.report.failed_count == 0 {
                     exit::OK
                 } else {
                     exit::PARTIAL
@@ -204,6 +204,12 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
     for (p, code, why) in &r.failed {
         tracing::warn!(path = %p, %code, why, "not stored; will retry next sync");
     }
+    if r.failed_count > r.failed.len() as u64 {
+        tracing::warn!(
+            more = r.failed_count - r.failed.len() as u64,
+            "more files not stored; will retry next sync"
+        );
+    }
     if json {
         let v = serde_json::json!({
             "server": addr.to_string(),
@@ -212,7 +218,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "files_requested": r.requested,
             "files_sent": r.sent,
             "files_stored": r.stored,
-            "files_failed": r.failed.len(),
+            "files_failed": r.failed_count,
             "bytes_sent": r.bytes_sent,
             "deleted": r.deleted,
             "duration_secs": took.as_secs_f64(),
@@ -227,7 +233,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             r.stored,
             r.bytes_sent,
             r.deleted,
-            r.failed.len(),
+            r.failed_count,
             took.as_secs_f64(),
             s.next.delay_ms as f64 / 1000.0
         );

@@ -36,6 +36,8 @@ const BATCH_BYTES: u64 = 128 << 20;
 /// the receiving thread waits here, which backs up into the socket: staged files and
 /// their bytes in memory stay bounded however slow the disk is.
 const BATCHES_QUEUED: usize = 2;
+/// Directories a placer remembers as checked (see `Placer::dirs_ok`).
+const DIRS_CACHED: usize = 4096;
 
 /// The server root.
 #[derive(Debug)]
@@ -390,7 +392,9 @@ struct Placer {
     dir: PathBuf,
     /// The temporary directory, on the same filesystem as every staged file.
     tmp: PathBuf,
-    /// Directories already checked or made in this session.
+    /// Directories already checked or made in this session: a cache, emptied whenever it
+    /// reaches [`DIRS_CACHED`] so that a session's memory does not grow with the tree.
+    /// Files arrive in tree order, so the folders in use are the few most recent ones.
     dirs_ok: HashSet<PathBuf>,
     slow_disk: std::time::Duration,
 }
@@ -600,6 +604,9 @@ impl Placer {
     /// Ensures every ancestor of `rel` is a real directory under the client folder,
     /// replacing files or symlinks in the way; returns the full target path.
     fn ensure_parents(&mut self, rel: &RelPath) -> io::Result<PathBuf> {
+        if self.dirs_ok.len() >= DIRS_CACHED {
+            self.dirs_ok.clear();
+        }
         if self.dirs_ok.insert(self.dir.clone()) {
             ensure_dir(&self.dir)?;
         }

@@ -124,9 +124,7 @@ pub(super) async fn sync(
             Ok(s) => s,
             Err(err) => {
                 progress.file_failed(&e.path, &err.to_string());
-                report
-                    .failed
-                    .push((e.path.clone(), ErrorCode::ABORTED, err.to_string()));
+                report.fail(e.path.clone(), ErrorCode::ABORTED, err.to_string());
                 continue;
             }
         };
@@ -190,7 +188,7 @@ pub(super) async fn sync(
             at: time.to_mtime(&tz),
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             stored: report.stored,
-            rejected: report.failed.len() as u64,
+            rejected: report.failed_count,
             deleted: 0,
         },
         report,

@@ -109,10 +109,27 @@ pub struct Report {
     pub bytes_sent: u64,
     /// Files the server reported stored.
     pub stored: u64,
-    /// Files not stored: (path, code, reason), from the server or from our own reads.
+    /// Files not stored: (path, code, reason), from the server or from our own reads; the
+    /// first [`Report::FAILED_KEPT`] of them (a failing disk must not make the report grow
+    /// with the tree). [`failed_count`](Report::failed_count) counts them all.
     pub failed: Vec<(RelPath, ErrorCode, String)>,
+    /// How many files were not stored.
+    pub failed_count: u64,
     /// Entries the server deleted.
     pub deleted: u64,
+}
+
+impl Report {
+    /// How many failures [`Report::failed`] lists.
+    pub const FAILED_KEPT: usize = 1000;
+
+    /// Books a file that was not stored.
+    pub fn fail(&mut self, path: RelPath, code: ErrorCode, reason: String) {
+        self.failed_count += 1;
+        if self.failed.len() < Self::FAILED_KEPT {
+            self.failed.push((path, code, reason));
+        }
+    }
 }
 
 /// What the driver must send after the greeting: the preamble bytes, then `HELLO`.
@@ -442,8 +459,7 @@ impl Client<Syncing> {
         st.task_done(task.batch);
         let path = task.path;
         st.report
-            .failed
-            .push((path.clone(), ErrorCode::ABORTED, reason.clone()));
+            .fail(path.clone(), ErrorCode::ABORTED, reason.clone());
         ClientMsg::FileAbort(FileAbort { path, reason })
     }
 
@@ -516,7 +532,7 @@ fn record(
     }
     match outcome {
         Outcome::Stored => report.stored += 1,
-        Outcome::Rejected { code, reason } => report.failed.push((path, code, reason)),
+        Outcome::Rejected { code, reason } => report.fail(path, code, reason),
     }
     Ok(())
 }
