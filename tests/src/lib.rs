@@ -7,6 +7,8 @@
 //! - [`ServeCmd`] / [`Server`] start `filesync serve` on port 0, read the port from the
 //!   line it prints, collect its log, and stop it with SIGTERM when dropped.
 //! - [`SyncCmd`] runs `filesync sync --once` and returns its exit code and output.
+//! - Both can run the binary under a descriptor limit (`nofile_limit`), read back with
+//!   [`nofile_limits`].
 //! - [`write_file`], [`make_dir`], [`write_big_file`] build trees;
 //!   [`assert_trees_equal`] compares two trees exactly.
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
@@ -147,9 +149,15 @@ impl Proc {
             // honours NO_COLOR; `strip_ansi` covers it if not).
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
-        // The CLI reads FILESYNC_* variables as flag defaults; the tests pass flags.
+        // The CLI reads FILESYNC_* variables as flag defaults; the tests pass flags. A
+        // variable the test set on `cmd` itself (such as a test hook) is kept.
+        let set: Vec<OsString> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.to_owned())
+            .collect();
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("FILESYNC_") {
+            if k.to_string_lossy().starts_with("FILESYNC_") && !set.contains(&k) {
                 cmd.env_remove(k);
             }
         }
@@ -293,6 +301,8 @@ pub struct ServeCmd {
     group: Option<String>,
     max_sessions: u32,
     extra: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    nofile: Option<u64>,
     netns: Option<String>,
 }
 
@@ -305,6 +315,8 @@ impl ServeCmd {
             group: None,
             max_sessions: 1,
             extra: Vec::new(),
+            envs: Vec::new(),
+            nofile: None,
             netns: None,
         }
     }
@@ -340,9 +352,25 @@ impl ServeCmd {
         self
     }
 
+    /// Sets an environment variable of the server (kept even if it is a `FILESYNC_*`
+    /// variable, which the server otherwise never inherits from the test).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> ServeCmd {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the server with at most `n` open descriptors: soft and hard `RLIMIT_NOFILE`
+    /// both `n`, so that the binary cannot raise its soft limit past it.
+    pub fn nofile_limit(mut self, n: u64) -> ServeCmd {
+        self.nofile = Some(n);
+        self
+    }
+
     /// Starts the server and waits (at most [`START_TIMEOUT`]) for its listening line.
     pub fn start(&self) -> Server {
-        let mut cmd = netns_command(self.netns.as_deref(), filesync_bin());
+        let mut cmd = filesync_command(self.netns.as_deref(), self.nofile);
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg("serve")
             .args(["--port", "0", "--bind", &self.bind])
             .arg("--root")
@@ -468,6 +496,7 @@ impl Server {
 pub struct SyncCmd {
     args: Vec<OsString>,
     netns: Option<String>,
+    nofile: Option<u64>,
     timeout: Duration,
 }
 
@@ -534,6 +563,7 @@ impl SyncCmd {
                 dir.into(),
             ],
             netns: None,
+            nofile: None,
             timeout: SYNC_TIMEOUT,
         }
     }
@@ -560,6 +590,13 @@ impl SyncCmd {
         self
     }
 
+    /// Runs the client with at most `n` open descriptors (soft and hard limit), as
+    /// [`ServeCmd::nofile_limit`].
+    pub fn nofile_limit(mut self, n: u64) -> SyncCmd {
+        self.nofile = Some(n);
+        self
+    }
+
     /// Sets how long [`run`](Self::run) waits before killing the client and panicking.
     pub fn timeout(mut self, t: Duration) -> SyncCmd {
         self.timeout = t;
@@ -568,7 +605,7 @@ impl SyncCmd {
 
     /// Starts the client in the background.
     pub fn spawn(&self) -> RunningSync {
-        let mut cmd = netns_command(self.netns.as_deref(), filesync_bin());
+        let mut cmd = filesync_command(self.netns.as_deref(), self.nofile);
         cmd.arg("sync").args(&self.args);
         RunningSync {
             proc: Proc::spawn(cmd, None),
@@ -592,6 +629,11 @@ pub struct RunningSync {
 }
 
 impl RunningSync {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Whether it has exited.
     pub fn has_exited(&mut self) -> bool {
         self.proc.try_wait().is_some()
@@ -936,6 +978,38 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Descriptor limits
+// ---------------------------------------------------------------------------------------
+
+/// A command running the `filesync` binary, inside `netns` if given, with soft and hard
+/// `RLIMIT_NOFILE` set to `nofile` if given. The limit is set by bash's `ulimit -n` (which
+/// sets both), and bash then execs the binary, so the child's pid is the binary's and
+/// signals reach it. (`pre_exec` with `setrlimit` would need `unsafe`, which the
+/// workspace forbids.)
+fn filesync_command(netns: Option<&str>, nofile: Option<u64>) -> Command {
+    match nofile {
+        None => netns_command(netns, filesync_bin()),
+        Some(n) => {
+            let mut c = netns_command(netns, Path::new("bash"));
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$@\""))
+                .arg("filesync")
+                .arg(filesync_bin());
+            c
+        }
+    }
+}
+
+/// The soft and hard limits on open descriptors of process `pid`, as
+/// `/proc/PID/limits` shows them (`"256"`, or `"unlimited"`); `None` if it is gone.
+pub fn nofile_limits(pid: u32) -> Option<(String, String)> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    Some((f.next()?.to_owned(), f.next()?.to_owned()))
 }
 
 // ---------------------------------------------------------------------------------------
