@@ -64,7 +64,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     if args.once {
         return match attempt(&args, &cfg, &mut None, out).await {
             Ok(synced) => {
-                if synced.report.failed_count == 0 {
+                if synced.report.failed_count == 0 && synced.report.tail_failures == 0 {
                     exit::OK
                 } else {
                     exit::PARTIAL
@@ -204,6 +204,13 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
     for (p, code, why) in &r.failed {
         tracing::warn!(path = %p, %code, why, "not stored; will retry next sync");
     }
+    if r.tail_failures > 0 {
+        tracing::warn!(
+            count = r.tail_failures,
+            "the server could not apply every deletion, folder or folder time (see its log); \
+             will retry next sync"
+        );
+    }
     if r.failed_count > r.failed.len() as u64 {
         tracing::warn!(
             more = r.failed_count - r.failed.len() as u64,
@@ -219,6 +226,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "files_sent": r.sent,
             "files_stored": r.stored,
             "files_failed": r.failed_count,
+            "tail_failures": r.tail_failures,
             "bytes_sent": r.bytes_sent,
             "deleted": r.deleted,
             "duration_secs": took.as_secs_f64(),

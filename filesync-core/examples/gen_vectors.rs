@@ -305,7 +305,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         server(
             "welcome",
-            "WELCOME: version 1, no shared capabilities, the id the server files under.",
+            "WELCOME: version 2, no shared capabilities, the id the server files under.",
             ServerMsg::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
                 capabilities: vec![],
@@ -340,14 +340,17 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         server(
             "deletions",
-            "DELETIONS: entries to delete once every file is stored, deepest first.",
+            "DELETIONS: not sent in version 2 (PLAN_END counts deletions); kept so that every \
+             variant has a vector and postcard indices never move. A version-2 client \
+             treats it as an unexpected message.",
             ServerMsg::Deletions(Deletions {
                 paths: vec![p("gone/sub/file.txt"), p("gone/sub"), p("gone")],
             }),
         )?,
         server(
             "plan-end",
-            "PLAN_END: totals of all TASKS and DELETIONS batches.",
+            "PLAN_END, after MANIFEST_END: the files and bytes all TASKS asked for, and the \
+             server entries to delete (each entry inside a deleted folder counts).",
             ServerMsg::PlanEnd(PlanEnd {
                 files: 2,
                 bytes: 302_048,
@@ -475,7 +478,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         ),
         (
             "invalid-unknown-variant",
-            "Postcard variant index 99 is no server message of version 1.",
+            "Postcard variant index 99 is no server message of version 2.",
             Encoding::Postcard,
             vec![0, 0, 0, 2, 0, 99],
             "message",

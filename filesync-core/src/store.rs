@@ -110,6 +110,7 @@ impl Store {
     /// files are listed as files that match nothing, so the plan replaces or deletes them.
     pub fn index(&self, id: &ClientId) -> Index {
         let dir = self.client_dir(id);
+        let mut error = None;
         let walk = match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => Some(
                 walkdir::WalkDir::new(&dir)
@@ -118,13 +119,17 @@ impl Store {
                     .sort_by_file_name()
                     .into_iter(),
             ),
-            Ok(_) | Err(_) => None,
+            // Nothing held yet (a file in the folder's place is replaced by the first
+            // store): an empty index.
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            // Any other failure must not pass for an empty archive.
+            Err(e) => {
+                error = Some(e);
+                None
+            }
         };
-        Index {
-            dir,
-            walk,
-            error: None,
-        }
+        Index { dir, walk, error }
     }
 
     /// A new, empty spool for a session's tail, in `<root>/.filesync/spool/` (emptied at
@@ -198,7 +203,7 @@ pub struct Index {
 }
 
 impl Index {
-    /// The error that ended the iteration early, if any.
+    /// The error that ended the iteration early (or kept it from starting), if any.
     pub fn take_error(&mut self) -> Option<io::Error> {
         self.error.take()
     }

@@ -1506,6 +1506,30 @@ fn plan_end_that_does_not_match_is_refused() {
     }
 }
 
+#[test]
+fn a_second_plan_end_is_refused() {
+    let mut pl = small_planned(Encoding::Postcard);
+    let again = ServerMsg::PlanEnd(pl.client.plan_end().unwrap());
+    let err = inconsistent(pl.client.on_message(pl.wire.down(again)));
+    assert!(err.contains("second PLAN_END"), "{err}");
+}
+
+/// A batch whose shared prefixes make it small, but whose TASKS (which repeats every path
+/// whole) would not fit in a frame, is refused instead of breaking the connection.
+#[test]
+fn a_batch_whose_tasks_would_not_fit_in_a_frame_is_refused() {
+    let deep = "d/".repeat(100);
+    let batch: Vec<Entry> = (0..MANIFEST_BATCH_MAX)
+        .map(|i| file(&format!("{deep}f{i:05}"), 1, t0()))
+        .collect();
+    let m = manifest(batch);
+    let postcard = filesync_core::codec::native::encoded_len(Encoding::Postcard, &m).unwrap();
+    assert!(postcard < filesync_core::codec::MAX_FRAME_LEN, "{postcard}");
+    let (_, server, mut plan, mut wire) = ready(params(Encoding::Postcard, None, false), &[]);
+    let err = inconsistent::<()>(plan.feed(server, wire.up(m)).map(drop));
+    assert!(err.contains("smaller batches"), "{err}");
+}
+
 /// The client chose a version in `HELLO`; a `WELCOME` announcing another one means the two
 /// sides would run different protocols. The client checks versions in the greeting but
 /// takes whatever `WELCOME.version` says.

@@ -216,3 +216,43 @@ fn folder_that_is_a_file_is_a_local_error() {
     out.assert_code(1);
     assert!(!root.path().join("client_f").exists());
 }
+
+/// A deletion the server cannot apply (here an immutable file, which even root cannot
+/// remove) is not a success: the sync exits 6 and counts it, and the next sync, once the
+/// file can go, completes the mirror.
+#[test]
+fn a_deletion_the_server_cannot_apply_is_partial() {
+    let (server, root, client, _reference) = server_holding("tail");
+    let stored = root.path().join("client_tail");
+    let locked = stored.join("sub/b.bin");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&locked)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    }
+    fs::remove_dir_all(client.path().join("sub")).unwrap();
+    let out = SyncCmd::new("tail", client.path())
+        .server(&server.addr())
+        .run();
+    assert!(
+        chattr("-i"),
+        "cannot undo chattr +i on {}",
+        locked.display()
+    );
+    out.assert_code(6);
+    assert_eq!(out.count("tail_failures"), 1, "{out}");
+    assert_eq!(out.count("files_failed"), 0, "{out}");
+    assert!(locked.exists(), "the locked file is still held");
+
+    let out = SyncCmd::new("tail", client.path())
+        .server(&server.addr())
+        .run();
+    out.assert_code(0);
+    assert_trees_equal(client.path(), &stored);
+}

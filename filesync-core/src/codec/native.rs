@@ -108,6 +108,34 @@ pub fn encode_message<M: Serialize>(
     })
 }
 
+/// The length in bytes of `msg` encoded in `encoding`, without building it: for a sender
+/// that must know whether a message fits in a frame before committing to it.
+pub fn encoded_len<M: Serialize>(encoding: Encoding, msg: &M) -> Result<usize, CodecError> {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let res = match encoding {
+        Encoding::Postcard => postcard::to_io(msg, &mut n)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Encoding::Json => serde_json::to_writer(&mut n, msg).map_err(|e| e.to_string()),
+    };
+    res.map_err(|detail| CodecError::Message {
+        encoding: encoding.name(),
+        detail,
+    })?;
+    Ok(n.0)
+}
+
 impl<Rx: DeserializeOwned, Tx> Decoder for NativeCodec<Rx, Tx> {
     type Item = Frame<Rx>;
     type Error = CodecError;

@@ -274,9 +274,13 @@ impl Serialize for Manifest {
     }
 }
 
+/// The most path bytes one decoded `MANIFEST` may rebuild from shared prefixes: a frame
+/// of a few bytes per entry could otherwise expand into thousands of long paths. A batch
+/// within a client's frame budget stays far below it.
+pub const MANIFEST_PATH_BYTES_MAX: usize = 4 << 20;
+
 impl<'de> Deserialize<'de> for Manifest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
         #[derive(Deserialize)]
         struct Plain {
             entries: Vec<Entry>,
@@ -286,18 +290,53 @@ impl<'de> Deserialize<'de> for Manifest {
                 entries: Plain::deserialize(d)?.entries,
             });
         }
-        let packed = Vec::<PackedEntry<'_>>::deserialize(d)?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(packed.len());
-        for p in packed {
+        d.deserialize_seq(PackedVisitor)
+    }
+}
+
+/// Rebuilds a postcard manifest entry by entry, refusing more than
+/// [`MANIFEST_BATCH_MAX`] entries or [`MANIFEST_PATH_BYTES_MAX`] path bytes before
+/// building them.
+struct PackedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PackedVisitor {
+    type Value = Manifest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence of prefix-shared manifest entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Manifest, A::Error> {
+        use serde::de::Error as _;
+        let n = seq.size_hint().unwrap_or(0);
+        if n > MANIFEST_BATCH_MAX {
+            return Err(A::Error::custom(format!(
+                "a MANIFEST of {n} entries (at most {MANIFEST_BATCH_MAX})"
+            )));
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(n);
+        let mut path_bytes = 0usize;
+        while let Some(p) = seq.next_element::<PackedEntry<'_>>()? {
+            if entries.len() == MANIFEST_BATCH_MAX {
+                return Err(A::Error::custom(format!(
+                    "a MANIFEST of more than {MANIFEST_BATCH_MAX} entries"
+                )));
+            }
             let prev = entries.last().map_or("", |e| e.path.as_str());
             let shared = usize::try_from(p.shared).unwrap_or(usize::MAX);
             let head = prev.get(..shared).ok_or_else(|| {
-                D::Error::custom(format!(
+                A::Error::custom(format!(
                     "manifest entry shares {shared} bytes with a previous path of {}",
                     prev.len()
                 ))
             })?;
-            let path = RelPath::parse(&format!("{head}{}", p.suffix)).map_err(D::Error::custom)?;
+            path_bytes += head.len() + p.suffix.len();
+            if path_bytes > MANIFEST_PATH_BYTES_MAX {
+                return Err(A::Error::custom(format!(
+                    "a MANIFEST whose paths add up to more than {MANIFEST_PATH_BYTES_MAX} bytes"
+                )));
+            }
+            let path = RelPath::parse(&format!("{head}{}", p.suffix)).map_err(A::Error::custom)?;
             entries.push(Entry {
                 path,
                 kind: p.kind,
@@ -464,5 +503,89 @@ wire_enum! {
         NextSync(NextSync) = "NEXT_SYNC",
         /// See [`ErrorMsg`].
         Error(ErrorMsg) = "ERROR",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: RelPath::parse(path).unwrap(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: MTime::EPOCH,
+        }
+    }
+
+    #[test]
+    fn postcard_manifests_share_prefixes_and_round_trip() {
+        let m = Manifest {
+            entries: [
+                "lab/run1/a.dat",
+                "lab/run1/b.dat",
+                "lab/run2",
+                "lab/ü",
+                "lab/ý",
+            ]
+            .into_iter()
+            .map(entry)
+            .collect(),
+        };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        let plain = postcard::to_stdvec(&m.entries).unwrap();
+        assert!(
+            bytes.len() + 15 < plain.len(),
+            "{} bytes shared, {} plain",
+            bytes.len(),
+            plain.len()
+        );
+        assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), m);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"path\":\"lab/run1/b.dat\""), "{json}");
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+
+    /// Hand-made postcard: `count`, then entries of (shared, suffix, kind 0, size 0,
+    /// mtime 0/0).
+    fn packed(count: u32, entries: &[(u32, &str)]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Raw<'a>(u32, &'a str, u8, u8, u8, u8);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 10];
+        out.extend_from_slice(postcard::to_slice(&count, &mut buf).unwrap());
+        for (shared, suffix) in entries {
+            out.extend(postcard::to_stdvec(&Raw(*shared, suffix, 0, 0, 0, 0)).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn postcard_manifests_that_lie_about_prefixes_are_refused() {
+        // Sharing more than the previous path holds, or from nothing.
+        assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "ab"), (3, "c")])).is_err());
+        assert!(postcard::from_bytes::<Manifest>(&packed(1, &[(1, "x")])).is_err());
+        // Sharing into the middle of a character.
+        assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "é"), (1, "x")])).is_err());
+        // A rebuilt path that is not a valid one.
+        assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "a"), (1, "/../x")])).is_err());
+        let ok = postcard::from_bytes::<Manifest>(&packed(2, &[(0, "ab"), (2, "c")])).unwrap();
+        assert_eq!(ok.entries[1].path.as_str(), "abc");
+    }
+
+    #[test]
+    fn postcard_manifests_cannot_expand_past_their_limits() {
+        // More entries than a batch may hold: refused from the count alone.
+        let too_many = packed(MANIFEST_BATCH_MAX as u32 + 1, &[]);
+        assert!(postcard::from_bytes::<Manifest>(&too_many).is_err());
+        // A few bytes per entry that would rebuild megabytes of paths.
+        let long = "d/".repeat(2000) + "f";
+        let mut entries = vec![(0u32, long.as_str())];
+        let again: Vec<(u32, &str)> = (0..4000).map(|_| (long.len() as u32 - 1, "g")).collect();
+        entries.extend(again);
+        let bytes = packed(entries.len() as u32, &entries);
+        assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
+        assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! block the other with full socket buffers, and no step waits for a round trip per file.
 //! File reads run on a blocking thread a few chunks ahead of the socket.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -279,18 +280,29 @@ async fn drive(
 
     // The task whose content is flowing: the reader hands it over with the header.
     let mut open: Option<Task> = None;
+    // Batches cut from the listing and not yet sent: a chunk of the listing may make
+    // several, and each waits for room in the window.
+    let mut unsent: VecDeque<Vec<Entry>> = VecDeque::new();
+    let mut listed_all = false;
     while !t.all_sent() {
+        let mut wrote = false;
+        while t.can_list() {
+            match unsent.pop_front() {
+                Some(b) => sink.feed(Frame::Msg(t.list(b))).await?,
+                None if listed_all => sink.feed(Frame::Msg(t.end_manifest())).await?,
+                None => break,
+            }
+            wrote = true;
+        }
+        if wrote {
+            sink.flush().await?;
+        }
         tokio::select! {
-            chunk = listing.recv(), if t.can_list() => {
+            chunk = listing.recv(), if t.can_list() && unsent.is_empty() && !listed_all => {
                 match chunk {
-                    Some(entries) => {
-                        for b in batches(entries?, |e| path_weight(&e.path)) {
-                            sink.feed(Frame::Msg(t.list(b))).await?;
-                        }
-                    }
-                    None => sink.feed(Frame::Msg(t.end_manifest())).await?,
+                    Some(entries) => unsent.extend(batches(entries?, |e| path_weight(&e.path))),
+                    None => listed_all = true,
                 }
-                sink.flush().await?;
             }
             batch = read_rx.recv() => {
                 let Some(batch) = batch else {

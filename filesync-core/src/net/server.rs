@@ -781,6 +781,7 @@ async fn receive(
             }
             Some(Written::Finished { deleted, errors }) => {
                 srv.deleted(deleted);
+                srv.tail_failed(errors.len() as u64);
                 for e in &errors {
                     tracing::warn!(client = %srv.client_id(), error = %e, "finishing");
                 }

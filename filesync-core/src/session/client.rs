@@ -115,6 +115,9 @@ pub struct Report {
     pub failed: Vec<(RelPath, ErrorCode, String)>,
     /// How many files were not stored.
     pub failed_count: u64,
+    /// Work after the transfer (deletions, new folders, folder times) that the server
+    /// could not do: `NEXT_SYNC` counts more failures than the files did.
+    pub tail_failures: u64,
     /// Entries the server deleted.
     pub deleted: u64,
 }
@@ -323,7 +326,7 @@ impl Client<Syncing> {
     /// The `MANIFEST` for the next entries of the listing, in tree order; at most
     /// [`MANIFEST_BATCH_MAX`] of them, sent only when [`can_list`](Self::can_list).
     pub fn list(&mut self, entries: Vec<Entry>) -> ClientMsg {
-        debug_assert!(!self.state.manifest_ended && entries.len() <= MANIFEST_BATCH_MAX);
+        debug_assert!(self.can_list() && entries.len() <= MANIFEST_BATCH_MAX);
         let st = &mut self.state;
         st.listed += entries.len() as u64;
         st.open.push_back(OpenBatch {
@@ -390,6 +393,11 @@ impl Client<Syncing> {
                 Ok(out)
             }
             ServerMsg::PlanEnd(end) => {
+                if st.end.is_some() {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(
+                        "a second PLAN_END".into(),
+                    )));
+                }
                 if !st.manifest_ended || st.open.iter().any(|b| b.files.is_some()) {
                     return Err(Error::Protocol(ProtocolError::Inconsistent(
                         "PLAN_END before every MANIFEST was answered".into(),
@@ -563,6 +571,7 @@ impl Client<Finishing> {
                     ..
                 } = self.state;
                 report.deleted = next.deleted;
+                report.tail_failures = next.rejected.saturating_sub(report.failed_count);
                 Ok(Finish::Done(Client {
                     params: self.params,
                     state: Done {

@@ -19,9 +19,6 @@
 //! answers each with `TASKS`, and the files asked for follow while later batches are still
 //! being listed. Neither side ever holds the whole listing.
 //!
-//! ```text
-//! ```
-//!
 //! A peer that sends the wrong message for the state gets
 //! [`ProtocolError::Unexpected`], never a panic.
 

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::{remote, sealed, unexpected, ServerState};
+use crate::codec::native;
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::{NativeOffer, ServerStatus, Status};
 use crate::messages::{
@@ -50,6 +51,7 @@ pub struct Greeted;
 pub struct Welcomed {
     client_id: ClientId,
     allow_empty: bool,
+    encoding: Encoding,
 }
 /// `READY` was sent; receiving the manifest, answering each batch with `TASKS`, and
 /// receiving the files already requested.
@@ -57,6 +59,7 @@ pub struct Welcomed {
 pub struct Listing {
     client_id: ClientId,
     allow_empty: bool,
+    encoding: Encoding,
     planner: Planner,
     entries: u64,
     files: Files,
@@ -257,6 +260,7 @@ impl Server<Greeted> {
             self.with(Welcomed {
                 client_id,
                 allow_empty: hello.allow_empty,
+                encoding,
             }),
             welcome,
         ))
@@ -279,10 +283,12 @@ impl Server<Welcomed> {
         let Welcomed {
             client_id,
             allow_empty,
+            encoding,
         } = self.state;
         let listing = Listing {
             client_id,
             allow_empty,
+            encoding,
             planner: Planner::new(Rule::QuickCheck),
             entries: 0,
             files: Files::default(),
@@ -327,6 +333,17 @@ impl Server<Listing> {
                 st.entries += m.entries.len() as u64;
                 let step = st.planner.batch(&m.entries, index, tail)?;
                 st.files.requested.extend(step.send.iter().cloned());
+                let tasks = ServerMsg::Tasks(Tasks { paths: step.send });
+                // TASKS repeats the requested paths whole, where the MANIFEST may have
+                // shared their prefixes: it must still fit in a frame.
+                let len = native::encoded_len(st.encoding, &tasks)?;
+                if len + 1 > crate::codec::MAX_FRAME_LEN {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
+                        "the TASKS answering a MANIFEST of {} entries would take {len} bytes, \
+                         more than a frame holds; the client must send smaller batches",
+                        m.entries.len()
+                    ))));
+                }
                 if st.files.requested.len() > MAX_OUTSTANDING {
                     return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
                         "{} files requested and not sent: the client exceeds the manifest \
@@ -334,10 +351,7 @@ impl Server<Listing> {
                         st.files.requested.len()
                     ))));
                 }
-                Ok(Listed::Listing(
-                    self,
-                    ServerMsg::Tasks(Tasks { paths: step.send }),
-                ))
+                Ok(Listed::Listing(self, tasks))
             }
             ClientMsg::ManifestEnd(end) => {
                 let st = self.state;
@@ -547,6 +561,13 @@ impl Server<Received> {
     /// Books the deletions the store applied.
     pub fn deleted(&mut self, n: u64) {
         self.state.tally.deleted += n;
+    }
+
+    /// Books work of the tail the store could not do (a deletion, a folder, a folder's
+    /// time): counted with the rejected files in `NEXT_SYNC`, so that the client does not
+    /// report a tree the server does not wholly hold as synced.
+    pub fn tail_failed(&mut self, n: u64) {
+        self.state.tally.rejected += n;
     }
 
     /// Ends the session. Call only once every file is durable and deletions are applied:
