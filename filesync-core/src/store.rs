@@ -171,7 +171,10 @@ impl Store {
                     match job {
                         Job::Batch(batch) => report(placer.place_batch(batch)),
                         Job::Finish(mut spool, done) => {
-                            let _ = done.send(placer.finish(&mut spool));
+                            let r = placer.finish(&mut spool);
+                            // Gone before the session hears it is done.
+                            drop(spool);
+                            let _ = done.send(r);
                         }
                     }
                 }
