@@ -2,12 +2,20 @@
 # filesync vs rsync (daemon mode) on loopback.
 #
 # Usage: sudo bash bench/run.sh [options]
-#   --quick             smoke run: 2,000 small files, 2 x 64 MiB, 3 runs
+#   --quick             smoke run: 2,000 small files, 2 x 64 MiB, 20,000 (many) and
+#                       100,000 (million) tiny files, 3 runs
 #   --runs N            timed runs per case and tool (default 5; 3 with --quick)
 #   --fs tmpfs|ext4     filesystem made for the run (default tmpfs)
-#   --fs-size SIZE      size of the tmpfs / ext4 image (default 8G)
-#   --cases LIST        comma-separated trees: small,large (default both)
+#   --fs-size SIZE      size of the tmpfs / ext4 image (default 8G; 16G tmpfs or
+#                       24G ext4 when the full million tree is among the cases)
+#   --cases LIST        comma-separated trees: small,large,many,million
+#                       (default small,large)
 #   --only TOOL         rsync | filesync | both (default both)
+#   --no-limit          skip the durable-limit row (tar | tar, then sync -f) that
+#                       the initial case of every tree gets
+#   --no-netns          run servers and clients in the machine's own network
+#                       namespace (default: a private one, so that the loopback
+#                       byte counters see only the benchmark's traffic)
 #   --full-verify       full `diff -r` after every timed run (default: the first
 #                       timed run of each case and tool; the others compare a
 #                       listing of paths, sizes and mtimes, plus the changed files)
@@ -21,20 +29,24 @@
 #   BENCH_TMPDIR             where the work dir (logs, rsyncd.conf, ext4 image) goes
 #                            (default /tmp)
 #
-# Needs root (it mounts a filesystem), rsync, python3, diffutils.
-# Only 127.0.0.1 is ever contacted.
+# Needs root (it mounts a filesystem), rsync, python3, diffutils, tar, util-linux
+# (unshare, nsenter) and iproute2 (ip), and a kernel with taskstats (for the
+# rsync server's peak RSS). Only 127.0.0.1 is ever contacted.
 
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
 GEN="$BENCH_DIR/gen_tree.py"
+TASKSTATS="$BENCH_DIR/taskstats.py"
 
 RUNS=""
 QUICK=0
 FS=tmpfs
-FS_SIZE=8G
+FS_SIZE=""
 CASES=small,large
+LIMIT=1
+USE_NETNS=1
 ONLY=both
 FULL_VERIFY=0
 RSYNC_FSYNC=0
@@ -62,6 +74,8 @@ while (($#)); do
         --only) ONLY=${2:?--only needs a value}; shift ;;
         --only=*) ONLY=${1#*=} ;;
         --full-verify) FULL_VERIFY=1 ;;
+        --no-limit) LIMIT=0 ;;
+        --no-netns) USE_NETNS=0 ;;
         --rsync-fsync) RSYNC_FSYNC=1 ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift ;;
         --timeout=*) TIMEOUT=${1#*=} ;;
@@ -84,8 +98,8 @@ TREES=()
 IFS=, read -r -a _cases <<<"$CASES"
 for c in "${_cases[@]}"; do
     case $c in
-        small | large) TREES+=("$c") ;;
-        *) die "unknown case '$c' (expected small,large)" ;;
+        small | large | many | million) TREES+=("$c") ;;
+        *) die "unknown case '$c' (expected small,large,many,million)" ;;
     esac
 done
 ((${#TREES[@]})) || die "no cases selected"
@@ -96,17 +110,45 @@ case $ONLY in
 esac
 has_tool() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
 
+has_tree() { [[ " ${TREES[*]} " == *" $1 "* ]]; }
+
 if ((QUICK)); then
     SMALL_FILES=2000
     LARGE_MIB=64
+    MANY_FILES=20000 MANY_DIRS=6000
+    MILLION_FILES=100000 MILLION_DIRS=30000
 else
     SMALL_FILES=20000
     LARGE_MIB=512
+    MANY_FILES=200000 MANY_DIRS=60000
+    MILLION_FILES=1000000 MILLION_DIRS=300000
 fi
 LARGE_COUNT=2
 SEED=42
 SMALL_ARGS=(--files "$SMALL_FILES" --seed "$SEED")
 LARGE_ARGS=(--count "$LARGE_COUNT" --size-mib "$LARGE_MIB" --seed "$SEED")
+MANY_ARGS=(--files "$MANY_FILES" --dirs "$MANY_DIRS" --seed "$SEED")
+MILLION_ARGS=(--files "$MILLION_FILES" --dirs "$MILLION_DIRS" --seed "$SEED")
+
+# Room on the filesystem. At most three copies of a tree exist at once (source and
+# the two tools' destinations; the initial case keeps only the source and the copy
+# being made). Tiny files take a 4 KiB block (ext4) or page (tmpfs) each.
+if [[ -z $FS_SIZE ]]; then
+    FS_SIZE=8G
+    if has_tree million && ((MILLION_FILES > 200000)); then
+        if [[ $FS == ext4 ]]; then FS_SIZE=24G; else FS_SIZE=16G; fi
+    fi
+fi
+# Inodes: four copies of the largest tree (files + directories), plus slack.
+NEED_INODES=50000
+for t in "${TREES[@]}"; do
+    case $t in
+        many) n=$(((MANY_FILES + MANY_DIRS) * 4 + 50000)) ;;
+        million) n=$(((MILLION_FILES + MILLION_DIRS) * 4 + 50000)) ;;
+        *) n=0 ;;
+    esac
+    if ((n > NEED_INODES)); then NEED_INODES=$n; fi
+done
 
 # ------------------------------------------------------------------ preflight
 
@@ -116,6 +158,13 @@ command -v python3 >/dev/null || die "python3 not found: apt-get install -y pyth
 for c in diff cmp; do
     command -v "$c" >/dev/null || die "$c not found: apt-get install -y diffutils"
 done
+command -v tar >/dev/null || die "tar not found: apt-get install -y tar"
+if ((USE_NETNS)); then
+    for c in unshare nsenter; do
+        command -v "$c" >/dev/null || die "$c not found: apt-get install -y util-linux (or use --no-netns)"
+    done
+    command -v ip >/dev/null || die "ip not found: apt-get install -y iproute2 (or use --no-netns)"
+fi
 if [[ $FS == ext4 ]]; then
     command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found: apt-get install -y e2fsprogs"
 fi
@@ -188,31 +237,80 @@ trap 'exit 143' TERM
 # ------------------------------------------------------------ the filesystem
 
 if [[ $FS == tmpfs ]]; then
-    mount -t tmpfs -o "size=$FS_SIZE,mode=0755" filesync-bench "$MNT"
-    FS_DESC="tmpfs (size=$FS_SIZE), mounted fresh for this run"
+    # tmpfs allows one inode per two pages of RAM by default; the many and million
+    # trees may need more.
+    opts="size=$FS_SIZE,mode=0755" inode_note=""
+    default_inodes=$(awk '/^MemTotal/ {print int($2 / 8)}' /proc/meminfo)
+    if ((NEED_INODES > default_inodes)); then
+        opts+=",nr_inodes=$NEED_INODES"
+        inode_note=", nr_inodes=$NEED_INODES"
+    fi
+    mount -t tmpfs -o "$opts" filesync-bench "$MNT"
+    FS_DESC="tmpfs (size=$FS_SIZE$inode_note), mounted fresh for this run"
 else
     IMG="$WORK/fs.img"
     truncate -s "$FS_SIZE" "$IMG"
+    # mkfs.ext4 makes one inode per 16 KiB by default; the many and million trees
+    # may need more (-N).
+    mkfs_opts=() inode_note=""
+    img_bytes=$(stat -c %s "$IMG")
+    if ((NEED_INODES > img_bytes / 16384)); then
+        mkfs_opts=(-N "$NEED_INODES")
+        inode_note=", mkfs.ext4 -N $NEED_INODES"
+    fi
     # Initialise inode tables and journal now, so ext4lazyinit does not write
     # in the background while we measure.
-    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$IMG"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "${mkfs_opts[@]}" "$IMG"
     mount -o loop "$IMG" "$MNT"
     backing=$(df -PT "$WORK" | awk 'NR==2 {print $2 " on " $1}')
-    FS_DESC="ext4 (size=$FS_SIZE) on a loop device, image file on $backing, made fresh for this run"
+    FS_DESC="ext4 (size=$FS_SIZE$inode_note) on a loop device, image file on $backing, made fresh for this run"
 fi
 mountpoint -q "$MNT" || die "mount of $MNT failed"
-log "mounted $FS at $MNT"
+log "mounted $FS at $MNT ($(df -Pi "$MNT" | awk 'NR==2 {print $2}') inodes)"
 
 SRC="$MNT/src"
 RSYNC_DST="$MNT/dst-rsync"
 FS_ROOT="$MNT/dst-filesync"
 FS_DST="$FS_ROOT/client_bench"
+LIMIT_DST="$MNT/dst-limit"
 mkdir -p "$RSYNC_DST" "$FS_ROOT" "$MNT/tmp"
+
+# ------------------------------------------ network namespace, RSS listener
+
+# Servers and clients run in a network namespace of their own (held open by a
+# sleeping process), with only a loopback interface: its byte counters then see
+# the benchmark's traffic and nothing else on the machine.
+NS=()
+NETDEV=/proc/net/dev
+if ((USE_NETNS)); then
+    unshare --net sleep infinity &
+    NS_PID=$!
+    PIDS+=("$NS_PID")
+    for ((i = 0; i < 200; i++)); do
+        [[ $(readlink "/proc/$NS_PID/ns/net" 2>/dev/null) != "$(readlink /proc/self/ns/net)" ]] && break
+        kill -0 "$NS_PID" 2>/dev/null || die "unshare --net failed (use --no-netns to count the machine's loopback traffic instead)"
+        sleep 0.05
+    done
+    NS=(nsenter "--net=/proc/$NS_PID/ns/net")
+    "${NS[@]}" ip link set lo up || die "could not bring up lo in the benchmark's network namespace"
+    NETDEV="/proc/$NS_PID/net/dev"
+    log "network namespace held by pid $NS_PID (loopback only)"
+fi
+
+# Exit records of all tasks (pid, ppid, peak RSS), for the rsync daemon's
+# per-connection processes, which are gone before they could be read from /proc.
+TS_FILE="$LOGS/taskstats.txt"
+: >"$TS_FILE"
+coproc TSL { exec python3 "$TASKSTATS" listen "$TS_FILE" 2>"$LOGS/taskstats.err"; }
+TSL_PID=$TSL_PID
+PIDS+=("$TSL_PID")
+read -r -t 10 ready <&"${TSL[0]}" || true
+[[ ${ready:-} == ready ]] || { cat "$LOGS/taskstats.err" >&2; die "the taskstats listener did not start (needs CONFIG_TASKSTATS, CONFIG_TASK_XACCT and root)"; }
 
 # -------------------------------------------------------------------- helpers
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    "${NS[@]}" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # wait_listen PORT PID NAME LOGFILE
@@ -221,9 +319,9 @@ wait_listen() {
     for ((i = 0; i < 200; i++)); do
         kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2; die "$name exited during start-up (log: $logf)"; }
         if command -v ss >/dev/null; then
-            ss -Hltn "( sport = :$port )" 2>/dev/null | grep -q . && return 0
+            "${NS[@]}" ss -Hltn "( sport = :$port )" 2>/dev/null | grep -q . && return 0
         else
-            python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1).close()' "$port" 2>/dev/null && return 0
+            "${NS[@]}" python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1).close()' "$port" 2>/dev/null && return 0
         fi
         sleep 0.05
     done
@@ -231,29 +329,42 @@ wait_listen() {
 }
 
 # Runs a command with stdin from /dev/null and output to a log file, and prints
-# "<wall seconds> <exit code>", timed with a monotonic clock around the process.
-# A command that outlives the timeout is killed and reported with exit code 124.
+# "<wall seconds> <exit code> <pid>", timed with a monotonic clock around the
+# process. (The pid lets the caller find the command's exit record in the
+# taskstats file.) A command that outlives the timeout is killed
+# and reported with exit code 124. It runs inside the benchmark's network
+# namespace, entered (by nsenter) before the clock starts.
 TIMER_PY='
-import os, signal, subprocess, sys, time
+import os, signal, subprocess, sys, threading, time
 timeout = float(sys.argv[1])
 with open(sys.argv[2], "ab") as log:
     t0 = time.monotonic()
     p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log,
                          stderr=subprocess.STDOUT, start_new_session=True)
+    expired = threading.Event()
+    def kill():
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    def expire():
+        expired.set()
+        kill()
     def stop(signum, frame):
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        kill()
+        os.waitpid(p.pid, 0)
         sys.exit(128 + signum)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    try:
-        rc = p.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        rc = 124
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    _, status = os.waitpid(p.pid, 0)
     t1 = time.monotonic()
-print("%.6f %d" % (t1 - t0, rc))
+    timer.cancel()
+    p.returncode = rc = 124 if expired.is_set() else os.waitstatus_to_exitcode(status)
+    if rc < 0:
+        rc = 128 - rc
+print("%.6f %d %d" % (t1 - t0, rc, p.pid))
 '
 
 sync_cmd() { # sync_cmd TOOL -> sets CMD array
@@ -266,6 +377,9 @@ sync_cmd() { # sync_cmd TOOL -> sets CMD array
         filesync)
             CMD=("$FILESYNC_BIN" sync --once --id bench --server "127.0.0.1:$FS_PORT" --dir "$SRC")
             ;;
+        limit) # the durable limit: a local copy that is on disk when it ends
+            CMD=(bash -c 'set -eo pipefail; tar -C "$1" -cf - . | tar -C "$2" -xf -; sync -f "$2"' limit "$SRC" "$LIMIT_DST")
+            ;;
     esac
 }
 
@@ -273,6 +387,7 @@ dest_of() {
     case $1 in
         rsync) echo "$RSYNC_DST" ;;
         filesync) echo "$FS_DST" ;;
+        limit) echo "$LIMIT_DST" ;;
     esac
 }
 
@@ -280,20 +395,72 @@ clear_dest() {
     case $1 in
         rsync) rm -rf "$RSYNC_DST" && mkdir -p "$RSYNC_DST" ;;
         filesync) rm -rf "$FS_DST" ;;
+        limit) rm -rf "$LIMIT_DST" && mkdir -p "$LIMIT_DST" ;;
     esac
 }
 
-# run_sync TOOL TAG: one sync; sets ELAPSED; dies loudly on failure.
-ELAPSED=""
+# lo_bytes: bytes received on the loopback interface of the benchmark's network
+# namespace. On lo every packet is sent and received once and both counters count
+# it; we read the receive counter, so each packet of either direction counts once.
+lo_bytes() {
+    awk -F'[: ]+' '$2 == "lo" {print $3; found = 1} END {if (!found) print 0}' "$NETDEV"
+}
+
+# wait_daemon_idle: wait until the rsync daemon has no child left (the last
+# connection's processes have exited, so their exit records have been sent).
+wait_daemon_idle() {
+    local i kids
+    for ((i = 0; i < 600; i++)); do
+        kids=$(cat "/proc/$RSYNC_PID/task/$RSYNC_PID/children" 2>/dev/null || true)
+        [[ -z ${kids// /} ]] && return 0
+        sleep 0.05
+    done
+    die "the rsync daemon still has children ($kids) 30 s after the client exited"
+}
+
+# run_sync TOOL TAG: one sync; sets ELAPSED, CLIENT_KIB, SERVER_KIB (peak RSS of
+# the client and of the server side during this sync) and WIRE (bytes on the
+# loopback during it); dies loudly on failure.
+ELAPSED="" CLIENT_KIB="" SERVER_KIB="" WIRE=""
 run_sync() {
-    local tool=$1 tag=$2 out secs rc logf
+    local tool=$1 tag=$2 out secs rc cpid logf lo0 lo1 ts0 ts1 procs cprocs sums
     logf="$LOGS/$tool.log"
     sync_cmd "$tool"
     sync -f "$MNT" # flush dirty data now, not during the timed command
+    case $tool in
+        rsync) wait_daemon_idle ;;
+        filesync) echo 5 >"/proc/$FS_SERVER_PID/clear_refs" ;; # VmHWM := VmRSS
+    esac
+    if [[ $tool != limit ]]; then
+        ts0=$(python3 "$TASKSTATS" mark "$TS_FILE") || die "taskstats mark failed"
+    fi
+    lo0=$(lo_bytes)
     printf '\n=== %s %s: %s\n' "$(date +%T)" "$tag" "${CMD[*]}" >>"$logf"
-    out=$(python3 -c "$TIMER_PY" "$TIMEOUT" "$logf" "${CMD[@]}")
-    read -r secs rc <<<"$out"
+    out=$("${NS[@]}" python3 -c "$TIMER_PY" "$TIMEOUT" "$logf" "${CMD[@]}")
+    read -r secs rc cpid <<<"$out"
     printf '=== exit %s after %s s\n' "$rc" "$secs" >>"$logf"
+    CLIENT_KIB="" SERVER_KIB=""
+    if [[ $tool != limit ]] && ((rc == 0)); then
+        if [[ $tool == filesync ]]; then
+            SERVER_KIB=$(awk '/^VmHWM:/ {print $2}' "/proc/$FS_SERVER_PID/status" 2>/dev/null || true)
+        else
+            wait_daemon_idle
+        fi
+        ts1=$(python3 "$TASKSTATS" mark "$TS_FILE") || die "taskstats mark failed"
+        if [[ $tool == rsync ]]; then
+            sums=$(python3 "$TASKSTATS" sum "$TS_FILE" "$ts0" "$ts1" "=$cpid" "$RSYNC_PID")
+            read -r SERVER_KIB procs _ <<<"$(sed -n 2p <<<"$sums")"
+            ((procs > 0)) || die "no exit record of the rsync daemon's children for $tag ($TS_FILE)"
+        else
+            sums=$(python3 "$TASKSTATS" sum "$TS_FILE" "$ts0" "$ts1" "=$cpid")
+        fi
+        read -r CLIENT_KIB cprocs _ <<<"$(sed -n 1p <<<"$sums")"
+        ((cprocs > 0)) || die "no exit record of the $tool client for $tag ($TS_FILE)"
+        printf '=== peak RSS (KiB): client %s (%s), server %s\n' "$CLIENT_KIB" "$(sed -n 1p <<<"$sums" | cut -d' ' -f3)" \
+            "$SERVER_KIB${procs:+ ($(sed -n 2p <<<"$sums" | cut -d' ' -f3))}" >>"$logf"
+    fi
+    lo1=$(lo_bytes)
+    WIRE=$((lo1 - lo0))
     if ((rc != 0)); then
         tail -n 30 "$logf" >&2
         if [[ $tool == filesync ]] && ! kill -0 "$FS_SERVER_PID" 2>/dev/null; then
@@ -348,22 +515,29 @@ verify() {
     fi
 }
 
-# Tool order alternates between runs, so neither tool always goes first.
-tools_for_run() {
+# Tool order rotates between runs, so no tool always goes first (with two tools:
+# they alternate).
+tools_for_run() { # tools_for_run RUN [TOOL...]
     local r=$1
-    if ((r % 2 == 1)) && ((${#TOOLS[@]} == 2)); then
-        echo "${TOOLS[1]} ${TOOLS[0]}"
-    else
-        echo "${TOOLS[*]}"
-    fi
+    shift
+    local list=("$@") n=$#
+    ((n)) || { list=("${TOOLS[@]}"); n=${#TOOLS[@]}; }
+    local i out=()
+    for ((i = 0; i < n; i++)); do out+=("${list[(i + r) % n]}"); done
+    echo "${out[*]}"
 }
 
-declare -A TIMES=()
+declare -A TIMES=() CLIENT_RSS=() SERVER_RSS=() WIRE_BYTES=()
 CASE_KEYS=()
 declare -A CASE_LABEL=()
 
-record() { # record CASEKEY TOOL SECONDS
-    TIMES["$1|$2"]="${TIMES["$1|$2"]:-} $3"
+record() { # record CASEKEY TOOL: the figures of the last run_sync
+    TIMES["$1|$2"]="${TIMES["$1|$2"]:-} $ELAPSED"
+    if [[ $2 != limit ]]; then
+        CLIENT_RSS["$1|$2"]="${CLIENT_RSS["$1|$2"]:-} ${CLIENT_KIB:-nan}"
+        SERVER_RSS["$1|$2"]="${SERVER_RSS["$1|$2"]:-} ${SERVER_KIB:-nan}"
+        WIRE_BYTES["$1|$2"]="${WIRE_BYTES["$1|$2"]:-} $WIRE"
+    fi
 }
 
 new_case() { # new_case KEY LABEL
@@ -379,28 +553,45 @@ MTIME_SEQ=1750000000
 next_mtime() { MTIME_SEQ=$((MTIME_SEQ + 10)); }
 
 gen_args() { # gen_args TREE -> GARGS
-    if [[ $1 == small ]]; then GARGS=("${SMALL_ARGS[@]}"); else GARGS=("${LARGE_ARGS[@]}"); fi
+    case $1 in
+        small) GARGS=("${SMALL_ARGS[@]}") ;;
+        large) GARGS=("${LARGE_ARGS[@]}") ;;
+        many) GARGS=("${MANY_ARGS[@]}") ;;
+        million) GARGS=("${MILLION_ARGS[@]}") ;;
+    esac
+}
+
+run_note() { # run_note TOOL: the log line of a run
+    if [[ $1 == limit ]]; then
+        echo "${ELAPSED}s"
+    else
+        echo "${ELAPSED}s, RSS client $((${CLIENT_KIB:-0} / 1024)) MiB, server $((${SERVER_KIB:-0} / 1024)) MiB, wire $((WIRE / 1024)) KiB"
+    fi
 }
 
 # ------------------------------------------------------------------- the cases
 
 case_initial() {
-    local tree=$1 key="$1-initial" r tool
+    local tree=$1 key="$1-initial" r tool t tools=("${TOOLS[@]}")
+    if ((LIMIT)); then tools+=(limit); fi
     new_case "$key" "$2"
     for ((r = 0; r <= RUNS; r++)); do
-        for tool in $(tools_for_run "$r"); do
-            clear_dest "$tool"
+        for tool in $(tools_for_run "$r" "${tools[@]}"); do
+            # Only the source and the copy being made exist during a run (this
+            # bounds the space the many/million trees need).
+            for t in "${tools[@]}"; do clear_dest "$t"; done
             run_sync "$tool" "$key run $r"
             if ((r == 0)); then
-                log "  warm-up $tool: ${ELAPSED}s"
+                log "  warm-up $tool: $(run_note "$tool")"
                 verify "$tool" "$key warm-up" 0
             else
-                log "  run $r $tool: ${ELAPSED}s"
-                record "$key" "$tool" "$ELAPSED"
+                log "  run $r $tool: $(run_note "$tool")"
+                record "$key" "$tool"
                 verify "$tool" "$key run $r" $((r == 1))
             fi
         done
     done
+    clear_dest limit
 }
 
 case_changed() {
@@ -421,11 +612,11 @@ case_changed() {
         for tool in $(tools_for_run "$r"); do
             run_sync "$tool" "$key run $r"
             if ((r == 0)); then
-                log "  warm-up $tool: ${ELAPSED}s"
+                log "  warm-up $tool: $(run_note "$tool")"
                 verify "$tool" "$key warm-up" 0 "$changed"
             else
-                log "  run $r $tool: ${ELAPSED}s"
-                record "$key" "$tool" "$ELAPSED"
+                log "  run $r $tool: $(run_note "$tool")"
+                record "$key" "$tool"
                 verify "$tool" "$key run $r" $((r == 1)) "$changed"
             fi
         done
@@ -442,11 +633,11 @@ case_nochange() {
         for tool in $(tools_for_run "$r"); do
             run_sync "$tool" "$key run $r"
             if ((r == 0)); then
-                log "  warm-up $tool: ${ELAPSED}s"
+                log "  warm-up $tool: $(run_note "$tool")"
                 verify "$tool" "$key warm-up" 0
             else
-                log "  run $r $tool: ${ELAPSED}s"
-                record "$key" "$tool" "$ELAPSED"
+                log "  run $r $tool: $(run_note "$tool")"
+                record "$key" "$tool"
                 verify "$tool" "$key run $r" $((r == 1))
             fi
         done
@@ -456,7 +647,6 @@ case_nochange() {
 # -------------------------------------------------------------------- daemons
 
 if has_tool rsync; then
-    RSYNC_PORT=$(free_port)
     cat >"$WORK/rsyncd.conf" <<EOF
 # minimal rsync daemon config for the filesync benchmark
 use chroot = no
@@ -470,11 +660,6 @@ max connections = 0
     path = $RSYNC_DST
     comment = filesync benchmark destination
 EOF
-    rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=127.0.0.1 \
-        --port="$RSYNC_PORT" --log-file="$LOGS/rsyncd.log" >>"$LOGS/rsyncd.out" 2>&1 &
-    PIDS+=($!)
-    wait_listen "$RSYNC_PORT" "$!" "rsync daemon" "$LOGS/rsyncd.log"
-    log "rsync daemon listening on 127.0.0.1:$RSYNC_PORT (module 'mod' -> $RSYNC_DST)"
 fi
 
 if has_tool filesync; then
@@ -483,26 +668,72 @@ if has_tool filesync; then
     for v in $(compgen -e); do
         if [[ $v == FILESYNC_* || $v == RUST_LOG ]]; then export -n "${v?}"; fi
     done
-    FS_PORT=$(free_port)
     # Keep any per-user state of filesync on the benchmark filesystem too.
     mkdir -p "$MNT/home"
     export HOME="$MNT/home" XDG_CONFIG_HOME="$MNT/home/.config" \
         XDG_STATE_HOME="$MNT/home/.local/state" XDG_CACHE_HOME="$MNT/home/.cache" \
         XDG_DATA_HOME="$MNT/home/.local/share"
-    "$FILESYNC_BIN" serve --port "$FS_PORT" --root "$FS_ROOT" --bind 127.0.0.1 \
-        --no-discovery --interval 30 >>"$LOGS/filesync-serve.log" 2>&1 &
-    FS_SERVER_PID=$!
-    PIDS+=("$FS_SERVER_PID")
-    wait_listen "$FS_PORT" "$FS_SERVER_PID" "filesync server" "$LOGS/filesync-serve.log"
-    log "filesync server listening on 127.0.0.1:$FS_PORT (root $FS_ROOT)"
 fi
+
+forget_pid() { # forget_pid PID: drop it from the PIDS that cleanup stops
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+stop_pid() { # stop_pid PID: SIGTERM, wait (SIGKILL after 10 s)
+    local i
+    kill "$1" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -9 "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget_pid "$1"
+}
+
+# Both servers are started fresh for every tree, so the peak RSS of a server in
+# one tree's cases does not depend on the trees before it.
+start_servers() {
+    if has_tool rsync; then
+        RSYNC_PORT=$(free_port)
+        "${NS[@]}" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=127.0.0.1 \
+            --port="$RSYNC_PORT" --log-file="$LOGS/rsyncd.log" >>"$LOGS/rsyncd.out" 2>&1 &
+        RSYNC_PID=$!
+        PIDS+=("$RSYNC_PID")
+        wait_listen "$RSYNC_PORT" "$RSYNC_PID" "rsync daemon" "$LOGS/rsyncd.log"
+        log "rsync daemon (pid $RSYNC_PID) listening on 127.0.0.1:$RSYNC_PORT (module 'mod' -> $RSYNC_DST)"
+    fi
+    if has_tool filesync; then
+        FS_PORT=$(free_port)
+        "${NS[@]}" "$FILESYNC_BIN" serve --port "$FS_PORT" --root "$FS_ROOT" --bind 127.0.0.1 \
+            --no-discovery --interval 30 >>"$LOGS/filesync-serve.log" 2>&1 &
+        FS_SERVER_PID=$!
+        PIDS+=("$FS_SERVER_PID")
+        wait_listen "$FS_PORT" "$FS_SERVER_PID" "filesync server" "$LOGS/filesync-serve.log"
+        log "filesync server (pid $FS_SERVER_PID) listening on 127.0.0.1:$FS_PORT (root $FS_ROOT)"
+    fi
+}
+
+stop_servers() {
+    if has_tool rsync; then
+        wait_daemon_idle
+        stop_pid "$RSYNC_PID"
+    fi
+    if has_tool filesync; then
+        kill -0 "$FS_SERVER_PID" 2>/dev/null || die "the filesync server (pid $FS_SERVER_PID) died; log: $LOGS/filesync-serve.log"
+        stop_pid "$FS_SERVER_PID"
+    fi
+}
 
 # ---------------------------------------------------------------------- run
 
 GEN_NOTES=()
+fmt_int() { python3 -c 'import sys; print(f"{int(sys.argv[1]):,}")' "$1"; }
 for tree in "${TREES[@]}"; do
     rm -rf "$SRC"
-    for tool in "${TOOLS[@]}"; do clear_dest "$tool"; done
+    for tool in "${TOOLS[@]}" limit; do clear_dest "$tool"; done
     gen_args "$tree"
     log "generating the $tree tree"
     t0=$(date +%s.%N)
@@ -510,53 +741,104 @@ for tree in "${TREES[@]}"; do
     t1=$(date +%s.%N)
     GEN_NOTES+=("$(head -n 1 "$LOGS/gen-$tree.txt")")
     log "  $(head -n 1 "$LOGS/gen-$tree.txt") ($(python3 -c "print(f'{$t1-$t0:.1f}')") s)"
-    if [[ $tree == small ]]; then
-        nfiles=$(python3 -c "print(f'{$SMALL_FILES:,}')")
-        mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
-        nchanged=$(python3 -c "print(max(1, round($SMALL_FILES*0.01)))")
-        case_initial small "small: initial ($nfiles files, $mb MB)"
-        case_changed small "small: 1% changed ($nchanged files rewritten)"
-        case_nochange small "small: no change"
-    else
-        case_initial large "large: initial ($LARGE_COUNT × $LARGE_MIB MiB)"
-        case_changed large "large: 1 MiB changed in one file"
-        case_nochange large "large: no change"
-    fi
+    start_servers
+    case $tree in
+        small)
+            nfiles=$(fmt_int "$SMALL_FILES")
+            mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
+            nchanged=$(python3 -c "print(max(1, round($SMALL_FILES*0.01)))")
+            case_initial small "small: initial ($nfiles files, $mb MB)"
+            case_changed small "small: 1% changed ($nchanged files rewritten)"
+            case_nochange small "small: no change"
+            ;;
+        large)
+            case_initial large "large: initial ($LARGE_COUNT × $LARGE_MIB MiB)"
+            case_changed large "large: 1 MiB changed in one file"
+            case_nochange large "large: no change"
+            ;;
+        many)
+            mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
+            nchanged=$(fmt_int "$(python3 -c "print(max(1, round($MANY_FILES*0.01)))")")
+            case_initial many "many: initial ($(fmt_int "$MANY_FILES") files, $mb MB, $(fmt_int "$MANY_DIRS") dirs)"
+            case_changed many "many: 1% changed ($nchanged files rewritten)"
+            case_nochange many "many: no change"
+            ;;
+        million)
+            mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
+            case_initial million "million: initial ($(fmt_int "$MILLION_FILES") files, $mb MB, $(fmt_int "$MILLION_DIRS") dirs)"
+            case_nochange million "million: no change"
+            ;;
+    esac
+    stop_servers
     rm -rf "$SRC"
-    for tool in "${TOOLS[@]}"; do clear_dest "$tool"; done
+    for tool in "${TOOLS[@]}" limit; do clear_dest "$tool"; done
 done
 
 # -------------------------------------------------------------------- report
 
-stat_of() { # stat_of median|min|max TIMES...
-    local what=$1
-    shift
-    python3 -c '
-import statistics, sys
-v = [float(x) for x in sys.argv[2:]]
-print("%.3f" % {"median": statistics.median, "min": min, "max": max}[sys.argv[1]](v))' "$what" "$@"
-}
+# Input lines: key TAB label TAB tool TAB times TAB client-KiB TAB server-KiB TAB wire-bytes
+# (space-separated values, one per timed run). Prints the main table, a line
+# "----", and the table of all runs.
+REPORT_PY='
+import math, statistics, sys
+rows, order = {}, []
+for line in sys.stdin.read().splitlines():
+    key, label, tool, times, client, server, wire = (line.split("\t") + [""] * 7)[:7]
+    if key not in rows:
+        rows[key] = {"label": label}
+        order.append(key)
+    vals = lambda s: [float(x) for x in s.split() if x != "nan"]
+    rows[key][tool] = {"t": vals(times), "c": vals(client), "s": vals(server), "w": vals(wire)}
+med = lambda v: statistics.median(v) if v else None
+def f_s(v): return "–" if v is None else "%.3f" % v
+def f_mib(v): return "–" if v is None else "%.1f" % (v / 1024)
+def f_wire(v):
+    if v is None:
+        return "–"
+    m = v / 1048576
+    return "%.0f" % m if m >= 100 else "%.1f" % m if m >= 10 else "%.2f" % m if m >= 0.1 else "%.3f" % m
+def ratio(a, b): return "–" if a is None or b is None else ("%.2f" % (a / b) if b > 0 else "inf")
+def rss(r): return "–" if r is None else "%s / %s" % (f_mib(med(r["c"])), f_mib(med(r["s"])))
+table = ["| case | rsync median (s) | filesync median (s) | ratio (filesync/rsync) | durable limit (s) | filesync/limit | rsync RSS client / server (MiB) | filesync RSS client / server (MiB) | rsync wire (MiB) | filesync wire (MiB) |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+details = ["| case | tool | runs (s) | min | median | max | client RSS (MiB) | server RSS (MiB) | wire (MiB) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+for key in order:
+    r = rows[key]
+    rs, fs, lim = r.get("rsync"), r.get("filesync"), r.get("limit")
+    mt = lambda x: med(x["t"]) if x else None
+    table.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        r["label"], f_s(mt(rs)), f_s(mt(fs)), ratio(mt(fs), mt(rs)),
+        f_s(mt(lim)), ratio(mt(fs), mt(lim)) if lim else "–",
+        rss(rs), rss(fs),
+        f_wire(med(rs["w"])) if rs else "–", f_wire(med(fs["w"])) if fs else "–"))
+    for tool in ("rsync", "filesync", "limit"):
+        x = r.get(tool)
+        if not x:
+            continue
+        name = "durable limit (tar, sync -f)" if tool == "limit" else tool
+        t = x["t"]
+        details.append("| %s | %s | %s| %s | %s | %s | %s | %s | %s |" % (
+            r["label"], name, "".join("%.3f " % v for v in t), f_s(min(t)), f_s(med(t)), f_s(max(t)),
+            f_mib(med(x["c"])) if tool != "limit" else "–", f_mib(med(x["s"])) if tool != "limit" else "–",
+            f_wire(med(x["w"])) if tool != "limit" else "–"))
+print("\n".join(table))
+print("----")
+print("\n".join(details))
+'
 
-TABLE="| case | rsync median (s) | filesync median (s) | ratio (filesync/rsync) |
-|---|---:|---:|---:|"
-DETAILS="| case | tool | runs (s) | min | median | max |
-|---|---|---|---:|---:|---:|"
+MEAS="$LOGS/measurements.tsv"
+: >"$MEAS"
 for key in "${CASE_KEYS[@]}"; do
-    declare -A med=([rsync]="–" [filesync]="–")
-    for tool in "${TOOLS[@]}"; do
-        read -r -a ts <<<"${TIMES["$key|$tool"]}"
-        med[$tool]=$(stat_of median "${ts[@]}")
-        DETAILS+="
-| ${CASE_LABEL[$key]} | $tool | $(printf '%.3f ' "${ts[@]}")| $(stat_of min "${ts[@]}") | ${med[$tool]} | $(stat_of max "${ts[@]}") |"
+    for tool in "${TOOLS[@]}" limit; do
+        [[ -n ${TIMES["$key|$tool"]:-} ]] || continue
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "${CASE_LABEL[$key]}" "$tool" "${TIMES["$key|$tool"]}" \
+            "${CLIENT_RSS["$key|$tool"]:-}" "${SERVER_RSS["$key|$tool"]:-}" "${WIRE_BYTES["$key|$tool"]:-}" >>"$MEAS"
     done
-    ratio="–"
-    if [[ ${med[rsync]} != "–" && ${med[filesync]} != "–" ]]; then
-        ratio=$(python3 -c 'import sys; r=float(sys.argv[1]); print("%.2f" % (float(sys.argv[2])/r) if r > 0 else "inf")' "${med[rsync]}" "${med[filesync]}")
-    fi
-    TABLE+="
-| ${CASE_LABEL[$key]} | ${med[rsync]} | ${med[filesync]} | $ratio |"
-    unset med
 done
+tables=$(python3 -c "$REPORT_PY" <"$MEAS") || die "report failed ($MEAS)"
+TABLE=${tables%%$'\n'----$'\n'*}
+DETAILS=${tables#*$'\n'----$'\n'}
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo 2>/dev/null || true)
@@ -573,6 +855,10 @@ quick_note=""
 if ((QUICK)); then quick_note=$'\n**Quick smoke run** (reduced trees and runs): not the reference figures.'; fi
 verify_note=""
 if ((FULL_VERIFY)); then verify_note=" (in this run: every timed run, --full-verify)"; fi
+limit_note=""
+if ((!LIMIT)); then limit_note="; not run in this run, --no-limit"; fi
+wire_note=" (a network namespace of the benchmark's own, so nothing else is counted)"
+if ((!USE_NETNS)); then wire_note=" (--no-netns: the machine's loopback, so any other loopback traffic during a run is counted too)"; fi
 
 STAMP=$(date +%F)
 if [[ -z $OUT ]]; then
@@ -588,12 +874,19 @@ $TABLE
 
 Median of $RUNS timed runs after one warm-up run, wall-clock seconds per sync command
 (monotonic clock). Ratio < 1 means filesync is faster.$quick_note
+Durable limit: \`tar -C SRC -cf - . | tar -C DEST -xf -\` then \`sync -f DEST\`, timed the
+same way (initial rows only$limit_note). RSS: peak resident set, MiB, median over the
+runs; client = the sync command (taskstats hiwater_rss); server = the filesync serve process
+(VmHWM, reset before each run) or the sum over the rsync daemon's processes for that
+connection (taskstats hiwater_rss). Wire: bytes of IP packets on the loopback
+interface during the sync, both directions (each packet once, headers included), MiB
+(2^20 bytes), median$wire_note.
 
 ## Machine and setup
 
 - CPU: ${cpu:-unknown}; nproc: $(nproc); memory: ${mem:-unknown}
 - Kernel: $(uname -sr)
-- Filesystem: $FS_DESC (source and both destinations on it)
+- Filesystem: $FS_DESC (source, both destinations and the durable-limit copy on it)
 - rsync: $(rsync --version | head -n 1), daemon mode on 127.0.0.1, client: \`$rsync_cmd\`
 - filesync: $fs_version, git $rev; client: \`filesync sync --once --id bench --server 127.0.0.1:PORT --dir SRC\`, server: \`filesync serve --port PORT --root DIR --bind 127.0.0.1 --no-discovery --interval 30\`
 - Python: $(python3 -V 2>&1 | cut -d' ' -f2); trees from \`bench/gen_tree.py\` (seed $SEED)

@@ -13,16 +13,24 @@ needs root, and the listener must run in the initial network namespace (the
 kernel sends the records only there).
 
 Usage
-  taskstats.py listen FILE      append "pid ppid comm hiwater_kib" for every task
-                                that exits, until killed; "ready" on stdout once
-                                registered
+  taskstats.py listen FILE      append "pid tgid ppid comm hiwater_kib" for every
+                                task (thread) that exits, until killed; "ready" on
+                                stdout once registered
   taskstats.py mark FILE        fork a child that exits at once, wait until its
                                 record is in FILE, print the byte offset after it
                                 (every exit before the mark is in FILE before it)
-  taskstats.py sum FILE START END ROOT
+  taskstats.py sum FILE START END ROOT...
                                 among the records between the offsets, the
-                                descendants of pid ROOT (ROOT itself excluded):
-                                print "<sum of hiwater_kib> <count> <comm,...>"
+                                processes descended from pid ROOT (ROOT itself
+                                excluded; included if given as =ROOT): print
+                                "<sum of their peak RSS in KiB>
+                                <count> <comm,...>", a line for each ROOT. The
+                                threads of a process share its memory and count
+                                once (the largest of their records).
+
+hiwater_rss is the peak RSS of the task's current memory map, so unlike wait4's
+ru_maxrss it does not include the RSS of the process that forked it before exec
+(a Python parent would add its own ~13 MiB to every child).
 """
 
 import os
@@ -48,6 +56,7 @@ SO_RCVBUFFORCE = 33
 OFF_COMM, COMM_LEN = 80, 32
 OFF_PID = 128  # ac_pid, ac_ppid: u32 each
 OFF_HIWATER_RSS = 200  # u64, KiB
+OFF_TGID = 368  # ac_tgid, u32, since version 12 (Linux 5.19)
 
 
 def nl_attrs(buf):
@@ -121,7 +130,11 @@ def listen(path):
                             comm = comm.decode(errors="replace").replace(" ", "_") or "?"
                             pid, ppid = struct.unpack_from("II", st, OFF_PID)
                             hw = struct.unpack_from("Q", st, OFF_HIWATER_RSS)[0]
-                            lines.append(f"{pid} {ppid} {comm} {hw}\n")
+                            version = struct.unpack_from("H", st)[0]
+                            tgid = pid
+                            if version >= 12 and len(st) >= OFF_TGID + 4:
+                                tgid = struct.unpack_from("I", st, OFF_TGID)[0] or pid
+                            lines.append(f"{pid} {tgid} {ppid} {comm} {hw}\n")
             elif typ == NLMSG_ERROR:
                 err = struct.unpack_from("i", data, off + 16)[0]
                 if err:
@@ -136,7 +149,7 @@ def mark(path, timeout=10.0):
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
-    want = f"{pid} {os.getpid()} ".encode()
+    want = f"{pid} {pid} {os.getpid()} ".encode()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(path, "rb") as f:
@@ -152,30 +165,34 @@ def mark(path, timeout=10.0):
     return 1
 
 
-def tree_sum(path, start, end, root):
+def tree_sum(path, start, end, roots):
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start).decode(errors="replace")
-    children = {}
+    procs = {}  # tgid -> [ppid, comm, max hiwater_rss over its threads' records]
     for line in data.splitlines():
         parts = line.split()
-        if len(parts) != 4 or line.startswith("#"):
+        if len(parts) != 5 or line.startswith("#"):
             continue
-        pid, ppid, comm, hw = int(parts[0]), int(parts[1]), parts[2], int(parts[3])
-        children.setdefault(ppid, []).append((pid, comm, hw))
-    total, comms, todo, seen = 0, [], [root], set()
-    while todo:
-        p = todo.pop()
-        for pid, comm, hw in children.get(p, []):
-            # A multi-threaded process has a record per thread with the same
-            # hiwater_rss; count each pid once. (rsync is single-threaded.)
-            if pid in seen:
-                continue
-            seen.add(pid)
-            total += hw
-            comms.append(comm)
-            todo.append(pid)
-    print(total, len(comms), ",".join(comms) or "-")
+        tgid, ppid, comm, hw = int(parts[1]), int(parts[2]), parts[3], int(parts[4])
+        p = procs.setdefault(tgid, [ppid, comm, 0])
+        p[2] = max(p[2], hw)
+        if int(parts[0]) == tgid:  # the main thread's record names the process
+            p[0], p[1] = ppid, comm
+    children = {}
+    for tgid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(tgid)
+    for arg in roots:
+        root = int(arg.lstrip("="))
+        total, comms, todo = 0, [], [root]
+        if arg.startswith("=") and root in procs:  # the process itself counts too
+            total, comms = procs[root][2], [procs[root][1]]
+        while todo:
+            for tgid in children.get(todo.pop(), []):
+                total += procs[tgid][2]
+                comms.append(procs[tgid][1])
+                todo.append(tgid)
+        print(total, len(comms), ",".join(comms) or "-")
     return 0
 
 
@@ -184,8 +201,8 @@ def main(argv):
         listen(argv[2])
     elif len(argv) == 3 and argv[1] == "mark":
         return mark(argv[2])
-    elif len(argv) == 6 and argv[1] == "sum":
-        return tree_sum(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+    elif len(argv) >= 6 and argv[1] == "sum":
+        return tree_sum(argv[2], int(argv[3]), int(argv[4]), argv[5:])
     else:
         print(__doc__, file=sys.stderr)
         return 2
