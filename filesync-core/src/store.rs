@@ -28,8 +28,10 @@ use crate::paths::{ClientId, RelPath};
 use crate::planner::{Held, TailOp};
 use crate::time::MTime;
 
-/// Files staged before a batch is synced and renamed.
-const BATCH_FILES: usize = 512;
+/// Files staged before a batch is synced and renamed. Each batch costs one `syncfs`
+/// (a journal commit); for trees of tiny files, 4096 cut the syncs eightfold from 512 with
+/// no measurable cost (`bench/README.md`). A staged file holds no descriptor.
+const BATCH_FILES: usize = 4096;
 /// Bytes staged before a batch is synced and renamed.
 const BATCH_BYTES: u64 = 128 << 20;
 /// Batches handed to the placer and not yet placed. When the disk lags behind the network
