@@ -14,7 +14,7 @@ use crate::paths::RelPath;
 use crate::time::MTime;
 
 /// Entries per chunk a background listing hands over.
-pub const LIST_CHUNK: usize = 4096;
+pub const LIST_CHUNK: usize = 1024;
 
 /// The client's folder, listed lazily in tree order ([`RelPath::tree_cmp`]): parents before
 /// children, names sorted by their bytes. Memory stays bounded by the tree's depth and its

@@ -274,7 +274,7 @@ async fn drive(
     // Requested files go to a blocking thread that reads them in order, a few batches of
     // content ahead of the socket. Its work queue is bounded by the manifest window.
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Vec<(Task, Entry)>>();
-    let (read_tx, mut read_rx) = mpsc::channel::<Vec<Read>>(4);
+    let (read_tx, mut read_rx) = mpsc::channel::<Vec<Read>>(2);
     let root = cfg.dir.clone();
     let reader = tokio::task::spawn_blocking(move || read_files(&root, work_rx, read_tx));
 

@@ -64,14 +64,14 @@ pub struct Syncing {
     /// Files and bytes requested so far.
     requested: (u64, u64),
     end: Option<PlanEnd>,
-    awaiting: HashSet<RelPath>,
+    awaiting: Awaiting,
     report: Report,
 }
 /// `TRANSFER_END` was sent; waiting for the last results and `NEXT_SYNC`.
 #[derive(Debug)]
 pub struct Finishing {
     welcome: Welcome,
-    awaiting: HashSet<RelPath>,
+    awaiting: Awaiting,
     report: Report,
 }
 /// `NEXT_SYNC` arrived; the session is over.
@@ -286,7 +286,7 @@ impl Client<Ready> {
             manifest_ended: false,
             requested: (0, 0),
             end: None,
-            awaiting: HashSet::new(),
+            awaiting: Awaiting::default(),
             report: Report::default(),
         })
     }
@@ -455,7 +455,7 @@ impl Client<Syncing> {
         st.report.sent += 1;
         st.report.bytes_sent += bytes;
         st.task_done(task.batch);
-        st.awaiting.insert(task.path);
+        st.awaiting.insert(&task.path);
         ClientMsg::FileEnd(FileEnd {})
     }
 
@@ -526,9 +526,42 @@ impl Syncing {
     }
 }
 
+/// Files sent whole and awaiting their `FILE_RESULT`. The server confirms a file only once
+/// its batch is durable, so thousands can wait at once; each is kept as a 64-bit hash of
+/// its path rather than the path, which is all a check against a confused server needs
+/// (SipHash with fixed keys: a collision takes a server that means one, and could at
+/// worst let one stray result pass).
+#[derive(Debug, Default)]
+struct Awaiting(HashSet<u64>);
+
+impl Awaiting {
+    fn key(path: &RelPath) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        path.hash(&mut h);
+        h.finish()
+    }
+
+    fn insert(&mut self, path: &RelPath) {
+        self.0.insert(Self::key(path));
+    }
+
+    fn remove(&mut self, path: &RelPath) -> bool {
+        self.0.remove(&Self::key(path))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Books a `FILE_RESULT` against the files awaiting one.
 fn record(
-    awaiting: &mut HashSet<RelPath>,
+    awaiting: &mut Awaiting,
     report: &mut Report,
     path: RelPath,
     outcome: Outcome,
