@@ -13,9 +13,9 @@
 //! one `syncfs(2)` (per-file `fsync` where that is unavailable), then renamed; a last sync
 //! before `NEXT_SYNC` covers the renames and deletions.
 //!
-//! Descriptors: a session holds one open file at a time (the one being received) plus one
-//! for the temporary directory. A staged file is closed as soon as it is written; `syncfs`
-//! needs no descriptor of its own, so a batch of any size costs no descriptors.
+//! Descriptors: a session holds the file being received, its plan's spool, and, for the
+//! moment of a batch's `syncfs`, the temporary directory: three at most. A staged file is
+//! closed as soon as it is written, so a batch of any size costs no descriptors.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
