@@ -101,15 +101,6 @@ impl Tail {
     }
 }
 
-/// What one call of the planner decided, besides the tail ops it emitted.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Step {
-    /// Files to request, in manifest order.
-    pub send: Vec<RelPath>,
-    /// Server entries found to be deleted (every entry of a deleted subtree counts).
-    pub deletions: u64,
-}
-
 /// A listed directory whose subtree the merge is inside.
 #[derive(Debug)]
 struct OpenDir {
@@ -178,7 +169,8 @@ impl Planner {
         self
     }
 
-    /// Plans one manifest batch. `index` yields the server's entries in tree order; it is
+    /// Plans one manifest batch; returns the files of it to request, in manifest order.
+    /// `index` yields the server's entries in tree order; it is
     /// read only as far as this batch reaches (plus one entry of look-ahead), and must be
     /// the same iterator, continued, at every call. `tail` receives the ops found.
     ///
@@ -189,8 +181,8 @@ impl Planner {
         entries: &[Entry],
         index: &mut dyn Iterator<Item = (RelPath, Held)>,
         tail: &mut dyn FnMut(TailOp),
-    ) -> Result<Step, ProtocolError> {
-        let mut step = Step::default();
+    ) -> Result<Vec<RelPath>, ProtocolError> {
+        let mut send = Vec::new();
         for e in entries {
             if let Some(last) = &self.last_listed {
                 if last.tree_cmp(&e.path) != Ordering::Less {
@@ -217,7 +209,7 @@ impl Planner {
                     Ordering::Less => {
                         let (p, h) = self.take();
                         if !p.is_ancestor_of(&e.path) {
-                            self.gone(p, h, &mut step, tail);
+                            self.gone(p, h, tail);
                         }
                     }
                     Ordering::Equal => {
@@ -235,7 +227,7 @@ impl Planner {
                         self.files += 1;
                         self.bytes += e.size;
                         self.touch_parent_of(&e.path);
-                        step.send.push(e.path.clone());
+                        send.push(e.path.clone());
                     }
                 }
                 EntryKind::Dir => {
@@ -254,7 +246,7 @@ impl Planner {
                 EntryKind::Keep => self.kept = Some(e.path.clone()),
             }
         }
-        Ok(step)
+        Ok(send)
     }
 
     /// Completes the plan once the manifest has ended: whatever the index holds past the
@@ -269,13 +261,12 @@ impl Planner {
         tail: &mut dyn FnMut(TailOp),
     ) -> Result<Result<Finished, WouldEmpty>, ProtocolError> {
         let refusing = refuse_empty && self.last_listed.is_none();
-        let mut step = Step::default();
         while self.peek(index)?.is_some() {
             if refusing && self.held_files {
                 return Ok(Err(WouldEmpty));
             }
             let (p, h) = self.take();
-            self.gone(p, h, &mut step, tail);
+            self.gone(p, h, tail);
         }
         self.close_dirs_until(None, tail);
         Ok(Ok(Finished {
@@ -285,19 +276,10 @@ impl Planner {
         }))
     }
 
-    /// Files requested so far and their total size.
-    pub fn requested(&self) -> (u64, u64) {
-        (self.files, self.bytes)
-    }
-
-    /// Server entries found to be deleted so far.
+    /// Server entries found to be deleted so far (every entry of a deleted subtree
+    /// counts).
     pub fn deletions(&self) -> u64 {
         self.deletions
-    }
-
-    /// Whether the index showed a regular file so far.
-    pub fn held_files(&self) -> bool {
-        self.held_files
     }
 
     fn peek(
@@ -329,7 +311,7 @@ impl Planner {
     }
 
     /// An index entry the manifest does not list.
-    fn gone(&mut self, p: RelPath, h: Held, step: &mut Step, tail: &mut dyn FnMut(TailOp)) {
+    fn gone(&mut self, p: RelPath, h: Held, tail: &mut dyn FnMut(TailOp)) {
         if self
             .kept
             .as_ref()
@@ -339,13 +321,11 @@ impl Planner {
         }
         if self.files_only {
             if h.kind == EntryKind::File {
-                step.deletions += 1;
                 self.deletions += 1;
                 tail(TailOp::Delete(p));
             }
             return;
         }
-        step.deletions += 1;
         self.deletions += 1;
         if self.deleting.as_ref().is_some_and(|d| d.is_ancestor_of(&p)) {
             return;
@@ -420,11 +400,11 @@ pub fn plan(
     let mut index = held.into_iter();
     let mut ops = Vec::new();
     let mut p = Planner::new(rule);
-    let step = p.batch(&manifest, &mut index, &mut |op| ops.push(op))?;
+    let send = p.batch(&manifest, &mut index, &mut |op| ops.push(op))?;
     let _ = p
         .finish(&mut index, false, &mut |op| ops.push(op))?
         .map_err(|_| ProtocolError::Inconsistent("unreachable: not refusing".into()))?;
-    Ok((step.send, Tail::from_ops(ops)))
+    Ok((send, Tail::from_ops(ops)))
 }
 
 #[cfg(test)]
@@ -655,10 +635,11 @@ mod tests {
         let mut index = server.into_iter().inspect(|_| reads += 1);
         let mut ops = Vec::new();
         let mut p = Planner::new(Rule::QuickCheck);
-        let step = p
+        let send = p
             .batch(&[file("b", 1, 1)], &mut index, &mut |op| ops.push(op))
             .unwrap();
-        assert_eq!(step.deletions, 3, "a, a/1, a/2");
+        assert!(send.is_empty());
+        assert_eq!(p.deletions(), 3, "a, a/1, a/2");
         assert_eq!(ops, [TailOp::Delete(p_("a"))]);
         drop(index);
         assert_eq!(reads, 4, "read up to b, which matches, and no further");

@@ -82,7 +82,7 @@ pub fn plan(
     let mut ops = Vec::new();
     let mut planner = Planner::new(Rule::Micros).files_only();
     let mut index = held.into_iter();
-    let step = planner.batch(&entries, &mut index, &mut |op| ops.push(op))?;
+    let send = planner.batch(&entries, &mut index, &mut |op| ops.push(op))?;
     let finished = planner.finish(&mut index, true, &mut |op| ops.push(op))?;
     let mut tail = Tail::from_ops(ops);
     tail.make_dirs.clear();
@@ -93,7 +93,7 @@ pub fn plan(
         );
         tail.delete.clear();
     }
-    Ok((step.send, tail))
+    Ok((send, tail))
 }
 
 /// The delay until a naive local `time` read in `tz`, from `now`; zero if it has passed.

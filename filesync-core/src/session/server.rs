@@ -331,9 +331,9 @@ impl Server<Listing> {
                 }
                 let st = &mut self.state;
                 st.entries += m.entries.len() as u64;
-                let step = st.planner.batch(&m.entries, index, tail)?;
-                st.files.requested.extend(step.send.iter().cloned());
-                let tasks = ServerMsg::Tasks(Tasks { paths: step.send });
+                let send = st.planner.batch(&m.entries, index, tail)?;
+                st.files.requested.extend(send.iter().cloned());
+                let tasks = ServerMsg::Tasks(Tasks { paths: send });
                 // TASKS repeats the requested paths whole, where the MANIFEST may have
                 // shared their prefixes: it must still fit in a frame.
                 let len = native::encoded_len(st.encoding, &tasks)?;
