@@ -27,6 +27,7 @@ use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome};
 use crate::paths::{ClientId, RelPath};
 use crate::planner::{Held, TailOp};
 use crate::time::MTime;
+use crate::walk;
 
 /// Files staged before a batch is synced and renamed. Each batch costs one `syncfs`
 /// (a journal commit); for trees of tiny files, 4096 cut the syncs eightfold from 512 with
@@ -114,13 +115,7 @@ impl Store {
         let dir = self.client_dir(id);
         let mut error = None;
         let walk = match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => Some(
-                walkdir::WalkDir::new(&dir)
-                    .min_depth(1)
-                    .follow_links(false)
-                    .sort_by_file_name()
-                    .into_iter(),
-            ),
+            Ok(m) if m.is_dir() => Some(walk::tree_walk(&dir)),
             // Nothing held yet (a file in the folder's place is replaced by the first
             // store): an empty index.
             Ok(_) => None,
@@ -212,6 +207,13 @@ impl Index {
     pub fn take_error(&mut self) -> Option<io::Error> {
         self.error.take()
     }
+
+    /// Ends the iteration on a read error, kept for [`Index::take_error`].
+    fn stop(&mut self, err: walkdir::Error) -> Option<(RelPath, Held)> {
+        self.error = Some(io::Error::other(err));
+        self.walk = None;
+        None
+    }
 }
 
 impl Iterator for Index {
@@ -221,11 +223,7 @@ impl Iterator for Index {
         loop {
             let e = match self.walk.as_mut()?.next()? {
                 Ok(e) => e,
-                Err(err) => {
-                    self.error = Some(io::Error::other(err));
-                    self.walk = None;
-                    return None;
-                }
+                Err(err) => return self.stop(err),
             };
             let Ok(rel) = RelPath::from_local(e.path().strip_prefix(&self.dir).unwrap_or(e.path()))
             else {
@@ -234,17 +232,9 @@ impl Iterator for Index {
             };
             let m = match e.metadata() {
                 Ok(m) => m,
-                Err(err) => {
-                    self.error = Some(io::Error::other(err));
-                    self.walk = None;
-                    return None;
-                }
+                Err(err) => return self.stop(err),
             };
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(MTime::from_system)
-                .unwrap_or(MTime::EPOCH);
+            let mtime = walk::mtime_of(&m);
             let held = if m.is_dir() {
                 Held {
                     kind: EntryKind::Dir,

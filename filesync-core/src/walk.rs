@@ -45,11 +45,7 @@ pub fn lister(root: &Path) -> io::Result<Lister> {
     }
     Ok(Lister {
         root: root.to_path_buf(),
-        walk: walkdir::WalkDir::new(root)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter(),
+        walk: tree_walk(root),
         ahead: None,
         skipped: 0,
         done: false,
@@ -172,7 +168,19 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-fn mtime_of(m: &std::fs::Metadata) -> MTime {
+/// Walks what is under `root` in tree order ([`RelPath::tree_cmp`]): depth first, each
+/// directory's entries sorted by their bytes, symlinks not followed. The client's listing
+/// and the server's index both walk this way, so the planner can merge them in one pass.
+pub(crate) fn tree_walk(root: &Path) -> walkdir::IntoIter {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+}
+
+/// A file's mtime; the epoch where the filesystem gives none it can represent.
+pub(crate) fn mtime_of(m: &std::fs::Metadata) -> MTime {
     m.modified()
         .ok()
         .and_then(MTime::from_system)
