@@ -910,12 +910,6 @@ mod tests {
             ]
         );
     }
-}
-
-#[cfg(test)]
-mod tail_tests {
-    use super::*;
-    use crate::planner::Tail;
 
     #[test]
     fn the_tail_is_applied_from_its_spool_and_deletions_count_subtrees() {
@@ -929,7 +923,6 @@ mod tail_tests {
         let id = ClientId::parse("a").unwrap();
         let mut r = store.receiver(&id, |_| {}).unwrap();
         let when = MTime::new(1_500_000_000, 7).unwrap();
-        let mut spool = store.spool().unwrap();
         let tail = Tail {
             delete: vec![
                 RelPath::parse("gone").unwrap(),
@@ -938,9 +931,7 @@ mod tail_tests {
             make_dirs: vec![RelPath::parse("new/deep").unwrap()],
             dir_times: vec![(RelPath::parse("new").unwrap(), when)],
         };
-        for op in tail.into_ops() {
-            spool.push(&op);
-        }
+        let spool = spool(&store, tail);
         let spool_path = spool.path.clone();
         assert!(spool_path.starts_with(root.path().join(".filesync/spool")));
         let (deleted, errors) = r.finish(spool);
