@@ -339,8 +339,10 @@ async fn drive(
                 sink.flush().await?;
             }
             m = recv(rx, idle) => {
-                let tasks = t.on_message(m?)?;
-                if let Some(end) = t.plan_end() {
+                let m = m?;
+                let plan_end = matches!(m, ServerMsg::PlanEnd(_));
+                let tasks = t.on_message(m)?;
+                if let Some(end) = t.plan_end().filter(|_| plan_end) {
                     progress.planned(end.files, end.bytes, end.deletions);
                 } else if !tasks.is_empty() {
                     let (files, bytes) = t.requested();
