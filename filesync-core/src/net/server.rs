@@ -596,6 +596,13 @@ enum Phase {
 }
 
 impl Phase {
+    fn on_data(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            Phase::Listing(s) => s.on_data(len),
+            Phase::Receiving(s) => s.on_data(len),
+        }
+    }
+
     fn file_result(&mut self, path: RelPath, outcome: Outcome) -> ServerMsg {
         match self {
             Phase::Listing(s) => s.file_result(path, outcome),
@@ -620,14 +627,10 @@ async fn step(
     batch: &mut OpBatch,
     plan: &mut Option<PlanIo>,
 ) -> Result<Step, Error> {
-    let on_data = |phase: &mut Phase, len| match phase {
-        Phase::Listing(s) => s.on_data(len),
-        Phase::Receiving(s) => s.on_data(len),
-    };
     let msg = match frame {
         Frame::Data(b) => {
             let mut phase = phase;
-            on_data(&mut phase, b.len())?;
+            phase.on_data(b.len())?;
             let len = b.len();
             batch.push(Op::Data(b), len).await?;
             return Ok(Step::Going(phase, None));
