@@ -26,6 +26,7 @@
 pub mod codec;
 pub mod discovery;
 pub mod error;
+pub mod exclude;
 pub mod messages;
 pub mod net;
 pub mod paths;
