@@ -222,36 +222,48 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                         kind: EntryKind::Dir,
                         size: 0,
                         mtime: t(T0, 0),
+                        mode: 0o755,
+                        target: None,
                     },
                     Entry {
                         path: p("docs/report.txt"),
                         kind: EntryKind::File,
                         size: 2048,
                         mtime: t(T0, 123_456_789),
+                        mode: 0o644,
+                        target: None,
                     },
                     Entry {
                         path: p("old.bin"),
                         kind: EntryKind::File,
                         size: 1,
                         mtime: t(-1, 500_000_000),
+                        mode: 0o644,
+                        target: None,
                     },
                     Entry {
                         path: p("photos/été.jpg"),
                         kind: EntryKind::File,
                         size: 300_000,
                         mtime: t(T0 + 60, 0),
+                        mode: 0o644,
+                        target: None,
                     },
                     Entry {
                         path: p("photos/été.png"),
                         kind: EntryKind::File,
                         size: 7,
                         mtime: t(T0 + 61, 0),
+                        mode: 0o644,
+                        target: None,
                     },
                     Entry {
                         path: p("photos/êtes"),
                         kind: EntryKind::File,
                         size: 0,
                         mtime: t(T0 + 62, 0),
+                        mode: 0o644,
+                        target: None,
                     },
                 ],
             }),
@@ -274,6 +286,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 path: p("docs/report.txt"),
                 size: 2048,
                 mtime: t(T0, 123_456_789),
+                mode: 0o644,
                 offset: 0,
             }),
         )?,
@@ -845,7 +858,7 @@ fn large_files_info() -> Res<String> {
         .map(|i| {
             let path = p(&format!("photos/2025/{:02}/IMG_{i:04}.jpg", i % 12 + 1));
             seed::FileInfo {
-                name: path.file_name().to_owned(),
+                name: String::from_utf8_lossy(path.file_name()).into_owned(),
                 path,
                 last_mod: st(&format!(
                     "2025-{:02}-{:02}T{:02}:{:02}:{:02}{}",
@@ -917,24 +930,32 @@ fn session_vector() -> Res<(String, String)> {
             kind: EntryKind::File,
             size: 4,
             mtime: t(T0, 0),
+            mode: 0o644,
+            target: None,
         },
         Entry {
             path: p("notes.txt"),
             kind: EntryKind::File,
             size: 3,
             mtime: t(T0 - 86_400, 0),
+            mode: 0o644,
+            target: None,
         },
         Entry {
             path: p("old"),
             kind: EntryKind::Dir,
             size: 0,
             mtime: t(T0 - 86_400, 0),
+            mode: 0o755,
+            target: None,
         },
         Entry {
             path: p("old/a.txt"),
             kind: EntryKind::File,
             size: 1,
             mtime: t(T0 - 86_400, 0),
+            mode: 0o644,
+            target: None,
         },
     ];
     let manifest = vec![
@@ -943,24 +964,32 @@ fn session_vector() -> Res<(String, String)> {
             kind: EntryKind::Dir,
             size: 0,
             mtime: t(T0, 0),
+            mode: 0o755,
+            target: None,
         },
         Entry {
             path: p("keep.txt"),
             kind: EntryKind::File,
             size: 4,
             mtime: t(T0, 0),
+            mode: 0o644,
+            target: None,
         },
         Entry {
             path: p("notes.txt"),
             kind: EntryKind::File,
             size: 13,
             mtime: t(T0 + 30, 5),
+            mode: 0o644,
+            target: None,
         },
         Entry {
             path: p("tmp.log"),
             kind: EntryKind::File,
             size: 100,
             mtime: t(T0 + 40, 0),
+            mode: 0o644,
+            target: None,
         },
     ];
     let content = b"hello, world\n";
@@ -1002,6 +1031,8 @@ fn session_vector() -> Res<(String, String)> {
                 kind: e.kind,
                 size: e.size,
                 mtime: e.mtime,
+                mode: e.mode,
+                target: e.target.clone(),
             },
         )
     });
@@ -1029,8 +1060,12 @@ fn session_vector() -> Res<(String, String)> {
     // Files: notes.txt is sent whole, tmp.log vanished before it could be opened.
     let mut results = Vec::new();
     for (task, _) in work {
-        if task.path().as_str() == "notes.txt" {
-            let h = client.header(&task, content.len() as u64, t(T0 + 30, 5));
+        if task.path().to_str() == Some("notes.txt") {
+            let notes = Entry {
+                size: content.len() as u64,
+                ..manifest[2].clone()
+            };
+            let h = client.header(&task, &notes);
             push("client", h.kind(), frame_hex(&h)?);
             let Listed::File(s, Receive::Open(_)) =
                 server.on_message(h, &mut index, &mut |op| ops.push(op))?

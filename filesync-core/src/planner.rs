@@ -13,15 +13,21 @@
 //! The rule (rsync's "quick check"): send a file when the server has no such file, or when
 //! its size or its mtime differ. The original FileSync sends only when the client's mtime is
 //! *later*, which misses a file restored from a backup to an older version; equality is the
-//! right test for a mirror. Deletions are everything the server holds that the manifest
+//! right test for a mirror. Mtimes are equal when they differ by less than the server
+//! filesystem's precision (rsync's `--modify-window`), so a server on a filesystem keeping
+//! whole seconds does not see every file as changed. A file whose content is unchanged but
+//! whose mode differs is given its mode in place (a `Chmod`), not sent again. Symlinks and
+//! FIFOs carry everything in their manifest entry and are made by the tail; a symlink is
+//! the same when its target text is. Deletions are everything the server holds that the manifest
 //! does not list, applied only after every file is stored, so an interrupted session never
 //! leaves the server with less than it had.
 
 use std::cmp::Ordering;
+use std::time::Duration;
 
 use crate::error::ProtocolError;
-use crate::messages::{Entry, EntryKind};
-use crate::paths::RelPath;
+use crate::messages::{Entry, EntryKind, MODE_BITS, SETID_BITS};
+use crate::paths::{LinkTarget, RelPath};
 use crate::time::MTime;
 
 /// How two versions of a file are compared.
@@ -29,20 +35,24 @@ use crate::time::MTime;
 pub enum Rule {
     /// Native: size and mtime to the nanosecond.
     QuickCheck,
-    /// The original dialect lists no sizes and timestamps to the microsecond: compare
-    /// mtimes at that precision.
+    /// The original dialect lists no sizes, no modes, and timestamps to the microsecond:
+    /// compare mtimes at that precision, and leave modes as the server has them.
     Micros,
 }
 
 /// What the server holds for one path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
-    /// File or directory.
+    /// What kind of entry.
     pub kind: EntryKind,
     /// Size in bytes.
     pub size: u64,
     /// Modification time.
     pub mtime: MTime,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// A symlink's target.
+    pub target: Option<LinkTarget>,
 }
 
 /// Work for after every file of the session is stored, in the order the planner emits it.
@@ -56,9 +66,16 @@ pub enum TailOp {
     Delete(RelPath),
     /// Make this listed directory, which the server lacks (or holds as a non-directory).
     MakeDir(RelPath),
-    /// Give this listed directory this mtime: its time differs from the server's, or the
-    /// session changes what is in it (which moves its time on the server).
-    DirTime(RelPath, MTime),
+    /// Give this listed directory this mtime and, if given, these permission bits: they
+    /// differ from the server's, or the session changes what is in it (which moves its
+    /// time on the server).
+    DirAttrs(RelPath, MTime, Option<u32>),
+    /// Make this symlink with this target and mtime, replacing what stands at the path.
+    Link(RelPath, LinkTarget, MTime),
+    /// Make this FIFO with these permission bits and mtime, replacing what stands there.
+    Fifo(RelPath, u32, MTime),
+    /// Give this file, whose content the server already holds, these permission bits.
+    Chmod(RelPath, u32),
 }
 
 /// The plan's tail gathered in memory: [`TailOp`]s sorted by kind. For tests and small
@@ -69,8 +86,10 @@ pub struct Tail {
     pub delete: Vec<RelPath>,
     /// Directories to make, parents first.
     pub make_dirs: Vec<RelPath>,
-    /// Directory times to set.
-    pub dir_times: Vec<(RelPath, MTime)>,
+    /// Symlinks and FIFOs to make, and modes to change.
+    pub specials: Vec<TailOp>,
+    /// Directory times (and modes) to set.
+    pub dir_attrs: Vec<(RelPath, MTime, Option<u32>)>,
 }
 
 impl Tail {
@@ -81,22 +100,29 @@ impl Tail {
             match op {
                 TailOp::Delete(p) => t.delete.push(p),
                 TailOp::MakeDir(p) => t.make_dirs.push(p),
-                TailOp::DirTime(p, m) => t.dir_times.push((p, m)),
+                TailOp::DirAttrs(p, m, mode) => t.dir_attrs.push((p, m, mode)),
+                op @ (TailOp::Link(..) | TailOp::Fifo(..) | TailOp::Chmod(..)) => {
+                    t.specials.push(op)
+                }
             }
         }
         t
     }
 
-    /// The ops again, in an order valid to apply: deletions, directories, times.
-    pub fn into_ops(self) -> impl Iterator<Item = TailOp> {
+    /// The ops again, in an order valid to apply: deletions, directories, links, FIFOs
+    /// and modes, directory attributes (deepest first, so that a read-only directory is
+    /// made read-only only once nothing more is done inside it).
+    pub fn into_ops(mut self) -> impl Iterator<Item = TailOp> {
+        self.dir_attrs.sort_by(|a, b| b.0.depth().cmp(&a.0.depth()));
         self.delete
             .into_iter()
             .map(TailOp::Delete)
             .chain(self.make_dirs.into_iter().map(TailOp::MakeDir))
+            .chain(self.specials)
             .chain(
-                self.dir_times
+                self.dir_attrs
                     .into_iter()
-                    .map(|(p, m)| TailOp::DirTime(p, m)),
+                    .map(|(p, m, mode)| TailOp::DirAttrs(p, m, mode)),
             )
     }
 }
@@ -106,8 +132,10 @@ impl Tail {
 struct OpenDir {
     path: RelPath,
     mtime: MTime,
-    /// The server holds it as a directory with the same mtime.
-    same_time: bool,
+    /// The mode to give it, `None` to leave it.
+    mode: Option<u32>,
+    /// The server holds it as a directory with the same mtime and mode.
+    same_attrs: bool,
     /// The plan changes what is in it.
     touched: bool,
 }
@@ -124,8 +152,8 @@ pub struct Planner {
     last_held: Option<RelPath>,
     /// The last manifest entry, to check the manifest's order.
     last_listed: Option<RelPath>,
-    /// The last listed file: nothing may be listed inside it.
-    last_file: Option<RelPath>,
+    /// The last listed non-directory: nothing may be listed inside it.
+    last_leaf: Option<RelPath>,
     /// The last `Keep` entry: the server keeps what it holds under it.
     kept: Option<RelPath>,
     /// The top of the subtree being deleted.
@@ -136,6 +164,10 @@ pub struct Planner {
     held_files: bool,
     /// Delete only regular files (see [`Planner::files_only`]).
     files_only: bool,
+    /// Permission bits the server keeps (setuid and setgid dropped unless asked).
+    mode_mask: u32,
+    /// Mtimes this close are equal (see [`Planner::mtime_window`]).
+    window: Duration,
     files: u64,
     bytes: u64,
     deletions: u64,
@@ -150,12 +182,14 @@ impl Planner {
             index_done: false,
             last_held: None,
             last_listed: None,
-            last_file: None,
+            last_leaf: None,
             kept: None,
             deleting: None,
             open_dirs: Vec::new(),
             held_files: false,
             files_only: false,
+            mode_mask: MODE_BITS & !SETID_BITS,
+            window: Duration::from_nanos(1),
             files: 0,
             bytes: 0,
             deletions: 0,
@@ -166,6 +200,25 @@ impl Planner {
     /// lists no directories and so cannot say which empty ones it still has.
     pub fn files_only(mut self) -> Self {
         self.files_only = true;
+        self
+    }
+
+    /// Keeps setuid and setgid bits (`serve --keep-setid`); by default they are dropped,
+    /// so that a server never grows setuid programs from the network.
+    pub fn keep_setid(mut self, keep: bool) -> Self {
+        self.mode_mask = if keep {
+            MODE_BITS
+        } else {
+            MODE_BITS & !SETID_BITS
+        };
+        self
+    }
+
+    /// Mtimes that differ by less than `window` are equal: the precision the server's
+    /// filesystem keeps (1 ns by default; 1 s or 2 s on coarse filesystems). See
+    /// `precision::detect`.
+    pub fn mtime_window(mut self, window: Duration) -> Self {
+        self.window = window.max(Duration::from_nanos(1));
         self
     }
 
@@ -192,13 +245,19 @@ impl Planner {
                     )));
                 }
             }
-            if let Some(f) = &self.last_file {
+            if let Some(f) = &self.last_leaf {
                 if f.is_ancestor_of(&e.path) {
                     return Err(ProtocolError::Inconsistent(format!(
-                        "{} is listed inside the file {f}",
+                        "{} is listed inside the non-directory {f}",
                         e.path
                     )));
                 }
+            }
+            if (e.kind == EntryKind::Symlink) != e.target.is_some() || e.mode & !MODE_BITS != 0 {
+                return Err(ProtocolError::Inconsistent(format!(
+                    "{}: a {:?} entry with mode {:o} and target {:?}",
+                    e.path, e.kind, e.mode, e.target
+                )));
             }
             self.last_listed = Some(e.path.clone());
             // Everything the server holds before this entry is either one of its
@@ -220,26 +279,51 @@ impl Planner {
                 }
             }
             self.enter(&e.path, tail);
+            let mode = self.mode_of(e);
+            let same_kind = held.filter(|h| h.kind == e.kind);
+            if !matches!(e.kind, EntryKind::Dir | EntryKind::Keep) {
+                self.last_leaf = Some(e.path.clone());
+            }
             match e.kind {
-                EntryKind::File => {
-                    self.last_file = Some(e.path.clone());
-                    if held.is_none_or(|h| self.differs(&h, e)) {
+                EntryKind::File => match same_kind {
+                    Some(h) if self.same_content(&h, e) => {
+                        if let Some(m) = mode.filter(|m| *m != h.mode) {
+                            tail(TailOp::Chmod(e.path.clone(), m));
+                        }
+                    }
+                    _ => {
                         self.files += 1;
                         self.bytes += e.size;
                         self.touch_parent_of(&e.path);
                         send.push(e.path.clone());
                     }
+                },
+                EntryKind::Symlink => {
+                    let target = e.target.clone().expect("checked above");
+                    if same_kind.is_none_or(|h| h.target.as_ref() != Some(&target)) {
+                        self.touch_parent_of(&e.path);
+                        tail(TailOp::Link(e.path.clone(), target, e.mtime));
+                    }
+                }
+                EntryKind::Fifo => {
+                    let m = mode.unwrap_or(e.mode);
+                    if same_kind.is_none_or(|h| h.mode != m) {
+                        self.touch_parent_of(&e.path);
+                        tail(TailOp::Fifo(e.path.clone(), m, e.mtime));
+                    }
                 }
                 EntryKind::Dir => {
-                    let same_dir = held.filter(|h| h.kind == EntryKind::Dir);
-                    if same_dir.is_none() {
+                    if same_kind.is_none() {
                         self.touch_parent_of(&e.path);
                         tail(TailOp::MakeDir(e.path.clone()));
                     }
                     self.open_dirs.push(OpenDir {
                         path: e.path.clone(),
                         mtime: e.mtime,
-                        same_time: same_dir.is_some_and(|h| h.mtime == e.mtime),
+                        mode,
+                        same_attrs: same_kind.is_some_and(|h| {
+                            self.same_time(h.mtime, e.mtime) && mode.is_none_or(|m| m == h.mode)
+                        }),
                         touched: false,
                     });
                 }
@@ -347,8 +431,8 @@ impl Planner {
                 break;
             }
             let d = self.open_dirs.pop().expect("just looked");
-            if !d.same_time || d.touched {
-                tail(TailOp::DirTime(d.path, d.mtime));
+            if !d.same_attrs || d.touched {
+                tail(TailOp::DirAttrs(d.path, d.mtime, d.mode));
             }
         }
     }
@@ -361,12 +445,25 @@ impl Planner {
         }
     }
 
-    fn differs(&self, held: &Held, e: &Entry) -> bool {
-        held.kind != EntryKind::File
-            || match self.rule {
-                Rule::QuickCheck => held.size != e.size || held.mtime != e.mtime,
-                Rule::Micros => !held.mtime.same_micros(e.mtime),
-            }
+    /// Whether a held file has the listed file's content, by the quick check.
+    fn same_content(&self, held: &Held, e: &Entry) -> bool {
+        match self.rule {
+            Rule::QuickCheck => held.size == e.size && self.same_time(held.mtime, e.mtime),
+            Rule::Micros => held.mtime.same_micros(e.mtime),
+        }
+    }
+
+    fn same_time(&self, a: MTime, b: MTime) -> bool {
+        a.within(b, self.window)
+    }
+
+    /// The mode the server gives a listed entry, or `None` where the listing carries no
+    /// modes (the original dialect) and the server's are left as they are.
+    fn mode_of(&self, e: &Entry) -> Option<u32> {
+        match self.rule {
+            Rule::QuickCheck => Some(e.mode & self.mode_mask),
+            Rule::Micros => None,
+        }
     }
 }
 
@@ -422,6 +519,8 @@ mod tests {
             kind: EntryKind::File,
             size,
             mtime: MTime::new(secs, 0).unwrap(),
+            mode: 0o644,
+            target: None,
         }
     }
     fn dir(path: &str) -> Entry {
@@ -430,6 +529,8 @@ mod tests {
             kind: EntryKind::Dir,
             size: 0,
             mtime: MTime::new(0, 0).unwrap(),
+            mode: 0o755,
+            target: None,
         }
     }
     fn held(entries: &[Entry]) -> Vec<(RelPath, Held)> {
@@ -442,13 +543,15 @@ mod tests {
                         kind: e.kind,
                         size: e.size,
                         mtime: e.mtime,
+                        mode: e.mode,
+                        target: e.target.clone(),
                     },
                 )
             })
             .collect()
     }
     fn strs(v: &[RelPath]) -> Vec<&str> {
-        v.iter().map(RelPath::as_str).collect()
+        v.iter().map(|p| p.to_str().unwrap()).collect()
     }
 
     #[test]
@@ -594,9 +697,9 @@ mod tests {
         ];
         let (_, tail) = plan(&client, held(&server), Rule::QuickCheck).unwrap();
         let mut got: Vec<_> = tail
-            .dir_times
+            .dir_attrs
             .iter()
-            .map(|(p, m)| (p.as_str(), m.secs))
+            .map(|(p, m, _)| (p.to_str().unwrap(), m.secs))
             .collect();
         got.sort();
         assert_eq!(
@@ -802,25 +905,25 @@ mod tests {
             }
             for path in &send {
                 for a in path.ancestors() {
-                    ensure_dir(&mut result, a.as_str());
+                    ensure_dir(&mut result, a.to_str().unwrap());
                 }
-                if result.get(path.as_str()).is_some_and(|(d, _, _)| *d) {
-                    remove_tree(&mut result, path.as_str());
+                if result.get(path.to_str().unwrap()).is_some_and(|(d, _, _)| *d) {
+                    remove_tree(&mut result, path.to_str().unwrap());
                 }
-                result.insert(path.as_str().to_owned(), client[path.as_str()]);
+                result.insert(path.to_str().unwrap().to_owned(), client[path.to_str().unwrap()]);
             }
             for d in &tail.delete {
-                prop_assert!(!client.contains_key(d.as_str()), "deleted listed entry {}", d);
-                let parents_ok = d.ancestors().all(|a| result.get(a.as_str()).is_some_and(|(d, _, _)| *d));
+                prop_assert!(!client.contains_key(d.to_str().unwrap()), "deleted listed entry {}", d);
+                let parents_ok = d.ancestors().all(|a| result.get(a.to_str().unwrap()).is_some_and(|(d, _, _)| *d));
                 if parents_ok {
-                    remove_tree(&mut result, d.as_str());
+                    remove_tree(&mut result, d.to_str().unwrap());
                 }
             }
             for m in &tail.make_dirs {
                 for a in m.ancestors() {
-                    ensure_dir(&mut result, a.as_str());
+                    ensure_dir(&mut result, a.to_str().unwrap());
                 }
-                ensure_dir(&mut result, m.as_str());
+                ensure_dir(&mut result, m.to_str().unwrap());
             }
             prop_assert_eq!(result, client);
         }

@@ -23,8 +23,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome};
-use crate::paths::{ClientId, RelPath};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETID_BITS};
+use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::planner::{Held, TailOp};
 use crate::time::MTime;
 use crate::walk;
@@ -54,6 +57,11 @@ pub struct Store {
     pid: u32,
     /// Test hook: extra time each batch sync takes (see [`SLOW_DISK_ENV`]).
     slow_disk: std::time::Duration,
+    /// Permission bits files, directories and FIFOs may be given: setuid and setgid
+    /// are dropped unless [`Store::keep_setid`].
+    mode_mask: u32,
+    /// The finest mtime step the root's filesystem keeps.
+    mtime_precision: std::time::Duration,
 }
 
 /// Environment variable for tests: milliseconds added to every batch sync, making the disk
@@ -94,7 +102,32 @@ impl Store {
                 .and_then(|v| v.parse().ok())
                 .map(std::time::Duration::from_millis)
                 .unwrap_or_default(),
+            mode_mask: MODE_BITS & !SETID_BITS,
+            mtime_precision: std::time::Duration::from_nanos(1),
         })
+    }
+
+    /// The finest mtime step the root's filesystem keeps, found when the store was
+    /// opened: 1 ns on ext4, xfs, btrfs or tmpfs; 1 s or 2 s on coarse ones (FAT, ext4
+    /// with 128-byte inodes, some NFS exports). Planning compares mtimes at this precision.
+    pub fn mtime_precision(&self) -> std::time::Duration {
+        self.mtime_precision
+    }
+
+    /// Keeps setuid and setgid bits from clients (`serve --keep-setid`). By default they
+    /// are dropped: a server must not grow setuid programs from the network.
+    pub fn keep_setid(mut self, keep: bool) -> Self {
+        self.mode_mask = if keep {
+            MODE_BITS
+        } else {
+            MODE_BITS & !SETID_BITS
+        };
+        self
+    }
+
+    /// Whether setuid and setgid bits are kept.
+    pub fn keeps_setid(&self) -> bool {
+        self.mode_mask & SETID_BITS != 0
     }
 
     /// The server root.
@@ -109,8 +142,9 @@ impl Store {
 
     /// What the server holds for a client, in tree order ([`RelPath::tree_cmp`]), read
     /// lazily as the planner merges it with the manifest: memory stays bounded by the
-    /// tree's depth and its largest directory, whatever its size. Symlinks and special
-    /// files are listed as files that match nothing, so the plan replaces or deletes them.
+    /// tree's depth and its largest directory, whatever its size. Symlinks are listed with
+    /// their target (read, never followed); sockets and devices, which no client sends,
+    /// as files that match nothing, so the plan replaces or deletes them.
     pub fn index(&self, id: &ClientId) -> Index {
         let dir = self.client_dir(id);
         let mut error = None;
@@ -158,8 +192,11 @@ impl Store {
         let mut placer = Placer {
             dir: self.client_dir(id),
             tmp: self.tmp.clone(),
+            temp_prefix: format!("{}-{}", self.pid, self.seq.fetch_add(1, Ordering::Relaxed)),
+            temps: 0,
             dirs_ok: HashSet::new(),
             slow_disk: self.slow_disk,
+            mode_mask: self.mode_mask,
         };
         let thread = std::thread::Builder::new()
             .name("filesync-placer".into())
@@ -227,33 +264,39 @@ impl Iterator for Index {
             };
             let Ok(rel) = RelPath::from_local(e.path().strip_prefix(&self.dir).unwrap_or(e.path()))
             else {
-                tracing::warn!(path = %e.path().display(), "ignoring a name that cannot be synced");
+                // Only a path longer than a client can send gets here.
+                tracing::warn!(path = %e.path().display(), "ignoring a path too long to sync");
                 continue;
             };
             let m = match e.metadata() {
                 Ok(m) => m,
                 Err(err) => return self.stop(err),
             };
-            let mtime = walk::mtime_of(&m);
-            let held = if m.is_dir() {
-                Held {
-                    kind: EntryKind::Dir,
-                    size: 0,
-                    mtime,
-                }
-            } else if m.is_file() {
-                Held {
-                    kind: EntryKind::File,
-                    size: m.len(),
-                    mtime,
-                }
-            } else {
-                Held {
-                    kind: EntryKind::File,
-                    size: u64::MAX,
-                    mtime: MTime::EPOCH,
-                }
+            let ft = m.file_type();
+            let mut held = Held {
+                kind: EntryKind::File,
+                size: 0,
+                mtime: walk::mtime_of(&m),
+                mode: m.mode() & MODE_BITS,
+                target: None,
             };
+            if ft.is_dir() {
+                held.kind = EntryKind::Dir;
+            } else if ft.is_file() {
+                held.size = m.len();
+            } else if ft.is_symlink() {
+                held.kind = EntryKind::Symlink;
+                // A target that cannot be read or held matches no listed link, so the
+                // plan replaces it.
+                held.target = fs::read_link(e.path())
+                    .ok()
+                    .and_then(|t| LinkTarget::from_bytes(t.as_os_str().as_bytes()).ok());
+            } else if ft.is_fifo() {
+                held.kind = EntryKind::Fifo;
+            } else {
+                held.size = u64::MAX;
+                held.mtime = MTime::EPOCH;
+            }
             return Some((rel, held));
         }
     }
@@ -337,9 +380,14 @@ enum Open {
     Writing {
         path: RelPath,
         mtime: MTime,
+        /// Permission bits to give it, `None` to leave the default.
+        mode: Option<u32>,
         size: u64,
         temp: PathBuf,
         file: File,
+        /// A hole was skipped: the file is given its full size at the end, so a trailing
+        /// hole exists too.
+        sparse: bool,
     },
     /// Opening or writing failed; the rest of the content is dropped and the file rejected.
     Failed { path: RelPath, error: String },
@@ -392,11 +440,16 @@ struct Placer {
     dir: PathBuf,
     /// The temporary directory, on the same filesystem as every staged file.
     tmp: PathBuf,
+    /// Names the symlinks and FIFOs this placer makes in `tmp` before moving them.
+    temp_prefix: String,
+    temps: u64,
     /// Directories already checked or made in this session: a cache, emptied whenever it
     /// reaches [`DIRS_CACHED`] so that a session's memory does not grow with the tree.
     /// Files arrive in tree order, so the folders in use are the few most recent ones.
     dirs_ok: HashSet<PathBuf>,
     slow_disk: std::time::Duration,
+    /// See [`Store::keep_setid`].
+    mode_mask: u32,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
@@ -407,9 +460,10 @@ fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
 }
 
 impl Receiver<'_> {
-    /// Starts a file. Failure is not returned but remembered: the content that follows is
-    /// dropped and [`commit`](Self::commit) reports the file rejected.
-    pub fn open(&mut self, h: &FileHeader) {
+    /// Starts a file, to be given `mode` (masked by the store's policy) or, with `None`,
+    /// the default mode for new files. Failure is not returned but remembered: the content
+    /// that follows is dropped and [`commit`](Self::commit) reports the file rejected.
+    pub fn open(&mut self, h: &FileHeader, mode: Option<u32>) {
         self.discard();
         let temp = self.store.temp_path();
         let opened = OpenOptions::new().write(true).create_new(true).open(&temp);
@@ -417,9 +471,11 @@ impl Receiver<'_> {
             Ok(file) => Open::Writing {
                 path: h.path.clone(),
                 mtime: h.mtime,
+                mode: mode.map(|m| m & self.store.mode_mask),
                 size: h.size,
                 temp,
                 file,
+                sparse: false,
             },
             Err(e) => Open::Failed {
                 path: h.path.clone(),
@@ -445,6 +501,39 @@ impl Receiver<'_> {
         }
     }
 
+    /// Starts a file with the default mode for new files.
+    #[cfg(test)]
+    fn open_default(&mut self, h: &FileHeader) {
+        self.open(h, None);
+    }
+
+    /// Skips `len` bytes of the open file, leaving a hole: nothing is written or
+    /// allocated for them.
+    pub fn skip(&mut self, len: u64) {
+        use std::io::Seek;
+        if let Some(Open::Writing {
+            path,
+            temp,
+            file,
+            sparse,
+            ..
+        }) = &mut self.open
+        {
+            let r = i64::try_from(len)
+                .map_err(io::Error::other)
+                .and_then(|n| file.seek(io::SeekFrom::Current(n)));
+            *sparse = true;
+            if let Err(e) = r {
+                let path = path.clone();
+                let _ = fs::remove_file(&*temp);
+                self.open = Some(Open::Failed {
+                    path,
+                    error: format!("skipping a hole: {e}"),
+                });
+            }
+        }
+    }
+
     /// Drops the open file, if any.
     pub fn discard(&mut self) {
         if let Some(Open::Writing { temp, .. }) = self.open.take() {
@@ -461,17 +550,28 @@ impl Receiver<'_> {
             Some(Open::Writing {
                 path,
                 mtime,
+                mode,
                 size,
                 temp,
                 file,
+                sparse,
             }) => {
                 let t = filetime::FileTime::from_unix_time(mtime.secs, mtime.nanos);
-                if let Err(e) = filetime::set_file_handle_times(&file, Some(t), Some(t)) {
+                let done = (if sparse { file.set_len(size) } else { Ok(()) })
+                    .map_err(|e| format!("sizing: {e}"))
+                    .and_then(|()| {
+                        mode.map_or(Ok(()), |m| {
+                            file.set_permissions(fs::Permissions::from_mode(m))
+                        })
+                        .map_err(|e| format!("setting the mode: {e}"))
+                    })
+                    .and_then(|()| {
+                        filetime::set_file_handle_times(&file, Some(t), Some(t))
+                            .map_err(|e| format!("setting mtime: {e}"))
+                    });
+                if let Err(e) = done {
                     let _ = fs::remove_file(&temp);
-                    return vec![(
-                        path,
-                        rejected(ErrorCode::STORAGE, format!("setting mtime: {e}")),
-                    )];
+                    return vec![(path, rejected(ErrorCode::STORAGE, e))];
                 }
                 // Closed here: a batch waiting for the disk holds names, not descriptors.
                 drop(file);
@@ -586,19 +686,88 @@ impl Placer {
                     errors.push(format!("making directory {d}: {e}"));
                 }
             }
-            TailOp::DirTime(d, t) => {
-                let is_dir = d
-                    .ancestors()
-                    .chain(std::iter::once(d.clone()))
-                    .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()));
-                if is_dir {
+            TailOp::DirAttrs(d, t, mode) => {
+                if self.is_real(&d, fs::Metadata::is_dir) {
+                    let full = d.to_path(&self.dir);
                     let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
-                    if let Err(e) = filetime::set_file_mtime(d.to_path(&self.dir), ft) {
-                        errors.push(format!("setting the mtime of {d}: {e}"));
+                    let r = mode
+                        .map_or(Ok(()), |m| {
+                            fs::set_permissions(&full, fs::Permissions::from_mode(m & self.mode_mask))
+                        })
+                        .and_then(|()| filetime::set_file_mtime(&full, ft));
+                    if let Err(e) = r {
+                        errors.push(format!("setting the mode and mtime of {d}: {e}"));
                     }
                 }
             }
+            TailOp::Link(p, target, t) => {
+                if let Err(e) = self.place_special(&p, |tmp| {
+                    std::os::unix::fs::symlink(target.as_path(), tmp)?;
+                    let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
+                    filetime::set_symlink_file_times(tmp, ft, ft)
+                }) {
+                    errors.push(format!("making the symlink {p}: {e}"));
+                }
+            }
+            TailOp::Fifo(p, mode, t) => {
+                let mode = mode & self.mode_mask;
+                if let Err(e) = self.place_special(&p, |tmp| {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        tmp,
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(0o600),
+                        0,
+                    )?;
+                    // Set apart from mknod, which the umask would trim. A FIFO is
+                    // never opened: its mode and times are set by name.
+                    fs::set_permissions(tmp, fs::Permissions::from_mode(mode))?;
+                    let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
+                    filetime::set_symlink_file_times(tmp, ft, ft)
+                }) {
+                    errors.push(format!("making the FIFO {p}: {e}"));
+                }
+            }
+            TailOp::Chmod(p, mode) => {
+                // Only a regular file reached through real directories: chmod(2)
+                // follows symlinks, so a link must never be given to it.
+                if self.is_real(&p, fs::Metadata::is_file) {
+                    let full = p.to_path(&self.dir);
+                    let perm = fs::Permissions::from_mode(mode & self.mode_mask);
+                    if let Err(e) = fs::set_permissions(full, perm) {
+                        errors.push(format!("setting the mode of {p}: {e}"));
+                    }
+                } else {
+                    errors.push(format!("setting the mode of {p}: no longer a regular file"));
+                }
+            }
         }
+    }
+
+    /// Whether `rel` is reached through real directories (no symlink) and is, by
+    /// `lstat`, what `is` asks.
+    fn is_real(&self, rel: &RelPath, is: fn(&fs::Metadata) -> bool) -> bool {
+        rel.ancestors()
+            .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()))
+            && fs::symlink_metadata(rel.to_path(&self.dir)).is_ok_and(|m| is(&m))
+    }
+
+    /// Makes a symlink or FIFO with `make` under a temporary name, then moves it into
+    /// place as files are, replacing what stands there.
+    fn place_special(
+        &mut self,
+        rel: &RelPath,
+        make: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.temps += 1;
+        let tmp = self
+            .tmp
+            .join(format!("{}-s{}.part", self.temp_prefix, self.temps));
+        let r = make(&tmp).and_then(|()| self.place(&tmp, rel));
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
     }
 
     /// Ensures every ancestor of `rel` is a real directory under the client folder,
@@ -742,6 +911,7 @@ mod tests {
             path: RelPath::parse(p).unwrap(),
             size,
             mtime: MTime::new(1_600_000_000, 123_456_789).unwrap(),
+            mode: 0o644,
             offset: 0,
         }
     }
@@ -753,7 +923,7 @@ mod tests {
         let id = ClientId::parse("a").unwrap();
         let (seen, report) = collect();
         let mut r = store.receiver(&id, report).unwrap();
-        r.open(&header("d/x.txt", 5));
+        r.open_default(&header("d/x.txt", 5));
         r.write(b"hel");
         let dest = root.path().join("client_a/d/x.txt");
         assert!(!dest.exists(), "nothing under the final name before commit");
@@ -787,10 +957,10 @@ mod tests {
         let id = ClientId::parse("a").unwrap();
         let (seen, report) = collect();
         let mut r = store.receiver(&id, report).unwrap();
-        r.open(&header("whole", 1));
+        r.open_default(&header("whole", 1));
         r.write(b"1");
         r.commit();
-        r.open(&header("partial", 10));
+        r.open_default(&header("partial", 10));
         r.write(b"12");
         drop(r);
         assert_eq!(fs::read(root.path().join("client_a/whole")).unwrap(), b"1");
@@ -815,7 +985,7 @@ mod tests {
         fs::write(outside.path().join("victim"), b"keep").unwrap();
         let (seen, report) = collect();
         let mut r = store.receiver(&id, report).unwrap();
-        r.open(&header("d/x.txt", 1));
+        r.open_default(&header("d/x.txt", 1));
         r.write(b"!");
         r.commit();
         let tail = Tail {
@@ -839,15 +1009,15 @@ mod tests {
         let store = Store::open(root.path()).unwrap();
         let id = ClientId::parse("a").unwrap();
         let mut r = store.receiver(&id, |_| {}).unwrap();
-        r.open(&header("d/f", 1));
+        r.open_default(&header("d/f", 1));
         r.write(b"1");
         r.commit();
         let when = MTime::new(1_500_000_000, 42).unwrap();
         let tail = Tail {
             make_dirs: vec![RelPath::parse("d/empty").unwrap()],
-            dir_times: vec![
-                (RelPath::parse("d").unwrap(), when),
-                (RelPath::parse("d/empty").unwrap(), when),
+            dir_attrs: vec![
+                (RelPath::parse("d").unwrap(), when, None),
+                (RelPath::parse("d/empty").unwrap(), when, Some(0o700)),
             ],
             ..Tail::default()
         };
@@ -879,7 +1049,7 @@ mod tests {
         let id = ClientId::parse("a").unwrap();
         let (seen, report) = collect();
         let mut r = store.receiver(&id, report).unwrap();
-        r.open(&header("a", 2));
+        r.open_default(&header("a", 2));
         r.write(b"hi");
         r.commit();
         let (_, errors) = r.finish(spool(&store, Tail::default()));
@@ -889,26 +1059,135 @@ mod tests {
     }
 
     #[test]
-    fn index_lists_files_dirs_and_marks_links() {
+    fn index_lists_every_kind_without_following_links() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let d = root.path().join("client_a");
         fs::create_dir_all(d.join("sub")).unwrap();
         fs::write(d.join("sub/f"), b"123").unwrap();
+        fs::set_permissions(d.join("sub/f"), fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink("/etc", d.join("link")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
         let idx: Vec<_> = store.index(&ClientId::parse("a").unwrap()).collect();
         let names: Vec<_> = idx
             .iter()
-            .map(|(p, h)| (p.as_str(), h.kind, h.size))
+            .map(|(p, h)| (p.to_string(), h.kind, h.size))
             .collect();
         assert_eq!(
             names,
             [
-                ("link", EntryKind::File, u64::MAX),
-                ("sub", EntryKind::Dir, 0),
-                ("sub/f", EntryKind::File, 3)
+                ("link".into(), EntryKind::Symlink, 0),
+                ("sock".into(), EntryKind::File, u64::MAX),
+                ("sub".into(), EntryKind::Dir, 0),
+                ("sub/f".into(), EntryKind::File, 3)
             ]
         );
+        assert_eq!(idx[0].1.target.as_ref().unwrap().as_bytes(), b"/etc");
+        assert_eq!(idx[3].1.mode, 0o600);
+    }
+
+    #[test]
+    fn files_get_their_modes_and_setid_bits_only_when_kept() {
+        for keep in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let store = Store::open(root.path()).unwrap().keep_setid(keep);
+            let id = ClientId::parse("a").unwrap();
+            let mut r = store.receiver(&id, |_| {}).unwrap();
+            for (name, mode) in [("key", 0o600), ("script", 0o755), ("suid", 0o4755)] {
+                r.open(&header(name, 1), Some(mode));
+                r.write(b"x");
+                r.commit();
+            }
+            let tail = Tail {
+                specials: vec![TailOp::Fifo(p("fifo"), 0o2640, MTime::EPOCH)],
+                dir_attrs: vec![],
+                ..Tail::default()
+            };
+            let (_, errors) = r.finish(spool(&store, tail));
+            assert!(errors.is_empty(), "{errors:?}");
+            let mode = |n: &str| {
+                fs::symlink_metadata(root.path().join("client_a").join(n))
+                    .unwrap()
+                    .mode()
+                    & 0o7777
+            };
+            assert_eq!((mode("key"), mode("script")), (0o600, 0o755));
+            let setid = if keep { 0o6000 } else { 0 };
+            assert_eq!(mode("suid"), 0o755 | (0o4000 & setid), "keep {keep}");
+            assert_eq!(mode("fifo"), 0o640 | (0o2000 & setid), "keep {keep}");
+        }
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn symlinks_and_fifos_are_made_verbatim_and_replace_what_stands_there() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let d = root.path().join("client_a");
+        fs::create_dir_all(d.join("was-dir/inner")).unwrap();
+        fs::write(d.join("was-file"), b"old").unwrap();
+        // A link the server holds that points outside: replacing or changing the mode of
+        // what it names must touch the link, never its target.
+        std::os::unix::fs::symlink(outside.path().join("victim"), d.join("out")).unwrap();
+        let when = MTime::new(1_234_567_890, 5).unwrap();
+        let target = |b: &[u8]| LinkTarget::from_bytes(b).unwrap();
+        let tail = Tail {
+            specials: vec![
+                TailOp::Link(p("abs"), target(b"/etc/passwd"), when),
+                TailOp::Link(p("dangling"), target(b"../../nowhere/\xff"), when),
+                TailOp::Link(p("was-dir"), target(b"x"), when),
+                TailOp::Fifo(p("was-file"), 0o644, when),
+                TailOp::Chmod(p("out"), 0o777),
+            ],
+            ..Tail::default()
+        };
+        let mut r = store.receiver(&ClientId::parse("a").unwrap(), |_| {}).unwrap();
+        let (_, errors) = r.finish(spool(&store, tail));
+        assert_eq!(errors.len(), 1, "chmod through a link is refused: {errors:?}");
+        let link = |n: &str| fs::read_link(d.join(n)).unwrap();
+        assert_eq!(link("abs"), Path::new("/etc/passwd"));
+        assert_eq!(
+            link("dangling").as_os_str().as_bytes(),
+            b"../../nowhere/\xff"
+        );
+        assert_eq!(link("was-dir"), Path::new("x"));
+        let m = fs::symlink_metadata(d.join("abs")).unwrap();
+        assert_eq!(walk::mtime_of(&m), when, "the link's own time");
+        let f = fs::symlink_metadata(d.join("was-file")).unwrap();
+        assert!(f.file_type().is_fifo());
+        assert_eq!(f.mode() & 0o7777, 0o644);
+        let victim = fs::metadata(outside.path().join("victim")).unwrap();
+        assert_ne!(victim.mode() & 0o777, 0o777);
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn holes_stay_holes() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let mut r = store.receiver(&ClientId::parse("a").unwrap(), |_| {}).unwrap();
+        let size = 1u64 << 30;
+        r.open_default(&header("sparse", size));
+        r.skip(size / 2);
+        r.write(b"data");
+        r.skip(size / 2 - 4);
+        r.commit();
+        let (_, errors) = r.finish(spool(&store, Tail::default()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let m = fs::metadata(root.path().join("client_a/sparse")).unwrap();
+        assert_eq!(m.len(), size);
+        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+        use std::io::{Read, Seek};
+        let mut f = File::open(root.path().join("client_a/sparse")).unwrap();
+        f.seek(io::SeekFrom::Start(size / 2 - 2)).unwrap();
+        let mut buf = [9u8; 8];
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"\0\0data\0\0");
     }
 
     #[test]
@@ -929,7 +1208,8 @@ mod tests {
                 RelPath::parse("file").unwrap(),
             ],
             make_dirs: vec![RelPath::parse("new/deep").unwrap()],
-            dir_times: vec![(RelPath::parse("new").unwrap(), when)],
+            dir_attrs: vec![(RelPath::parse("new").unwrap(), when, None)],
+            ..Tail::default()
         };
         let spool = spool(&store, tail);
         let spool_path = spool.path.clone();
@@ -956,7 +1236,7 @@ mod tests {
         fs::write(d.join("a.b"), b"").unwrap();
         let names: Vec<_> = store
             .index(&ClientId::parse("a").unwrap())
-            .map(|(p, _)| p.as_str().to_owned())
+            .map(|(p, _)| p.to_string())
             .collect();
         assert_eq!(names, ["a", "a/x", "a.b"]);
     }

@@ -81,6 +81,14 @@ impl MTime {
         self.secs == other.secs && self.nanos / 1000 == other.nanos / 1000
     }
 
+    /// Whether the two differ by less than `window` (rsync's `--modify-window`): the
+    /// test for a server filesystem that keeps coarser times than the client's. A window
+    /// of 1 ns or less is exact equality.
+    pub fn within(self, other: MTime, window: Duration) -> bool {
+        let ns = |t: MTime| i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos);
+        (ns(self) - ns(other)).unsigned_abs() < window.as_nanos().max(1)
+    }
+
     /// This instant shifted by `d`, saturating.
     pub fn plus(self, d: Duration) -> MTime {
         let total = i128::from(self.secs) * 1_000_000_000
@@ -222,6 +230,23 @@ mod tests {
         assert_eq!(cet.nanos, 500_000_000);
         let back = SeedTime::from_mtime(cet, &FixedOffset::east_opt(2 * 3600).unwrap());
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn within_a_window() {
+        let t = |s, n| MTime::new(s, n).unwrap();
+        let exact = Duration::from_nanos(1);
+        assert!(t(5, 7).within(t(5, 7), exact));
+        assert!(!t(5, 7).within(t(5, 8), exact));
+        assert!(!t(5, 7).within(t(5, 8), Duration::ZERO), "zero is exact too");
+        let sec = Duration::from_secs(1);
+        assert!(t(10, 700_000_000).within(t(10, 0), sec), "truncated");
+        assert!(!t(10, 0).within(t(11, 0), sec));
+        let fat = Duration::from_secs(2);
+        assert!(t(11, 500_000_000).within(t(10, 0), fat), "rounded down");
+        assert!(t(11, 500_000_000).within(t(12, 0), fat), "rounded up");
+        assert!(!t(9, 0).within(t(12, 0), fat));
+        assert!(t(-1, 999_999_999).within(t(0, 0), sec), "across the epoch");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The client's side of the filesystem: listing the tree and reading files for sending.
 //!
-//! Symlinks are not followed (they are skipped with a warning), so a link cannot pull
-//! files from outside the folder into the archive.
+//! Symlinks are listed as links with their target, never followed, so a link cannot pull
+//! files from outside the folder into the archive. FIFOs are listed (and never opened);
+//! sockets and device files are skipped and counted, since a file copy cannot hold them.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -9,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::messages::{Entry, EntryKind};
-use crate::paths::RelPath;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use crate::messages::{Entry, EntryKind, MODE_BITS};
+use crate::paths::{LinkTarget, RelPath};
 use crate::time::MTime;
 
 /// Entries per chunk a background listing hands over.
@@ -20,9 +24,10 @@ pub const LIST_CHUNK: usize = 1024;
 /// children, names sorted by their bytes. Memory stays bounded by the tree's depth and its
 /// largest directory, whatever its size.
 ///
-/// Entries that cannot be listed are logged and skipped (symlinks, special files, names
-/// that cannot be synced); a path that could not be read (a permission error) is listed as
-/// [`EntryKind::Keep`], so that the server keeps its copy instead of deleting it as gone.
+/// Sockets and device files are logged, skipped and counted; a path that could not be
+/// read (a permission error) is listed as [`EntryKind::Keep`], so that the server keeps its
+/// copy instead of deleting it as gone, and counted as unreadable: the sync did not archive
+/// it, and must say so.
 #[derive(Debug)]
 pub struct Lister {
     root: PathBuf,
@@ -30,8 +35,30 @@ pub struct Lister {
     /// One entry of look-ahead: a directory whose contents then fail to read is turned
     /// into a `Keep` entry before it is handed out.
     ahead: Option<Entry>,
-    skipped: u64,
+    stats: ListStats,
     done: bool,
+}
+
+/// What a listing left out, by reason: the entries of the folder that the server will not
+/// hold after the sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListStats {
+    /// Sockets skipped (not archived, by design: one exists only while a program runs).
+    pub sockets: u64,
+    /// Block and character devices skipped (not archived: a copy would not be a device).
+    pub devices: u64,
+    /// Entries excluded by `--exclude` or a `.filesyncignore` (an excluded directory
+    /// counts once).
+    pub excluded: u64,
+    /// Entries that could not be read: failures, which make the sync partial.
+    pub unreadable: u64,
+    /// The first [`ListStats::KEPT`] unreadable paths and why.
+    pub unreadable_paths: Vec<(RelPath, String)>,
+}
+
+impl ListStats {
+    /// How many unreadable paths are kept by name.
+    pub const KEPT: usize = 1000;
 }
 
 /// Starts listing `root`. Fails if `root` is not a readable directory.
@@ -47,36 +74,32 @@ pub fn lister(root: &Path) -> io::Result<Lister> {
         root: root.to_path_buf(),
         walk: tree_walk(root),
         ahead: None,
-        skipped: 0,
+        stats: ListStats::default(),
         done: false,
     })
 }
 
 impl Lister {
-    /// Entries skipped so far (each was logged as a warning).
-    pub fn skipped(&self) -> u64 {
-        self.skipped
+    /// What was left out so far.
+    pub fn stats(&self) -> &ListStats {
+        &self.stats
     }
 
-    fn skip(&mut self, path: &Path, why: &str) {
-        self.skipped += 1;
-        tracing::warn!(path = %path.display(), why, "skipped");
-    }
-
-    /// A path that could not be read becomes a `Keep` entry, returned; the directory in
-    /// hand, if it is that path, is marked instead.
-    fn keep(&mut self, path: &Path) -> Option<Entry> {
+    /// A path that could not be read becomes a `Keep` entry, returned, and is counted as
+    /// unreadable; the directory in hand, if it is that path, is marked instead.
+    fn unreadable(&mut self, path: &Path, why: &str) -> Option<Entry> {
+        tracing::warn!(path = %path.display(), why, "cannot read; the server keeps its copy");
+        self.stats.unreadable += 1;
         let rel = RelPath::from_local(path.strip_prefix(&self.root).unwrap_or(path)).ok()?;
+        if self.stats.unreadable_paths.len() < ListStats::KEPT {
+            self.stats.unreadable_paths.push((rel.clone(), why.to_owned()));
+        }
         if let Some(e) = self.ahead.as_mut().filter(|e| e.path == rel) {
             e.kind = EntryKind::Keep;
+            e.target = None;
             return None;
         }
-        Some(Entry {
-            path: rel,
-            kind: EntryKind::Keep,
-            size: 0,
-            mtime: MTime::EPOCH,
-        })
+        Some(keep_entry(rel))
     }
 
     /// The next entry of the walk itself, before the look-ahead; `None` at the end.
@@ -86,8 +109,7 @@ impl Lister {
                 Ok(e) => e,
                 Err(err) => {
                     let p = err.path().map(Path::to_path_buf).unwrap_or_default();
-                    self.skip(&p, &err.to_string());
-                    match self.keep(&p) {
+                    match self.unreadable(&p, &err.to_string()) {
                         Some(k) => return Some(k),
                         None => continue,
                     }
@@ -96,10 +118,10 @@ impl Lister {
             let rel =
                 match RelPath::from_local(e.path().strip_prefix(&self.root).unwrap_or(e.path())) {
                     Ok(r) => r,
-                    Err(err) => {
-                        self.skip(e.path(), &err.to_string());
-                        continue;
-                    }
+                    Err(err) => match self.unreadable(e.path(), &err.to_string()) {
+                        Some(k) => return Some(k),
+                        None => continue,
+                    },
                 };
             let ft = e.file_type();
             let kind = if ft.is_dir() {
@@ -107,21 +129,40 @@ impl Lister {
             } else if ft.is_file() {
                 EntryKind::File
             } else if ft.is_symlink() {
-                self.skip(e.path(), "symbolic link, not followed");
-                continue;
+                EntryKind::Symlink
+            } else if ft.is_fifo() {
+                EntryKind::Fifo
             } else {
-                self.skip(e.path(), "not a regular file");
+                let what = if ft.is_socket() {
+                    self.stats.sockets += 1;
+                    "a socket"
+                } else {
+                    self.stats.devices += 1;
+                    "a device file"
+                };
+                tracing::info!(path = %e.path().display(), "skipped {what}: not archived");
                 continue;
             };
             let m = match e.metadata() {
                 Ok(m) => m,
-                Err(err) => {
-                    self.skip(e.path(), &err.to_string());
-                    match self.keep(e.path()) {
+                Err(err) => match self.unreadable(e.path(), &err.to_string()) {
+                    Some(k) => return Some(k),
+                    None => continue,
+                },
+            };
+            let target = if kind == EntryKind::Symlink {
+                let t = std::fs::read_link(e.path()).map_err(|e| e.to_string()).and_then(|t| {
+                    LinkTarget::from_bytes(t.as_os_str().as_bytes()).map_err(|e| e.to_string())
+                });
+                match t {
+                    Ok(t) => Some(t),
+                    Err(why) => match self.unreadable(e.path(), &why) {
                         Some(k) => return Some(k),
                         None => continue,
-                    }
+                    },
                 }
+            } else {
+                None
             };
             let size = if kind == EntryKind::File { m.len() } else { 0 };
             return Some(Entry {
@@ -129,6 +170,8 @@ impl Lister {
                 kind,
                 size,
                 mtime: mtime_of(&m),
+                mode: m.mode() & MODE_BITS,
+                target,
             });
         }
     }
@@ -149,6 +192,18 @@ impl Iterator for Lister {
         let next = self.walk_next();
         self.done = next.is_none();
         std::mem::replace(&mut self.ahead, next)
+    }
+}
+
+/// An entry telling the server to keep what it holds at `path`.
+fn keep_entry(path: RelPath) -> Entry {
+    Entry {
+        path,
+        kind: EntryKind::Keep,
+        size: 0,
+        mtime: MTime::EPOCH,
+        mode: 0,
+        target: None,
     }
 }
 
@@ -233,6 +288,8 @@ impl Source {
             kind: EntryKind::File,
             size: m.len(),
             mtime: mtime_of(&m),
+            mode: m.mode() & MODE_BITS,
+            target: None,
         };
         Ok(Source {
             file,
@@ -291,29 +348,54 @@ mod tests {
     use std::fs;
 
     #[test]
-    fn scan_lists_sorted_and_skips_links() {
+    fn scan_lists_every_kind_with_modes_and_counts_what_it_skips() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("b/empty")).unwrap();
         fs::write(d.path().join("b/x"), b"12").unwrap();
+        fs::set_permissions(d.path().join("b/x"), fs::Permissions::from_mode(0o4750)).unwrap();
         fs::write(d.path().join("a"), b"").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.path().join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+        let odd = d.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        fs::write(&odd, b"").unwrap();
         let s = scan(d.path()).unwrap();
         let names: Vec<_> = s
             .iter()
-            .map(|e| (e.path.as_str(), e.kind, e.size))
+            .map(|e| (e.path.to_string(), e.kind, e.size))
             .collect();
         assert_eq!(
             names,
             [
-                ("a", EntryKind::File, 0),
-                ("b", EntryKind::Dir, 0),
-                ("b/empty", EntryKind::Dir, 0),
-                ("b/x", EntryKind::File, 2)
+                ("a".to_string(), EntryKind::File, 0),
+                ("b".to_string(), EntryKind::Dir, 0),
+                ("b/empty".to_string(), EntryKind::Dir, 0),
+                ("b/x".to_string(), EntryKind::File, 2),
+                ("caf\\xE9".to_string(), EntryKind::File, 0),
+                ("link".to_string(), EntryKind::Symlink, 0),
+                ("pipe".to_string(), EntryKind::Fifo, 0),
             ]
         );
+        assert_eq!(s[3].mode, 0o4750);
+        assert_eq!(s[5].target.as_ref().unwrap().as_bytes(), b"/etc/passwd");
+        assert_eq!(s[6].mode, 0o640, "umask 022 leaves 0640 as it is");
         let mut l = lister(d.path()).unwrap();
-        assert_eq!(l.by_ref().count(), 4);
-        assert_eq!(l.skipped(), 1);
+        assert_eq!(l.by_ref().count(), 7);
+        assert_eq!(
+            l.stats(),
+            &ListStats {
+                sockets: 1,
+                ..ListStats::default()
+            }
+        );
         assert!(scan(&d.path().join("missing")).is_err());
     }
 
@@ -325,22 +407,22 @@ mod tests {
         fs::create_dir_all(d.path().join("locked")).unwrap();
         let mut l = lister(d.path()).unwrap();
         l.ahead = Some(Entry {
-            path: RelPath::parse("locked").unwrap(),
             kind: EntryKind::Dir,
-            size: 0,
-            mtime: MTime::EPOCH,
+            ..keep_entry(RelPath::parse("locked").unwrap())
         });
         assert_eq!(
-            l.keep(&d.path().join("locked")),
+            l.unreadable(&d.path().join("locked"), "denied"),
             None,
             "marks the entry in hand"
         );
         assert_eq!(l.ahead.as_ref().unwrap().kind, EntryKind::Keep);
-        let other = l.keep(&d.path().join("other/f")).unwrap();
+        let other = l.unreadable(&d.path().join("other/f"), "denied").unwrap();
         assert_eq!(
-            (other.path.as_str(), other.kind),
+            (other.path.to_str().unwrap(), other.kind),
             ("other/f", EntryKind::Keep)
         );
+        assert_eq!(l.stats().unreadable, 2, "both count as failures");
+        assert_eq!(l.stats().unreadable_paths[1].1, "denied");
     }
 
     #[test]
@@ -353,7 +435,7 @@ mod tests {
         let names: Vec<_> = scan(d.path())
             .unwrap()
             .into_iter()
-            .map(|e| e.path.as_str().to_owned())
+            .map(|e| e.path.to_string())
             .collect();
         assert_eq!(names, ["a", "a/x", "a.b", "a0"]);
     }

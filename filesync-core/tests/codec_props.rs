@@ -11,10 +11,10 @@ use filesync_core::codec::{CodecError, Frame, DATA_CHUNK, MAX_FRAME_LEN};
 use filesync_core::messages::seed;
 use filesync_core::messages::{
     ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
-    FileHeader, FileResult, Hello, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
+    FileHeader, Hole, FileResult, Hello, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
     Ready, ServerMsg, Tasks, TransferEnd, Welcome,
 };
-use filesync_core::paths::{ClientId, RelPath};
+use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::time::{MTime, SeedTime};
 use proptest::prelude::*;
 use serde::Serialize;
@@ -31,6 +31,25 @@ fn rel_path() -> impl Strategy<Value = RelPath> {
         1..4,
     )
     .prop_map(|cs| RelPath::parse(&cs.join("/")).expect("valid components"))
+}
+
+/// Any bytes a Linux name may hold (not `/`, not NUL), so non-UTF-8 names too: native
+/// sessions carry them in both encodings.
+fn byte_path() -> impl Strategy<Value = RelPath> {
+    prop_oneof![
+        rel_path(),
+        prop::collection::vec(
+            prop::collection::vec(any::<u8>().prop_filter("sep", |b| *b != b'/' && *b != 0), 1..8)
+                .prop_filter("dots", |c| c != b"." && c != b".."),
+            1..4,
+        )
+        .prop_map(|cs| RelPath::from_bytes(&cs.join(&b'/')).expect("valid components")),
+    ]
+}
+
+fn link_target() -> impl Strategy<Value = LinkTarget> {
+    prop::collection::vec(any::<u8>().prop_filter("nul", |b| *b != 0), 1..20)
+        .prop_map(|b| LinkTarget::from_bytes(&b).unwrap())
 }
 
 fn mtime() -> impl Strategy<Value = MTime> {
@@ -53,14 +72,28 @@ fn error_msg() -> impl Strategy<Value = ErrorMsg> {
 }
 
 fn client_msg() -> impl Strategy<Value = ClientMsg> {
-    let entry =
-        (rel_path(), any::<bool>(), any::<u64>(), mtime()).prop_map(|(path, f, size, mtime)| {
-            Entry {
-                path,
-                kind: if f { EntryKind::File } else { EntryKind::Dir },
-                size,
-                mtime,
-            }
+    let kind = prop::sample::select(vec![
+        EntryKind::File,
+        EntryKind::Dir,
+        EntryKind::Keep,
+        EntryKind::Symlink,
+        EntryKind::Fifo,
+    ]);
+    let entry = (
+        byte_path(),
+        kind,
+        any::<u64>(),
+        mtime(),
+        0u32..0o10000,
+        link_target(),
+    )
+        .prop_map(|(path, kind, size, mtime, mode, target)| Entry {
+            path,
+            kind,
+            size,
+            mtime,
+            mode,
+            target: (kind == EntryKind::Symlink).then_some(target),
         });
     prop_oneof![
         (
@@ -81,14 +114,16 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop::collection::vec(entry, 0..6)
             .prop_map(|entries| ClientMsg::Manifest(Manifest { entries })),
         any::<u64>().prop_map(|entries| ClientMsg::ManifestEnd(ManifestEnd { entries })),
-        (rel_path(), any::<u64>(), mtime()).prop_map(|(path, size, mtime)| {
+        (byte_path(), any::<u64>(), mtime(), any::<u32>()).prop_map(|(path, size, mtime, mode)| {
             ClientMsg::FileHeader(FileHeader {
                 path,
                 size,
                 mtime,
+                mode,
                 offset: 0,
             })
         }),
+        (1u64..).prop_map(|len| ClientMsg::Hole(Hole { len })),
         Just(ClientMsg::FileEnd(FileEnd {})),
         (rel_path(), text())
             .prop_map(|(path, reason)| ClientMsg::FileAbort(FileAbort { path, reason })),
@@ -270,12 +305,16 @@ fn sample_client_frames() -> Vec<Frame<ClientMsg>> {
                     kind: EntryKind::Dir,
                     size: 0,
                     mtime: t,
+                    mode: 0o755,
+                    target: None,
                 },
                 Entry {
                     path: p.clone(),
                     kind: EntryKind::File,
                     size: 5,
                     mtime: t,
+                    mode: 0o644,
+                    target: None,
                 },
             ],
         })),
@@ -284,6 +323,7 @@ fn sample_client_frames() -> Vec<Frame<ClientMsg>> {
             path: p.clone(),
             size: 5,
             mtime: t,
+            mode: 0o644,
             offset: 0,
         })),
         Frame::Data(Bytes::from_static(b"he")),
@@ -701,7 +741,7 @@ fn big_files_info() -> seed::ClientMsg {
             ))
             .unwrap();
             seed::FileInfo {
-                name: path.file_name().to_owned(),
+                name: String::from_utf8_lossy(path.file_name()).into_owned(),
                 path,
                 last_mod: if i % 2 == 0 { t } else { t0 },
             }
@@ -748,7 +788,7 @@ fn files_of(frames: Vec<Frame<seed::ClientMsg>>) -> Vec<(seed::FileHeader, Vec<u
 fn seed_header(path: &str, size: usize) -> seed::FileHeader {
     let path = RelPath::parse(path).unwrap();
     seed::FileHeader {
-        name: path.file_name().to_owned(),
+        name: String::from_utf8_lossy(path.file_name()).into_owned(),
         path,
         size: size as u64,
         last_mod: SeedTime::parse("2025-05-06T14:23:00.5").unwrap(),

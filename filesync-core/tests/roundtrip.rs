@@ -118,18 +118,19 @@ prop_compose! {
 prop_compose! {
     fn entry()(
         path in rel_path(),
-        kind in prop_oneof![Just(EntryKind::File), Just(EntryKind::Dir)],
+        kind in prop_oneof![Just(EntryKind::File), Just(EntryKind::Dir), Just(EntryKind::Fifo)],
         size in any::<u64>(),
         mtime in mtime(),
+        mode in 0u32..0o10000,
     ) -> Entry {
-        Entry { path, kind, size, mtime }
+        Entry { path, kind, size, mtime, mode, target: None }
     }
 }
 
 prop_compose! {
-    fn file_header()(path in rel_path(), size in any::<u64>(), mtime in mtime(), offset in any::<u64>())
+    fn file_header()(path in rel_path(), size in any::<u64>(), mtime in mtime(), mode in any::<u32>(), offset in any::<u64>())
         -> FileHeader {
-        FileHeader { path, size, mtime, offset }
+        FileHeader { path, size, mtime, mode, offset }
     }
 }
 
@@ -265,14 +266,14 @@ prop_compose! {
 
 prop_compose! {
     fn file_info()(path in rel_path(), last_mod in seed_time()) -> seed::FileInfo {
-        seed::FileInfo { name: path.file_name().to_owned(), path, last_mod }
+        seed::FileInfo { name: String::from_utf8_lossy(path.file_name()).into_owned(), path, last_mod }
     }
 }
 
 prop_compose! {
     fn seed_file_header()(path in rel_path(), size in any::<u64>(), last_mod in seed_time())
         -> seed::FileHeader {
-        seed::FileHeader { name: path.file_name().to_owned(), path, size, last_mod }
+        seed::FileHeader { name: String::from_utf8_lossy(path.file_name()).into_owned(), path, size, last_mod }
     }
 }
 

@@ -143,6 +143,8 @@ fn file(path: &str, size: u64, mtime: MTime) -> Entry {
         kind: EntryKind::File,
         size,
         mtime,
+        mode: 0o644,
+        target: None,
     }
 }
 
@@ -152,6 +154,8 @@ fn dir(path: &str) -> Entry {
         kind: EntryKind::Dir,
         size: 0,
         mtime: t0(),
+        mode: 0o755,
+        target: None,
     }
 }
 
@@ -162,6 +166,8 @@ fn held(e: &Entry) -> (RelPath, Held) {
             kind: e.kind,
             size: e.size,
             mtime: e.mtime,
+            mode: e.mode,
+            target: e.target.clone(),
         },
     )
 }
@@ -169,9 +175,9 @@ fn held(e: &Entry) -> (RelPath, Held) {
 /// The content the client holds for a file: `size` bytes derived from the path.
 fn content(path: &RelPath, size: u64) -> Vec<u8> {
     let seed = path
-        .as_str()
-        .bytes()
-        .fold(7u8, |a, b| a.wrapping_mul(31) ^ b);
+        .as_bytes()
+        .iter()
+        .fold(7u8, |a, &b| a.wrapping_mul(31) ^ b);
     (0..size)
         .map(|i| seed.wrapping_add((i % 251) as u8))
         .collect()
@@ -453,7 +459,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
     for i in 0..9000u64 {
         let e = file(&format!("bulk/f{i:05}"), i % 5, t);
         match i % 9 {
-            0 => index.push(file(e.path.as_str(), e.size, later)), // changed
+            0 => index.push(file(e.path.to_str().unwrap(), e.size, later)), // changed
             3 | 6 => {}                                            // new
             _ => index.push(e.clone()),                            // equal
         }
@@ -542,7 +548,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         let path = task.path().clone();
         let e = &local[&path];
         let body = content(&path, e.size);
-        let h = wire.up(client.header(&task, e.size, e.mtime));
+        let h = wire.up(client.header(&task, &e));
         let (s, r) = recv(server, h);
         server = s;
         match r {
@@ -706,7 +712,7 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
 
         // `b` changed while being read: header, some DATA, then FILE_ABORT.
         let b = take(&mut tasks);
-        let (mut server, r) = recv(server, wire.up(client.header(&b, 5, t0())));
+        let (mut server, r) = recv(server, wire.up(client.header(&b, &file("-", 5, t0()))));
         assert!(matches!(r, Receive::Open(_)));
         server.on_data(wire.up_data(b"he").len()).unwrap();
         let abort = wire.up(client.abort(b, "changed".into()));
@@ -715,7 +721,7 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
 
         // `c` goes through.
         let c = take(&mut tasks);
-        let (mut server, _) = recv(server, wire.up(client.header(&c, 3, t0())));
+        let (mut server, _) = recv(server, wire.up(client.header(&c, &file("-", 3, t0()))));
         server.on_data(wire.up_data(b"abc").len()).unwrap();
         let (mut server, r) = recv(server, wire.up(client.file_end(c, 3)));
         assert_eq!(r, Receive::Commit(p("c")));
@@ -813,7 +819,7 @@ fn the_manifest_window_interleaves_listing_and_files() {
         }
         // Send every file handed out, through the listing server.
         while let Some((t, e)) = queue.pop_front() {
-            let h = wire.up(client.header(&t, e.size, e.mtime));
+            let h = wire.up(client.header(&t, &e));
             let server::Listed::File(s, _) = plan.feed(server, h).unwrap() else {
                 panic!("header refused")
             };
@@ -989,6 +995,7 @@ fn server_refuses_messages_out_of_order() {
             path: p("d/a"),
             size: 5,
             mtime: t0(),
+            mode: 0o644,
             offset: 0,
         })
     };
@@ -1108,6 +1115,7 @@ fn with_open_file(enc: Encoding) -> (Server<Receiving>, Wire) {
         path: p("d/a"),
         size: 5,
         mtime: t0(),
+        mode: 0o644,
         offset: 0,
     }));
     let (server, r) = recv(server, h);
@@ -1120,6 +1128,7 @@ fn header(path: &str, size: u64) -> ClientMsg {
         path: p(path),
         size,
         mtime: t0(),
+        mode: 0o644,
         offset: 0,
     })
 }
@@ -1213,6 +1222,7 @@ fn other_framing_faults_are_refused() {
         path: p("d/a"),
         size: 5,
         mtime: t0(),
+        mode: 0o644,
         offset: 2,
     });
     data_error(server.on_message(wire.up(h)));
@@ -1370,6 +1380,7 @@ fn encoding_the_server_does_not_offer_is_refused() {
     // The server offers postcard only; a client that insists on JSON is refused at once...
     let only_postcard = ServerParams {
         encodings: vec![Encoding::Postcard],
+        ..ServerParams::default()
     };
     let (_, status) = Server::new(only_postcard.clone(), PEER).greet(None);
     let err = Client::new(params(Encoding::Json, None, false))
@@ -1428,7 +1439,7 @@ fn next_sync_while_results_are_missing_is_refused() {
         } = small_planned(enc);
         let a = take(&mut tasks);
         assert_eq!(a.path(), &p("d/a"));
-        let (mut server, _) = recv(server, wire.up(client.header(&a, 5, t0())));
+        let (mut server, _) = recv(server, wire.up(client.header(&a, &file("-", 5, t0()))));
         server.on_data(wire.up_data(b"abcde").len()).unwrap();
         let (server, _) = recv(server, wire.up(client.file_end(a, 5)));
         let c = take(&mut tasks);

@@ -21,7 +21,9 @@ use filesync_core::codec::json_stream::{encode_seed, JsonCodec, SeedServerCodec}
 use filesync_core::codec::native::{self, ClientCodec, NativeCodec};
 use filesync_core::codec::preamble::{self, Dialect};
 use filesync_core::codec::{CodecError, Frame};
-use filesync_core::messages::{seed, ClientMsg, Encoding, Entry, FileHeader, Outcome, ServerMsg};
+use filesync_core::messages::{
+    seed, ClientMsg, Encoding, Entry, EntryKind, FileHeader, Outcome, ServerMsg,
+};
 use filesync_core::paths::ClientId;
 use filesync_core::planner::Held;
 use filesync_core::session::client::{self, ClientParams, Finish, Waiting};
@@ -643,6 +645,8 @@ fn replay_server(
                 kind: e.kind,
                 size: e.size,
                 mtime: e.mtime,
+                mode: e.mode,
+                target: e.target.clone(),
             };
             (e.path.clone(), h)
         })
@@ -713,7 +717,9 @@ fn replay_server(
                         pending.push_back(server_frame(enc, &out));
                         Srv::Listing(l)
                     }
-                    Listed::File(l, Receive::Open(_) | Receive::Discard(..)) => Srv::Listing(l),
+                    Listed::File(l, Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..)) => {
+                        Srv::Listing(l)
+                    }
                     Listed::Receiving(r, out) => {
                         if let ServerMsg::PlanEnd(e) = &out {
                             deletions = e.deletions;
@@ -734,7 +740,9 @@ fn replay_server(
                     pending.push_back(server_frame(enc, &out));
                     Srv::Receiving(r)
                 }
-                Receipt::Receiving(r, Receive::Open(_) | Receive::Discard(..)) => Srv::Receiving(r),
+                Receipt::Receiving(r, Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..)) => {
+                    Srv::Receiving(r)
+                }
                 Receipt::Received(r) => Srv::Received(r),
             },
             (Srv::Receiving(mut r), Frame::Data(d)) => {
@@ -845,10 +853,20 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                 client_frame(enc, &out)
             }
             (Cli::Syncing(c), Frame::Msg(ClientMsg::FileHeader(h))) => {
-                let FileHeader { size, mtime, .. } = h;
+                let FileHeader {
+                    size, mtime, mode, ..
+                } = h;
                 let task = tasks.pop_front().expect("a task left");
                 assert_eq!(task.path(), &h.path, "{at}: files go in the server's order");
-                let out = c.header(&task, size, mtime);
+                let e = Entry {
+                    path: h.path.clone(),
+                    kind: EntryKind::File,
+                    size,
+                    mtime,
+                    mode,
+                    target: None,
+                };
+                let out = c.header(&task, &e);
                 open = Some((task, 0));
                 state = Cli::Syncing(c);
                 client_frame(enc, &out)

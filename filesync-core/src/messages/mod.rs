@@ -9,7 +9,7 @@ pub mod seed;
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{ClientId, RelPath};
+use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::time::MTime;
 use crate::wire_enum::wire_enum;
 
@@ -17,10 +17,13 @@ use crate::wire_enum::wire_enum;
 /// accepts in its greeting; the client picks the highest both know and says so in
 /// [`Hello`].
 ///
-/// Version 2 (this one) streams: manifest entries come in tree order, file content may
-/// follow each batch's `TASKS` while the listing is still being sent, and postcard
-/// manifests share path prefixes. Version 1 is no longer spoken.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 (this one) archives what `rsync -a` would: names are bytes (not only UTF-8),
+/// entries carry permission bits, symlinks (with their target) and FIFOs are listed, and
+/// sparse files are sent as data ranges and holes (`HOLE`). Version 2 introduced streaming:
+/// manifest entries in tree order, file content following each batch's `TASKS` while the
+/// listing is still being sent, postcard manifests sharing path prefixes. Versions 1 and 2
+/// are no longer spoken.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The most entries one `MANIFEST` batch may hold.
 pub const MANIFEST_BATCH_MAX: usize = 8192;
@@ -190,10 +193,22 @@ pub enum EntryKind {
     File,
     /// A directory (listed so that empty directories are mirrored too).
     Dir,
-    /// Something the client could not read this time (a permission error, say): the
-    /// server keeps whatever it holds at and under this path, instead of deleting it as
-    /// gone. Never requested.
+    /// Something the client could not read this time (a permission error, say), or that
+    /// it excludes: the server keeps whatever it holds at and under this path, instead of
+    /// deleting it as gone. Never requested.
     Keep,
+    /// A symbolic link; its target is in [`Entry::target`]. Stored as a link with that
+    /// text, never followed. Never requested: the entry carries all of it.
+    Symlink,
+    /// A named pipe (FIFO): recreated empty with its mode, never opened. Never requested.
+    Fifo,
+}
+
+impl EntryKind {
+    /// Whether the server needs content for this kind (only regular files have any).
+    pub fn has_content(self) -> bool {
+        self == EntryKind::File
+    }
 }
 
 /// One entry of a manifest: a file or directory in the client's tree.
@@ -203,11 +218,22 @@ pub struct Entry {
     pub path: RelPath,
     /// File or directory.
     pub kind: EntryKind,
-    /// Size in bytes (0 for directories).
+    /// Size in bytes (0 for everything but files).
     pub size: u64,
     /// Modification time, to the nanosecond.
     pub mtime: MTime,
+    /// Permission bits as `st_mode & 0o7777`: read, write and execute for user, group and
+    /// others, plus setuid (0o4000), setgid (0o2000) and sticky (0o1000). 0 for `Keep`;
+    /// ignored for symlinks, whose mode Linux does not use.
+    pub mode: u32,
+    /// A symlink's target; `None` for every other kind.
+    pub target: Option<LinkTarget>,
 }
+
+/// The permission bits an entry's `mode` may carry.
+pub const MODE_BITS: u32 = 0o7777;
+/// The setuid and setgid bits, which a server drops unless told to keep them.
+pub const SETID_BITS: u32 = 0o6000;
 
 /// `MANIFEST`: one batch of the client's listing. A listing of any size is sent as many
 /// batches, so neither side ever needs one frame or allocation for the whole tree.
@@ -229,11 +255,42 @@ pub struct Manifest {
 #[derive(Serialize, Deserialize)]
 struct PackedEntry<'a> {
     shared: u32,
-    #[serde(borrow)]
-    suffix: std::borrow::Cow<'a, str>,
+    #[serde(borrow, with = "serde_bytes_cow")]
+    suffix: std::borrow::Cow<'a, [u8]>,
     kind: EntryKind,
     size: u64,
     mtime: MTime,
+    mode: u32,
+    target: Option<LinkTarget>,
+}
+
+/// A postcard suffix as serde bytes (the same layout as a string: a varint length, then
+/// the bytes), borrowed from the frame when it can be.
+mod serde_bytes_cow {
+    use std::borrow::Cow;
+
+    pub(super) fn serialize<S: serde::Serializer>(b: &Cow<'_, [u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Cow<'de, [u8]>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Cow<'de, [u8]>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }
 
 impl Serialize for Manifest {
@@ -250,23 +307,18 @@ impl Serialize for Manifest {
             .serialize(s);
         }
         let mut seq = s.serialize_seq(Some(self.entries.len()))?;
-        let mut prev = "";
+        let mut prev: &[u8] = b"";
         for e in &self.entries {
-            let path = e.path.as_str();
-            let mut shared = path
-                .bytes()
-                .zip(prev.bytes())
-                .take_while(|(a, b)| a == b)
-                .count();
-            while !path.is_char_boundary(shared) {
-                shared -= 1;
-            }
+            let path = e.path.as_bytes();
+            let shared = path.iter().zip(prev).take_while(|(a, b)| a == b).count();
             seq.serialize_element(&PackedEntry {
                 shared: u32::try_from(shared).map_err(serde::ser::Error::custom)?,
                 suffix: std::borrow::Cow::Borrowed(&path[shared..]),
                 kind: e.kind,
                 size: e.size,
                 mtime: e.mtime,
+                mode: e.mode,
+                target: e.target.clone(),
             })?;
             prev = path;
         }
@@ -322,7 +374,7 @@ impl<'de> serde::de::Visitor<'de> for PackedVisitor {
                     "a MANIFEST of more than {MANIFEST_BATCH_MAX} entries"
                 )));
             }
-            let prev = entries.last().map_or("", |e| e.path.as_str());
+            let prev = entries.last().map_or(&b""[..], |e| e.path.as_bytes());
             let shared = usize::try_from(p.shared).unwrap_or(usize::MAX);
             let head = prev.get(..shared).ok_or_else(|| {
                 A::Error::custom(format!(
@@ -336,12 +388,15 @@ impl<'de> serde::de::Visitor<'de> for PackedVisitor {
                     "a MANIFEST whose paths add up to more than {MANIFEST_PATH_BYTES_MAX} bytes"
                 )));
             }
-            let path = RelPath::parse(&format!("{head}{}", p.suffix)).map_err(A::Error::custom)?;
+            let path = RelPath::from_bytes(&[head, &p.suffix[..]].concat())
+                .map_err(A::Error::custom)?;
             entries.push(Entry {
                 path,
                 kind: p.kind,
                 size: p.size,
                 mtime: p.mtime,
+                mode: p.mode,
+                target: p.target,
             });
         }
         Ok(Manifest { entries })
@@ -395,8 +450,20 @@ pub struct FileHeader {
     pub size: u64,
     /// Modification time the server gives the stored file.
     pub mtime: MTime,
+    /// Permission bits the server gives the stored file ([`Entry::mode`]).
+    pub mode: u32,
     /// Where the content starts. Always 0 unless both sides list the `resume` capability.
     pub offset: u64,
+}
+
+/// `HOLE`: the next `len` bytes of the open file are a hole (they read as zeros). A sparse
+/// file is sent as its data ranges in `DATA` and its holes as `HOLE`, so a hole crosses
+/// the wire as a few bytes and stays unallocated on the server. Counts toward the
+/// `FILE_HEADER`'s size like `DATA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hole {
+    /// Bytes of hole, at least 1.
+    pub len: u64,
 }
 
 /// `FILE_END`: the file's content is complete and was unchanged while it was read.
@@ -478,6 +545,8 @@ wire_enum! {
         TransferEnd(TransferEnd) = "TRANSFER_END",
         /// See [`ErrorMsg`].
         Error(ErrorMsg) = "ERROR",
+        /// See [`Hole`].
+        Hole(Hole) = "HOLE",
     }
 }
 
@@ -516,6 +585,8 @@ mod tests {
             kind: EntryKind::File,
             size: 1,
             mtime: MTime::EPOCH,
+            mode: 0o644,
+            target: None,
         }
     }
 
@@ -531,6 +602,14 @@ mod tests {
             ]
             .into_iter()
             .map(entry)
+            .chain([Entry {
+                path: RelPath::from_bytes(b"lab/\xfd").unwrap(),
+                kind: EntryKind::Symlink,
+                size: 0,
+                mtime: MTime::EPOCH,
+                mode: 0o777,
+                target: Some(LinkTarget::from_bytes(b"/etc/\xff").unwrap()),
+            }])
             .collect(),
         };
         let bytes = postcard::to_stdvec(&m).unwrap();
@@ -548,15 +627,15 @@ mod tests {
     }
 
     /// Hand-made postcard: `count`, then entries of (shared, suffix, kind 0, size 0,
-    /// mtime 0/0).
+    /// mtime 0/0, mode 0, no target).
     fn packed(count: u32, entries: &[(u32, &str)]) -> Vec<u8> {
         #[derive(Serialize)]
-        struct Raw<'a>(u32, &'a str, u8, u8, u8, u8);
+        struct Raw<'a>(u32, &'a str, u8, u8, u8, u8, u8, Option<u8>);
         let mut out = Vec::new();
         let mut buf = [0u8; 10];
         out.extend_from_slice(postcard::to_slice(&count, &mut buf).unwrap());
         for (shared, suffix) in entries {
-            out.extend(postcard::to_stdvec(&Raw(*shared, suffix, 0, 0, 0, 0)).unwrap());
+            out.extend(postcard::to_stdvec(&Raw(*shared, suffix, 0, 0, 0, 0, 0, None)).unwrap());
         }
         out
     }
@@ -566,12 +645,13 @@ mod tests {
         // Sharing more than the previous path holds, or from nothing.
         assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "ab"), (3, "c")])).is_err());
         assert!(postcard::from_bytes::<Manifest>(&packed(1, &[(1, "x")])).is_err());
-        // Sharing into the middle of a character.
-        assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "é"), (1, "x")])).is_err());
+        // Sharing into the middle of a character is fine: names are bytes.
+        let mid = postcard::from_bytes::<Manifest>(&packed(2, &[(0, "é"), (1, "x")])).unwrap();
+        assert_eq!(mid.entries[1].path.as_bytes(), b"\xc3x");
         // A rebuilt path that is not a valid one.
         assert!(postcard::from_bytes::<Manifest>(&packed(2, &[(0, "a"), (1, "/../x")])).is_err());
         let ok = postcard::from_bytes::<Manifest>(&packed(2, &[(0, "ab"), (2, "c")])).unwrap();
-        assert_eq!(ok.entries[1].path.as_str(), "abc");
+        assert_eq!(ok.entries[1].path.as_bytes(), b"abc");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::messages::{seed, ClientMsg, Entry, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
 use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
 use crate::session::unexpected;
-use crate::session::{batches, path_weight};
+use crate::session::{batches, entry_weight};
 use crate::walk;
 use crate::walk::{ReadError, Source};
 
@@ -300,7 +300,7 @@ async fn drive(
         tokio::select! {
             chunk = listing.recv(), if t.can_list() && unsent.is_empty() && !listed_all => {
                 match chunk {
-                    Some(entries) => unsent.extend(batches(entries?, |e| path_weight(&e.path))),
+                    Some(entries) => unsent.extend(batches(entries?, entry_weight)),
                     None => listed_all = true,
                 }
             }
@@ -311,7 +311,7 @@ async fn drive(
                 for ev in batch {
                     let frame = match ev {
                         Read::Start(task, e) => {
-                            let h = t.header(&task, e.size, e.mtime);
+                            let h = t.header(&task, &e);
                             open = Some(task);
                             Frame::Msg(h)
                         }

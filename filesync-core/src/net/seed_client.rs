@@ -75,7 +75,7 @@ pub(super) async fn sync(
     }
 
     let tz = chrono::Local;
-    let info = rules::listing_from_entries(cfg.params.client_id.clone(), entries, &tz);
+    let (info, cannot) = rules::listing_from_entries(cfg.params.client_id.clone(), entries, &tz);
     let files = info.files.len();
     let mut out = BytesMut::new();
     encode_seed(&seed::ClientMsg::FilesInfo(info), false, &mut out);
@@ -116,6 +116,10 @@ pub(super) async fn sync(
         requested_bytes: todo.iter().map(|e| e.size).sum(),
         ..Report::default()
     };
+    for (path, why) in cannot {
+        progress.file_failed(&path, &why);
+        report.fail(path, ErrorCode::BAD_PATH, why);
+    }
     progress.planned(report.requested, report.requested_bytes, 0);
 
     let mut out = BytesMut::with_capacity(WRITE_BATCH + DATA_CHUNK);

@@ -173,9 +173,11 @@ pub(super) async fn session(
                         path: h.path.clone(),
                         size: h.size,
                         mtime: h.last_mod.to_mtime(&chrono::Local),
+                        mode: 0,
                         offset: 0,
                     };
-                    batch.push(Op::Open(header), 0).await?;
+                    // The original sends no modes: new files get the default.
+                    batch.push(Op::Open(header, None), 0).await?;
                     left = h.size;
                     if left == 0 {
                         batch.push(Op::Commit, 0).await?;

@@ -219,6 +219,8 @@ async fn session(
     let queued_at = Instant::now();
     let params = ServerParams {
         encodings: ctx.cfg.encodings.clone(),
+        keep_setid: ctx.store.keeps_setid(),
+        mtime_window: ctx.store.mtime_precision(),
     };
     let (srv, status) = Server::new(params, peer.ip()).greet(ticket.position());
     let mut greeting = BytesMut::new();
@@ -467,8 +469,10 @@ async fn wait_turn(
 /// Work for the writer thread.
 #[derive(Debug)]
 pub(super) enum Op {
-    Open(FileHeader),
+    /// A file to receive, and the mode to give it (`None`: the default for new files).
+    Open(FileHeader, Option<u32>),
     Data(Bytes),
+    Hole(u64),
     Commit,
     Discard,
     Finish(Spool),
@@ -556,8 +560,9 @@ pub(super) fn spawn_writer(
         while let Some(ops) = op_rx.blocking_recv() {
             for op in ops {
                 match op {
-                    Op::Open(h) => r.open(&h),
+                    Op::Open(h, mode) => r.open(&h, mode),
                     Op::Data(b) => r.write(&b),
+                    Op::Hole(n) => r.skip(n),
                     Op::Discard => r.discard(),
                     Op::Commit => {
                         let out = r.commit();
@@ -679,7 +684,11 @@ async fn step(
         },
     };
     let op = match act {
-        Receive::Open(h) => Op::Open(h),
+        Receive::Open(h) => {
+            let mode = h.mode;
+            Op::Open(h, Some(mode))
+        }
+        Receive::Hole(n) => Op::Hole(n),
         Receive::Commit(_) => Op::Commit,
         Receive::Discard(p, reason) => {
             tracing::info!(path = %p, reason, "client dropped a file");

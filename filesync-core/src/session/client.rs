@@ -8,12 +8,11 @@ use crate::codec::preamble;
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::ServerStatus;
 use crate::messages::{
-    ClientMsg, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader, Hello,
+    ClientMsg, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader, Hello, Hole,
     Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ServerMsg, TransferEnd, Welcome,
     MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
-use crate::time::MTime;
 
 /// What a client needs to open a session.
 #[derive(Debug, Clone)]
@@ -439,14 +438,21 @@ impl Client<Syncing> {
         self.state.end.is_some() && self.state.open.is_empty()
     }
 
-    /// The header to send before a task's content.
-    pub fn header(&self, task: &Task, size: u64, mtime: MTime) -> ClientMsg {
+    /// The header to send before a task's content: the size, mtime and mode of `e`, the
+    /// file as it is read.
+    pub fn header(&self, task: &Task, e: &Entry) -> ClientMsg {
         ClientMsg::FileHeader(FileHeader {
             path: task.path.clone(),
-            size,
-            mtime,
+            size: e.size,
+            mtime: e.mtime,
+            mode: e.mode,
             offset: 0,
         })
+    }
+
+    /// A hole of `len` bytes in the open task's content (see [`Hole`]).
+    pub fn hole(&self, len: u64) -> ClientMsg {
+        ClientMsg::Hole(Hole { len })
     }
 
     /// The message closing a task whose content was sent whole and unchanged.

@@ -90,8 +90,15 @@ pub(crate) fn batches<T>(
     out
 }
 
-/// Upper bound of an entry's or path's encoded size: JSON may escape every byte of a path
-/// as a six-byte `\u00XX`, plus the fixed fields and their names.
+/// Upper bound of a path's encoded size: JSON may escape every byte of a path as a
+/// six-byte `\u00XX` (or, for a name that is not UTF-8, two hex digits), plus the fixed
+/// fields and their names.
 pub(crate) fn path_weight(p: &crate::paths::RelPath) -> usize {
-    p.as_str().len() * 6 + 96
+    p.as_bytes().len() * 6 + 96
+}
+
+/// Upper bound of a manifest entry's encoded size: its path's, and its symlink target's
+/// by the same measure.
+pub(crate) fn entry_weight(e: &crate::messages::Entry) -> usize {
+    path_weight(&e.path) + e.target.as_ref().map_or(0, |t| t.as_bytes().len() * 6 + 16)
 }

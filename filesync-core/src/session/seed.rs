@@ -28,34 +28,51 @@ pub fn entries_from_listing<Tz: TimeZone>(info: &ClientFilesInfo, tz: &Tz) -> Ve
             kind: EntryKind::File,
             size: 0,
             mtime: f.last_mod.to_mtime(tz),
+            // The original carries no modes: the server's are left as they are.
+            mode: 0,
+            target: None,
         })
         .collect()
 }
 
-/// Our listing in the original's shape: files only, naive local timestamps in `tz`.
+/// Our listing in the original's shape: files only, naive local timestamps in `tz`; and
+/// the entries it cannot carry, with why. The original's names are JSON strings and it
+/// knows only files, so a name that is not UTF-8, a symlink or a FIFO cannot reach its
+/// server: the caller counts each as a failure. Directories are implied by the files'
+/// paths, and modes are not kept, as the original keeps none.
 pub fn listing_from_entries<Tz: TimeZone>(
     client_id: Option<ClientId>,
     entries: &[Entry],
     tz: &Tz,
-) -> ClientFilesInfo {
-    ClientFilesInfo {
-        client_id,
-        files: entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .map(|e| FileInfo {
-                name: e.path.file_name().to_owned(),
-                path: e.path.clone(),
-                last_mod: SeedTime::from_mtime(e.mtime, tz),
-            })
-            .collect(),
+) -> (ClientFilesInfo, Vec<(RelPath, String)>) {
+    let mut files = Vec::new();
+    let mut cannot = Vec::new();
+    for e in entries {
+        let why = match e.kind {
+            EntryKind::Dir | EntryKind::Keep => continue,
+            EntryKind::Symlink => "a symlink, which the original FileSync cannot store",
+            EntryKind::Fifo => "a FIFO, which the original FileSync cannot store",
+            EntryKind::File if e.path.to_str().is_none() => {
+                "a name that is not UTF-8, which the original FileSync cannot carry"
+            }
+            EntryKind::File => {
+                files.push(FileInfo {
+                    name: String::from_utf8_lossy(e.path.file_name()).into_owned(),
+                    path: e.path.clone(),
+                    last_mod: SeedTime::from_mtime(e.mtime, tz),
+                });
+                continue;
+            }
+        };
+        cannot.push((e.path.clone(), why.to_owned()));
     }
+    (ClientFilesInfo { client_id, files }, cannot)
 }
 
-/// A file header in the original's shape.
+/// A file header in the original's shape (for a file [`listing_from_entries`] carried).
 pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
     FileHeader {
-        name: e.path.file_name().to_owned(),
+        name: String::from_utf8_lossy(e.path.file_name()).into_owned(),
         path: e.path.clone(),
         size: e.size,
         last_mod: SeedTime::from_mtime(e.mtime, tz),
@@ -86,7 +103,7 @@ pub fn plan(
     let finished = planner.finish(&mut index, true, &mut |op| ops.push(op))?;
     let mut tail = Tail::from_ops(ops);
     tail.make_dirs.clear();
-    tail.dir_times.clear();
+    tail.dir_attrs.clear();
     if finished.is_err() {
         tracing::warn!(
             "an original client listed no files; keeping its archive instead of emptying it"
@@ -116,6 +133,8 @@ mod tests {
                 kind,
                 size: 9,
                 mtime: MTime::new(secs, 0).unwrap(),
+                mode: 0o644,
+                target: None,
             },
         )
     }
@@ -129,16 +148,38 @@ mod tests {
                 kind: EntryKind::File,
                 size: 3,
                 mtime: MTime::new(1_700_000_000, 123_456_789).unwrap(),
+                mode: 0o600,
+                target: None,
             },
             Entry {
                 path: RelPath::parse("d").unwrap(),
                 kind: EntryKind::Dir,
                 size: 0,
                 mtime: MTime::new(0, 0).unwrap(),
+                mode: 0o755,
+                target: None,
+            },
+            Entry {
+                path: RelPath::from_bytes(b"d/caf\xe9").unwrap(),
+                kind: EntryKind::File,
+                size: 3,
+                mtime: MTime::new(0, 0).unwrap(),
+                mode: 0o644,
+                target: None,
+            },
+            Entry {
+                path: RelPath::parse("d/link").unwrap(),
+                kind: EntryKind::Symlink,
+                size: 0,
+                mtime: MTime::new(0, 0).unwrap(),
+                mode: 0o777,
+                target: Some(crate::paths::LinkTarget::from_bytes(b"x").unwrap()),
             },
         ];
-        let info = listing_from_entries(None, &entries, &tz);
+        let (info, cannot) = listing_from_entries(None, &entries, &tz);
         assert_eq!(info.files.len(), 1);
+        let cannot: Vec<_> = cannot.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(cannot, ["d/caf\\xE9", "d/link"], "failures, not silent skips");
         assert_eq!(info.files[0].name, "x.txt");
         let back = entries_from_listing(&info, &tz);
         assert_eq!(
@@ -165,6 +206,8 @@ mod tests {
             kind: EntryKind::File,
             size: 0,
             mtime: MTime::new(5, 0).unwrap(),
+            mode: 0,
+            target: None,
         }];
         let (send, tail) = plan(
             &e,

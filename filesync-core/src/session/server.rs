@@ -21,12 +21,19 @@ use crate::time::MTime;
 pub struct ServerParams {
     /// Encodings accepted, preferred first.
     pub encodings: Vec<Encoding>,
+    /// Keep setuid and setgid bits (`serve --keep-setid`); dropped by default.
+    pub keep_setid: bool,
+    /// The mtime precision of the server's filesystem: mtimes closer than this are equal
+    /// (see [`Planner::mtime_window`]).
+    pub mtime_window: std::time::Duration,
 }
 
 impl Default for ServerParams {
     fn default() -> Self {
         Self {
             encodings: vec![Encoding::Postcard, Encoding::Json],
+            keep_setid: false,
+            mtime_window: std::time::Duration::from_nanos(1),
         }
     }
 }
@@ -123,8 +130,10 @@ pub struct Tally {
 /// What the driver must do with a message received while files flow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Receive {
-    /// Open a temporary file for this header; `DATA` follows.
+    /// Open a temporary file for this header; `DATA` and `HOLE` follow.
     Open(FileHeader),
+    /// Skip this many bytes of the open file, leaving a hole.
+    Hole(u64),
     /// The open file is complete: make it durable and move it into place.
     Commit(RelPath),
     /// Drop the open file (or a file never opened): the client could not send it.
@@ -289,7 +298,9 @@ impl Server<Welcomed> {
             client_id,
             allow_empty,
             encoding,
-            planner: Planner::new(Rule::QuickCheck),
+            planner: Planner::new(Rule::QuickCheck)
+                .keep_setid(self.params.keep_setid)
+                .mtime_window(self.params.mtime_window),
             entries: 0,
             files: Files::default(),
         };
@@ -442,6 +453,13 @@ impl Files {
                 });
                 Ok(Receive::Open(h))
             }
+            ClientMsg::Hole(h) => {
+                if h.len == 0 {
+                    return Err(data_err("an empty HOLE".into()));
+                }
+                self.advance(h.len, "HOLE")?;
+                Ok(Receive::Hole(h.len))
+            }
             ClientMsg::FileEnd(_) => match self.open.take() {
                 Some(o) if o.received == o.header.size => Ok(Receive::Commit(o.header.path)),
                 Some(o) => Err(data_err(format!(
@@ -470,14 +488,21 @@ impl Files {
     }
 
     fn on_data(&mut self, len: usize) -> Result<(), Error> {
-        let Some(o) = &mut self.open else {
-            return Err(data_err("DATA with no open file".into()));
-        };
-        o.received += len as u64;
+        self.advance(len as u64, "DATA")?;
         self.tally.bytes += len as u64;
+        Ok(())
+    }
+
+    /// Moves the open file's position by `len` bytes of `DATA` or `HOLE`, refusing
+    /// content with no open file or past the announced size.
+    fn advance(&mut self, len: u64, what: &str) -> Result<(), Error> {
+        let Some(o) = &mut self.open else {
+            return Err(data_err(format!("{what} with no open file")));
+        };
+        o.received = o.received.saturating_add(len);
         if o.received > o.header.size {
             return Err(data_err(format!(
-                "{} bytes of DATA for {}, which announced {}",
+                "{} bytes of DATA and HOLE for {}, which announced {}",
                 o.received, o.header.path, o.header.size
             )));
         }
