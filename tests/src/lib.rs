@@ -17,6 +17,8 @@
 //! Every wait is bounded, and every child process is killed when its handle is dropped,
 //! including when a test panics.
 
+pub mod fsimage;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
