@@ -71,6 +71,11 @@ pub(crate) struct ServeArgs {
     /// A client silent this long loses its turn: seconds, or with a unit.
     #[arg(long, default_value = "60", value_parser = parse_duration, env = "FILESYNC_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Duration,
+
+    /// Keep setuid and setgid bits of clients' files (dropped by default: a server must
+    /// not grow setuid programs from the network).
+    #[arg(long, env = "FILESYNC_KEEP_SETID")]
+    pub(crate) keep_setid: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -118,6 +123,21 @@ pub(crate) struct SyncArgs {
     /// Give up on a server silent this long: seconds, or with a unit.
     #[arg(long, default_value = "120", value_parser = parse_duration, env = "FILESYNC_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Duration,
+
+    /// Leave out paths matching PATTERN (gitignore syntax, rooted at --dir; repeatable;
+    /// in FILESYNC_EXCLUDE one per line). `.filesyncignore` files in the folder add more.
+    /// The server keeps its copies of excluded paths unless --delete-excluded.
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        env = "FILESYNC_EXCLUDE",
+        value_delimiter = '\n'
+    )]
+    pub(crate) exclude: Vec<String>,
+
+    /// Delete the server's copies of excluded paths too.
+    #[arg(long, env = "FILESYNC_DELETE_EXCLUDED")]
+    pub(crate) delete_excluded: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -176,5 +196,18 @@ mod tests {
             Command::Sync(_) => panic!(),
         }
         assert!(Args::try_parse_from(["filesync", "serve", "--max-sessions", "0"]).is_err());
+        let a = Args::try_parse_from([
+            "filesync",
+            "sync",
+            "--exclude",
+            "*.tmp",
+            "--exclude",
+            "/build/",
+        ])
+        .unwrap();
+        match a.command {
+            Command::Sync(s) => assert_eq!(s.exclude, ["*.tmp", "/build/"]),
+            Command::Serve(_) => panic!(),
+        }
     }
 }

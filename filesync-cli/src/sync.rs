@@ -7,6 +7,7 @@ use filesync_core::messages::Encoding;
 use filesync_core::net::{self, client::DialectChoice, client::SyncConfig, client::Synced};
 use filesync_core::paths::ClientId;
 use filesync_core::session::client::ClientParams;
+use filesync_core::walk::ListOptions;
 use filesync_core::Error;
 use rand::Rng;
 
@@ -59,6 +60,16 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
             DialectArg::Auto => DialectChoice::Auto,
             DialectArg::Native => DialectChoice::Native,
             DialectArg::Seed => DialectChoice::Seed,
+        },
+        list: ListOptions {
+            // An empty FILESYNC_EXCLUDE, or blank lines in it, exclude nothing.
+            exclude: args
+                .exclude
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .cloned()
+                .collect(),
+            delete_excluded: args.delete_excluded,
         },
     };
     if args.once {
@@ -164,7 +175,7 @@ async fn attempt(
     let started = Instant::now();
     // Walk the folder while connecting: the first chunks of the listing are ready when
     // the server is.
-    let listing = net::client::list_in_background(cfg.dir.clone());
+    let listing = net::client::list_in_background(cfg.dir.clone(), cfg.list.clone());
     let addr = match *server {
         Some(a) => a,
         None => {
@@ -229,13 +240,27 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "tail_failures": r.tail_failures,
             "bytes_sent": r.bytes_sent,
             "deleted": r.deleted,
+            "excluded": r.excluded,
+            "skipped_sockets": r.sockets,
+            "skipped_devices": r.devices,
             "duration_secs": took.as_secs_f64(),
             "next_sync_in_secs": s.next.delay_ms as f64 / 1000.0,
         });
         println!("{v}");
     } else {
+        // Entries not archived by design are named, so that a summary never hides one.
+        let mut left_out = String::new();
+        for (n, what) in [
+            (r.excluded, "excluded"),
+            (r.sockets, "sockets not archived"),
+            (r.devices, "device files not archived"),
+        ] {
+            if n > 0 {
+                left_out.push_str(&format!(", {n} {what}"));
+            }
+        }
         println!(
-            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed, in {:.2}s; next sync in {:.1}s",
+            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed{left_out}, in {:.2}s; next sync in {:.1}s",
             s.dialect.name(),
             s.client_id,
             r.stored,

@@ -138,12 +138,15 @@ impl RelPath {
 
     /// The parent path, or `None` for a top-level entry.
     pub fn parent(&self) -> Option<RelPath> {
-        self.slash_positions().last().map(|i| RelPath(self.0[..i].to_vec()))
+        self.slash_positions()
+            .last()
+            .map(|i| RelPath(self.0[..i].to_vec()))
     }
 
     /// Every proper ancestor, outermost first: `a/b/c` gives `a`, `a/b`.
     pub fn ancestors(&self) -> impl Iterator<Item = RelPath> + '_ {
-        self.slash_positions().map(|i| RelPath(self.0[..i].to_vec()))
+        self.slash_positions()
+            .map(|i| RelPath(self.0[..i].to_vec()))
     }
 
     fn slash_positions(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
@@ -161,7 +164,9 @@ impl RelPath {
 
     /// Whether `self` is a proper ancestor of `other` (`a` of `a/b`, not of `ab`).
     pub fn is_ancestor_of(&self, other: &RelPath) -> bool {
-        other.0.len() > self.0.len() && other.0.starts_with(&self.0) && other.0[self.0.len()] == b'/'
+        other.0.len() > self.0.len()
+            && other.0.starts_with(&self.0)
+            && other.0[self.0.len()] == b'/'
     }
 
     /// Tree order: components compared one by one, each by its bytes; a directory comes
@@ -320,9 +325,9 @@ pub mod wire_name {
             Text(String),
             Hex(Hex),
         }
-        match Name::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("a name must be a string or {\"hex\": \"…\"}")
-        })? {
+        match Name::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("a name must be a string or {\"hex\": \"…\"}"))?
+        {
             Name::Text(t) => Ok(t.into_bytes()),
             Name::Hex(h) => hex::decode(&h.hex).map_err(serde::de::Error::custom),
         }
@@ -514,7 +519,10 @@ mod tests {
         // A UTF-8 name is a plain string in JSON and the same bytes as a string in postcard.
         let utf8 = RelPath::parse("é/%41").unwrap();
         assert_eq!(serde_json::to_string(&utf8).unwrap(), r#""é/%41""#);
-        assert_eq!(postcard::to_stdvec(&utf8).unwrap(), postcard::to_stdvec("é/%41").unwrap());
+        assert_eq!(
+            postcard::to_stdvec(&utf8).unwrap(),
+            postcard::to_stdvec("é/%41").unwrap()
+        );
         // The hex form is checked like any other path, and only that shape is accepted.
         assert!(serde_json::from_str::<RelPath>(r#"{"hex":"2e2e2f78"}"#).is_err());
         assert!(serde_json::from_str::<RelPath>(r#"{"hex":"6z"}"#).is_err());

@@ -113,7 +113,8 @@ impl Tail {
     /// and modes, directory attributes (deepest first, so that a read-only directory is
     /// made read-only only once nothing more is done inside it).
     pub fn into_ops(mut self) -> impl Iterator<Item = TailOp> {
-        self.dir_attrs.sort_by(|a, b| b.0.depth().cmp(&a.0.depth()));
+        self.dir_attrs
+            .sort_by_key(|d| std::cmp::Reverse(d.0.depth()));
         self.delete
             .into_iter()
             .map(TailOp::Delete)

@@ -80,6 +80,17 @@ pub fn data_ranges(file: &File, size: u64) -> DataRanges<'_> {
     }
 }
 
+/// The data ranges of `file` from offset `from` up to `size` bytes: as [`data_ranges`],
+/// for a reader that resumes where it stopped.
+pub fn data_ranges_from(file: &File, from: u64, size: u64) -> DataRanges<'_> {
+    DataRanges {
+        file,
+        size,
+        pos: from,
+        done: from >= size,
+    }
+}
+
 /// The iterator of [`data_ranges`].
 #[derive(Debug)]
 pub struct DataRanges<'a> {

@@ -91,6 +91,20 @@ impl Store {
         if stale > 0 {
             tracing::info!(stale, "removed stale temporary files");
         }
+        // Probed in the temporary directory, on the root's filesystem (temporary files are
+        // renamed into client folders, which only works on one filesystem).
+        let mtime_precision = match crate::precision::detect(&tmp) {
+            Ok(p) => {
+                if p > std::time::Duration::from_nanos(1) {
+                    tracing::info!(precision = ?p, "the server root keeps coarse mtimes; comparing at that precision");
+                }
+                p
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the mtime precision of the server root; comparing exactly");
+                std::time::Duration::from_nanos(1)
+            }
+        };
         Ok(Store {
             root: root.to_path_buf(),
             tmp,
@@ -103,7 +117,7 @@ impl Store {
                 .map(std::time::Duration::from_millis)
                 .unwrap_or_default(),
             mode_mask: MODE_BITS & !SETID_BITS,
-            mtime_precision: std::time::Duration::from_nanos(1),
+            mtime_precision,
         })
     }
 
@@ -692,7 +706,10 @@ impl Placer {
                     let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
                     let r = mode
                         .map_or(Ok(()), |m| {
-                            fs::set_permissions(&full, fs::Permissions::from_mode(m & self.mode_mask))
+                            fs::set_permissions(
+                                &full,
+                                fs::Permissions::from_mode(m & self.mode_mask),
+                            )
                         })
                         .and_then(|()| filetime::set_file_mtime(&full, ft));
                     if let Err(e) = r {
@@ -1146,9 +1163,15 @@ mod tests {
             ],
             ..Tail::default()
         };
-        let mut r = store.receiver(&ClientId::parse("a").unwrap(), |_| {}).unwrap();
+        let mut r = store
+            .receiver(&ClientId::parse("a").unwrap(), |_| {})
+            .unwrap();
         let (_, errors) = r.finish(spool(&store, tail));
-        assert_eq!(errors.len(), 1, "chmod through a link is refused: {errors:?}");
+        assert_eq!(
+            errors.len(),
+            1,
+            "chmod through a link is refused: {errors:?}"
+        );
         let link = |n: &str| fs::read_link(d.join(n)).unwrap();
         assert_eq!(link("abs"), Path::new("/etc/passwd"));
         assert_eq!(
@@ -1170,7 +1193,9 @@ mod tests {
     fn holes_stay_holes() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
-        let mut r = store.receiver(&ClientId::parse("a").unwrap(), |_| {}).unwrap();
+        let mut r = store
+            .receiver(&ClientId::parse("a").unwrap(), |_| {})
+            .unwrap();
         let size = 1u64 << 30;
         r.open_default(&header("sparse", size));
         r.skip(size / 2);
@@ -1181,7 +1206,11 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let m = fs::metadata(root.path().join("client_a/sparse")).unwrap();
         assert_eq!(m.len(), size);
-        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{} bytes allocated",
+            m.blocks() * 512
+        );
         use std::io::{Read, Seek};
         let mut f = File::open(root.path().join("client_a/sparse")).unwrap();
         f.seek(io::SeekFrom::Start(size / 2 - 2)).unwrap();

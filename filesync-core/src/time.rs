@@ -238,7 +238,10 @@ mod tests {
         let exact = Duration::from_nanos(1);
         assert!(t(5, 7).within(t(5, 7), exact));
         assert!(!t(5, 7).within(t(5, 8), exact));
-        assert!(!t(5, 7).within(t(5, 8), Duration::ZERO), "zero is exact too");
+        assert!(
+            !t(5, 7).within(t(5, 8), Duration::ZERO),
+            "zero is exact too"
+        );
         let sec = Duration::from_secs(1);
         assert!(t(10, 700_000_000).within(t(10, 0), sec), "truncated");
         assert!(!t(10, 0).within(t(11, 0), sec));

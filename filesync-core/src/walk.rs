@@ -5,7 +5,7 @@
 //! sockets and device files are skipped and counted, since a file copy cannot hold them.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
+use crate::exclude::Excluder;
 use crate::messages::{Entry, EntryKind, MODE_BITS};
 use crate::paths::{LinkTarget, RelPath};
 use crate::time::MTime;
@@ -32,6 +33,10 @@ pub const LIST_CHUNK: usize = 1024;
 pub struct Lister {
     root: PathBuf,
     walk: walkdir::IntoIter,
+    excluder: Excluder,
+    /// Excluded entries are left out of the listing, so the server deletes its copies
+    /// (`--delete-excluded`), instead of listed as `Keep`, so that it keeps them.
+    delete_excluded: bool,
     /// One entry of look-ahead: a directory whose contents then fail to read is turned
     /// into a `Keep` entry before it is handed out.
     ahead: Option<Entry>,
@@ -61,8 +66,27 @@ impl ListStats {
     pub const KEPT: usize = 1000;
 }
 
-/// Starts listing `root`. Fails if `root` is not a readable directory.
+/// What a listing leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Gitignore patterns rooted at the folder (`--exclude`), on top of the folder's
+    /// `.filesyncignore` files (see [`crate::exclude`] for the precedence).
+    pub exclude: Vec<String>,
+    /// Let the server delete its copies of excluded paths (`--delete-excluded`). Without
+    /// it, each excluded entry is listed as `Keep` and the server keeps what it holds
+    /// there, as rsync protects excluded files on the receiver.
+    pub delete_excluded: bool,
+}
+
+/// Starts listing `root`, with no exclusions but its `.filesyncignore` files. Fails if
+/// `root` is not a readable directory.
 pub fn lister(root: &Path) -> io::Result<Lister> {
+    lister_with(root, &ListOptions::default())
+}
+
+/// Starts listing `root`. Fails if `root` is not a readable directory, or if a pattern
+/// on the command line or in the root's `.filesyncignore` is bad.
+pub fn lister_with(root: &Path, opts: &ListOptions) -> io::Result<Lister> {
     let meta = std::fs::metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -70,9 +94,13 @@ pub fn lister(root: &Path) -> io::Result<Lister> {
             format!("{} is not a directory", root.display()),
         ));
     }
+    let excluder = Excluder::new(root, &opts.exclude)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     Ok(Lister {
         root: root.to_path_buf(),
         walk: tree_walk(root),
+        excluder,
+        delete_excluded: opts.delete_excluded,
         ahead: None,
         stats: ListStats::default(),
         done: false,
@@ -92,7 +120,9 @@ impl Lister {
         self.stats.unreadable += 1;
         let rel = RelPath::from_local(path.strip_prefix(&self.root).unwrap_or(path)).ok()?;
         if self.stats.unreadable_paths.len() < ListStats::KEPT {
-            self.stats.unreadable_paths.push((rel.clone(), why.to_owned()));
+            self.stats
+                .unreadable_paths
+                .push((rel.clone(), why.to_owned()));
         }
         if let Some(e) = self.ahead.as_mut().filter(|e| e.path == rel) {
             e.kind = EntryKind::Keep;
@@ -124,6 +154,32 @@ impl Lister {
                     },
                 };
             let ft = e.file_type();
+            {
+                let rel_local = e.path().strip_prefix(&self.root).unwrap_or(e.path());
+                match self.excluder.is_excluded(rel_local, ft.is_dir()) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if ft.is_dir() {
+                            self.walk.skip_current_dir();
+                        }
+                        self.stats.excluded += 1;
+                        if self.delete_excluded {
+                            continue;
+                        }
+                        return Some(keep_entry(rel));
+                    }
+                    // A `.filesyncignore` that cannot be used: its folder is unreadable.
+                    Err(err) => {
+                        if ft.is_dir() {
+                            self.walk.skip_current_dir();
+                        }
+                        match self.unreadable(e.path(), &err.to_string()) {
+                            Some(k) => return Some(k),
+                            None => continue,
+                        }
+                    }
+                }
+            }
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_file() {
@@ -151,9 +207,11 @@ impl Lister {
                 },
             };
             let target = if kind == EntryKind::Symlink {
-                let t = std::fs::read_link(e.path()).map_err(|e| e.to_string()).and_then(|t| {
-                    LinkTarget::from_bytes(t.as_os_str().as_bytes()).map_err(|e| e.to_string())
-                });
+                let t = std::fs::read_link(e.path())
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        LinkTarget::from_bytes(t.as_os_str().as_bytes()).map_err(|e| e.to_string())
+                    });
                 match t {
                     Ok(t) => Some(t),
                     Err(why) => match self.unreadable(e.path(), &why) {
@@ -254,21 +312,42 @@ pub enum ReadError {
 }
 
 /// An open file being read for sending, checked against its manifest entry.
+///
+/// A sparse file is read as its data ranges, found with `SEEK_DATA`/`SEEK_HOLE`
+/// ([`crate::sparse`]), and its holes come out as [`Piece::Hole`], never read or sent as
+/// zeros. Only a file with fewer blocks allocated than its size is looked at this way.
 #[derive(Debug)]
 pub struct Source {
     file: File,
     expect: Entry,
     read: u64,
+    /// The file may have holes.
+    sparse: bool,
+    /// The end of the data range being read (sparse files only).
+    data_end: u64,
+}
+
+/// A piece of a file's content, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// These bytes.
+    Data(Bytes),
+    /// This many bytes of hole, which read as zeros and need not be stored.
+    Hole(u64),
 }
 
 impl Source {
     /// Opens `entry` under `root` without following a symlink, and checks that it is
     /// still the file that was listed.
     pub fn open(root: &Path, entry: &Entry) -> Result<Source, ReadError> {
+        let file = open_nofollow(&entry.path.to_path(root))?;
+        let sparse = crate::sparse::may_be_sparse(&file.metadata()?);
         let src = Source {
-            file: open_nofollow(&entry.path.to_path(root))?,
+            file,
             expect: entry.clone(),
             read: 0,
+            sparse,
+            data_end: 0,
         };
         src.check("before reading")?;
         Ok(src)
@@ -295,6 +374,9 @@ impl Source {
             file,
             expect,
             read: 0,
+            // The original dialect cannot carry holes: read everything.
+            sparse: false,
+            data_end: 0,
         })
     }
 
@@ -318,8 +400,9 @@ impl Source {
         Ok(())
     }
 
-    /// The next chunk of at most `max` bytes; `None` after exactly the listed size, once
-    /// the file has been checked unchanged.
+    /// The next chunk of at most `max` bytes, reading holes as zeros; `None` after
+    /// exactly the listed size, once the file has been checked unchanged. For a protocol
+    /// that cannot carry holes.
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
         let left = self.expect.size - self.read;
         if left == 0 {
@@ -327,10 +410,52 @@ impl Source {
             return Ok(None);
         }
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(max);
+        self.read_data(want).map(Some)
+    }
+
+    /// The next piece: data of at most `max` bytes, or a hole of any length; `None`
+    /// after exactly the listed size, once the file has been checked unchanged.
+    pub fn next_piece(&mut self, max: usize) -> Result<Option<Piece>, ReadError> {
+        let size = self.expect.size;
+        if !self.sparse {
+            return Ok(self.next_chunk(max)?.map(Piece::Data));
+        }
+        if self.read == size {
+            self.check("after reading")?;
+            return Ok(None);
+        }
+        if self.read >= self.data_end {
+            match crate::sparse::data_ranges_from(&self.file, self.read, size).next() {
+                Some(r) => {
+                    let r = r?;
+                    self.data_end = r.end();
+                    if r.offset > self.read {
+                        let hole = r.offset - self.read;
+                        self.read = r.offset;
+                        return Ok(Some(Piece::Hole(hole)));
+                    }
+                }
+                // The rest is a trailing hole.
+                None => {
+                    let hole = size - self.read;
+                    self.read = size;
+                    return Ok(Some(Piece::Hole(hole)));
+                }
+            }
+        }
+        let left = self.data_end - self.read;
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(max);
+        self.read_data(want).map(|b| Some(Piece::Data(b)))
+    }
+
+    /// Reads exactly `want` bytes at the read position (positioned reads: finding holes
+    /// moves the file offset).
+    fn read_data(&mut self, want: usize) -> Result<Bytes, ReadError> {
+        use std::os::unix::fs::FileExt;
         let mut buf = BytesMut::zeroed(want);
         let mut got = 0;
         while got < want {
-            match self.file.read(&mut buf[got..]) {
+            match self.file.read_at(&mut buf[got..], self.read + got as u64) {
                 Ok(0) => return Err(ReadError::Changed("shrank while being read".into())),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -338,7 +463,7 @@ impl Source {
             }
         }
         self.read += got as u64;
-        Ok(Some(buf.freeze()))
+        Ok(buf.freeze())
     }
 }
 
@@ -438,6 +563,43 @@ mod tests {
             .map(|e| e.path.to_string())
             .collect();
         assert_eq!(names, ["a", "a/x", "a.b", "a0"]);
+    }
+
+    #[test]
+    fn sparse_files_are_read_as_data_and_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let f = fs::File::create(d.path().join("s")).unwrap();
+        let size = 5u64 << 30;
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"12345678", 3 << 30).unwrap();
+        drop(f);
+        let entry = scan(d.path()).unwrap().remove(0);
+        let mut src = Source::open(d.path(), &entry).unwrap();
+        let mut pieces = Vec::new();
+        while let Some(p) = src.next_piece(1 << 20).unwrap() {
+            pieces.push(match p {
+                Piece::Data(b) => (true, b.len() as u64, b.iter().any(|&x| x != 0)),
+                Piece::Hole(n) => (false, n, false),
+            });
+        }
+        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), size);
+        let data: u64 = pieces.iter().filter(|p| p.0).map(|p| p.1).sum();
+        assert!(data <= 1 << 20, "{data} bytes of data read for 8");
+        assert!(pieces.iter().any(|p| p.2), "the 8 bytes are in the data");
+        assert!(!pieces[0].0 && !pieces.last().unwrap().0, "{pieces:?}");
+        // A dense file is all data.
+        fs::write(d.path().join("dense"), vec![1u8; 3000]).unwrap();
+        let e = scan(d.path()).unwrap().remove(0);
+        let mut src = Source::open(d.path(), &e).unwrap();
+        let mut n = 0;
+        while let Some(p) = src.next_piece(1000).unwrap() {
+            let Piece::Data(b) = p else {
+                panic!("a hole in a dense file")
+            };
+            n += b.len();
+        }
+        assert_eq!(n, 3000);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use filesync_core::codec::{CodecError, Frame, DATA_CHUNK, MAX_FRAME_LEN};
 use filesync_core::messages::seed;
 use filesync_core::messages::{
     ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
-    FileHeader, Hole, FileResult, Hello, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
+    FileHeader, FileResult, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
     Ready, ServerMsg, Tasks, TransferEnd, Welcome,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
@@ -39,8 +39,11 @@ fn byte_path() -> impl Strategy<Value = RelPath> {
     prop_oneof![
         rel_path(),
         prop::collection::vec(
-            prop::collection::vec(any::<u8>().prop_filter("sep", |b| *b != b'/' && *b != 0), 1..8)
-                .prop_filter("dots", |c| c != b"." && c != b".."),
+            prop::collection::vec(
+                any::<u8>().prop_filter("sep", |b| *b != b'/' && *b != 0),
+                1..8
+            )
+            .prop_filter("dots", |c| c != b"." && c != b".."),
             1..4,
         )
         .prop_map(|cs| RelPath::from_bytes(&cs.join(&b'/')).expect("valid components")),

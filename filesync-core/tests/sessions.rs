@@ -460,8 +460,8 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         let e = file(&format!("bulk/f{i:05}"), i % 5, t);
         match i % 9 {
             0 => index.push(file(e.path.to_str().unwrap(), e.size, later)), // changed
-            3 | 6 => {}                                            // new
-            _ => index.push(e.clone()),                            // equal
+            3 | 6 => {}                                                     // new
+            _ => index.push(e.clone()),                                     // equal
         }
         entries.push(e);
     }
@@ -548,7 +548,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         let path = task.path().clone();
         let e = &local[&path];
         let body = content(&path, e.size);
-        let h = wire.up(client.header(&task, &e));
+        let h = wire.up(client.header(&task, e));
         let (s, r) = recv(server, h);
         server = s;
         match r {

@@ -140,7 +140,11 @@ fn text<'a>(path: &Path, v: &'a Value, key: &str) -> &'a str {
 }
 
 fn unhex(path: &Path, s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "{}: odd hex length", path.display());
+    assert!(
+        s.len().is_multiple_of(2),
+        "{}: odd hex length",
+        path.display()
+    );
     (0..s.len())
         .step_by(2)
         .map(|i| {
@@ -740,9 +744,10 @@ fn replay_server(
                     pending.push_back(server_frame(enc, &out));
                     Srv::Receiving(r)
                 }
-                Receipt::Receiving(r, Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..)) => {
-                    Srv::Receiving(r)
-                }
+                Receipt::Receiving(
+                    r,
+                    Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..),
+                ) => Srv::Receiving(r),
                 Receipt::Received(r) => Srv::Received(r),
             },
             (Srv::Receiving(mut r), Frame::Data(d)) => {

@@ -780,58 +780,69 @@ pub fn write_big_file(path: &Path, mib: usize, seed: u64, mtime: FileTime) {
         .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
 }
 
-/// One entry of a tree, as compared by [`assert_trees_equal`].
+/// One entry of a tree, as compared by [`assert_trees_equal`]. Modes are the permission
+/// bits (`st_mode & 0o7777`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    /// A directory (its mtime is not part of the mirror).
-    Dir,
-    /// A regular file: size and mtime (seconds, nanoseconds).
+    /// A directory and its mode (its mtime is compared by [`assert_dir_mtimes_equal`]).
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A regular file: size, mtime (seconds, nanoseconds) and mode.
     File {
         /// Size in bytes.
         size: u64,
         /// Modification time: seconds since the epoch and nanoseconds.
         mtime: (i64, u32),
+        /// Permission bits.
+        mode: u32,
     },
     /// A symbolic link and its target.
     Symlink(PathBuf),
-    /// Anything else (fifo, socket, device).
+    /// A FIFO and its mode.
+    Fifo {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Anything else (socket, device).
     Other,
 }
 
-/// Every entry under `root` (not `root` itself), by `/`-separated relative path.
+/// Every entry under `root` (not `root` itself), by relative path (names of any bytes).
 /// Panics if `root` is not a directory.
-pub fn snapshot(root: &Path) -> BTreeMap<String, Node> {
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     let m = fs::symlink_metadata(root)
         .unwrap_or_else(|e| panic!("{} is not there: {e}", root.display()));
     assert!(m.is_dir(), "{} is not a directory", root.display());
     let mut out = BTreeMap::new();
-    walk(root, "", &mut out);
+    walk(root, Path::new(""), &mut out);
     out
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
+fn walk(dir: &Path, prefix: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let rd = fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
     for e in rd {
         let e = e.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = prefix.join(e.file_name());
         let m = fs::symlink_metadata(e.path())
             .unwrap_or_else(|err| panic!("stat {}: {err}", e.path().display()));
+        let mode = m.mode() & 0o7777;
         let node = if m.is_dir() {
             walk(&e.path(), &rel, out);
-            Node::Dir
+            Node::Dir { mode }
         } else if m.is_file() {
             let t = FileTime::from_last_modification_time(&m);
             Node::File {
                 size: m.len(),
                 mtime: (t.unix_seconds(), t.nanoseconds()),
+                mode,
             }
         } else if m.file_type().is_symlink() {
             Node::Symlink(fs::read_link(e.path()).unwrap_or_default())
+        } else if m.file_type().is_fifo() {
+            Node::Fifo { mode }
         } else {
             Node::Other
         };
@@ -846,7 +857,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
 pub fn assert_dir_mtimes_equal(a: &Path, b: &Path) {
     let mut diffs = Vec::new();
     for (p, n) in snapshot(a) {
-        if n != Node::Dir {
+        if !matches!(n, Node::Dir { .. }) {
             continue;
         }
         let ta = FileTime::from_last_modification_time(&fs::metadata(a.join(&p)).unwrap());
@@ -854,10 +865,10 @@ pub fn assert_dir_mtimes_equal(a: &Path, b: &Path) {
             Ok(m) => {
                 let tb = FileTime::from_last_modification_time(&m);
                 if ta != tb {
-                    diffs.push(format!("{p}: {ta} vs {tb}"));
+                    diffs.push(format!("{p:?}: {ta} vs {tb}"));
                 }
             }
-            Err(e) => diffs.push(format!("{p}: {e}")),
+            Err(e) => diffs.push(format!("{p:?}: {e}")),
         }
     }
     assert!(
@@ -877,20 +888,20 @@ pub fn assert_trees_equal(a: &Path, b: &Path) {
     let mut diffs = Vec::new();
     for (p, na) in &ta {
         match tb.get(p) {
-            None => diffs.push(format!("only in {}: {p} ({na:?})", a.display())),
-            Some(nb) if nb != na => diffs.push(format!("{p}: {na:?} vs {nb:?}")),
+            None => diffs.push(format!("only in {}: {p:?} ({na:?})", a.display())),
+            Some(nb) if nb != na => diffs.push(format!("{p:?}: {na:?} vs {nb:?}")),
             Some(_) => {}
         }
     }
     for (p, nb) in &tb {
         if !ta.contains_key(p) {
-            diffs.push(format!("only in {}: {p} ({nb:?})", b.display()));
+            diffs.push(format!("only in {}: {p:?} ({nb:?})", b.display()));
         }
     }
     for (p, n) in &ta {
         if matches!(n, Node::File { .. }) && tb.get(p) == Some(n) {
             if let Some(off) = first_difference(&a.join(p), &b.join(p)) {
-                diffs.push(format!("{p}: contents differ at byte {off}"));
+                diffs.push(format!("{p:?}: contents differ at byte {off}"));
             }
         }
     }
@@ -937,7 +948,7 @@ pub fn first_difference(a: &Path, b: &Path) -> Option<u64> {
 }
 
 /// Number of regular files and their total size in a snapshot.
-pub fn file_totals(tree: &BTreeMap<String, Node>) -> (u64, u64) {
+pub fn file_totals(tree: &BTreeMap<PathBuf, Node>) -> (u64, u64) {
     tree.values().fold((0, 0), |(n, bytes), node| match node {
         Node::File { size, .. } => (n + 1, bytes + size),
         _ => (n, bytes),

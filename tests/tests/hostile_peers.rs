@@ -87,7 +87,7 @@ impl Raw {
     /// HELLO as `id`, then wait for READY.
     fn hello(&mut self, id: &str) {
         self.msg(&format!(
-            r#"{{"type":"HELLO","version":2,"agent":"hostile-test","client_id":"{id}","capabilities":[],"allow_empty":false}}"#
+            r#"{{"type":"HELLO","version":3,"agent":"hostile-test","client_id":"{id}","capabilities":[],"allow_empty":false}}"#
         ));
         self.expect("WELCOME");
         self.expect("READY");
@@ -154,18 +154,22 @@ fn escaping_paths_are_refused_and_nothing_is_written_outside() {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("root");
     let server = Server::start(&root);
+    // Paths as JSON values: names are bytes, so the `{"hex"}` form must be checked as
+    // strictly as a string (`2e2e2f6576696c` is `../evil`).
     for path in [
-        "../../escape",
-        "/etc/evil",
-        "a/../../b",
-        "C:/x",
-        "a\\\\b",
-        "",
+        r#""../../escape""#,
+        r#""/etc/evil""#,
+        r#""a/../../b""#,
+        r#""a/\u0000b""#,
+        r#""""#,
+        r#"{"hex":"2e2e2f6576696c"}"#,
+        r#"{"hex":"2f6574632f6576696c"}"#,
+        r#"{"hex":""}"#,
     ] {
         let mut raw = Raw::connect(&server);
         raw.hello("victim");
         raw.msg(&format!(
-            r#"{{"type":"MANIFEST","entries":[{{"path":"{path}","kind":"file","size":1,"mtime":{}}}]}}"#,
+            r#"{{"type":"MANIFEST","entries":[{{"path":{path},"kind":"file","size":1,"mtime":{},"mode":420,"target":null}}]}}"#,
             mtime_json()
         ));
         let err = raw
@@ -190,7 +194,7 @@ fn data_beyond_the_announced_size_stores_nothing() {
     let mut raw = Raw::connect(&server);
     raw.hello("liar");
     raw.msg(&format!(
-        r#"{{"type":"MANIFEST","entries":[{{"path":"f","kind":"file","size":3,"mtime":{}}}]}}"#,
+        r#"{{"type":"MANIFEST","entries":[{{"path":"f","kind":"file","size":3,"mtime":{},"mode":420,"target":null}}]}}"#,
         mtime_json()
     ));
     raw.msg(r#"{"type":"MANIFEST_END","entries":1}"#);
@@ -198,7 +202,7 @@ fn data_beyond_the_announced_size_stores_nothing() {
     assert_eq!(tasks["paths"][0], "f");
     raw.expect("PLAN_END");
     raw.msg(&format!(
-        r#"{{"type":"FILE_HEADER","path":"f","size":3,"mtime":{},"offset":0}}"#,
+        r#"{{"type":"FILE_HEADER","path":"f","size":3,"mtime":{},"mode":420,"offset":0}}"#,
         mtime_json()
     ));
     raw.frame(1, b"0123456789");
@@ -218,13 +222,13 @@ fn a_client_vanishing_mid_file_leaves_no_partial_file() {
         let mut raw = Raw::connect(&server);
         raw.hello("gone");
         raw.msg(&format!(
-            r#"{{"type":"MANIFEST","entries":[{{"path":"d/f","kind":"file","size":100000,"mtime":{}}}]}}"#,
+            r#"{{"type":"MANIFEST","entries":[{{"path":"d/f","kind":"file","size":100000,"mtime":{},"mode":420,"target":null}}]}}"#,
             mtime_json()
         ));
         raw.msg(r#"{"type":"MANIFEST_END","entries":1}"#);
         raw.expect("PLAN_END");
         raw.msg(&format!(
-            r#"{{"type":"FILE_HEADER","path":"d/f","size":100000,"mtime":{},"offset":0}}"#,
+            r#"{{"type":"FILE_HEADER","path":"d/f","size":100000,"mtime":{},"mode":420,"offset":0}}"#,
             mtime_json()
         ));
         raw.frame(1, &[7u8; 4096]);

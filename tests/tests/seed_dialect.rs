@@ -443,25 +443,27 @@ fn assert_synced(src: &Path, dst: &Path) {
     let b = snapshot(dst);
     let mut diffs = Vec::new();
     for p in a.keys().filter(|p| !b.contains_key(*p)) {
-        diffs.push(format!("missing on the server: {p}"));
+        diffs.push(format!("missing on the server: {p:?}"));
     }
     for p in b.keys().filter(|p| !a.contains_key(*p)) {
-        diffs.push(format!("only on the server: {p}"));
+        diffs.push(format!("only on the server: {p:?}"));
     }
     for (p, na) in &a {
         let (
             Node::File {
+                mode: _,
                 size: sa,
                 mtime: ma,
             },
             Some(Node::File {
+                mode: _,
                 size: sb,
                 mtime: mb,
             }),
         ) = (na, b.get(p))
         else {
             if b.get(p).is_some_and(|nb| nb != na) {
-                diffs.push(format!("{p}: {na:?} vs {:?}", b[p]));
+                diffs.push(format!("{p:?}: {na:?} vs {:?}", b[p]));
             }
             continue;
         };
@@ -474,11 +476,11 @@ fn assert_synced(src: &Path, dst: &Path) {
         };
         if !mtime_ok {
             diffs.push(format!(
-                "{p}: mtime {ma:?} on the client, {mb:?} on the server"
+                "{p:?}: mtime {ma:?} on the client, {mb:?} on the server"
             ));
         }
         if sa != sb || fs::read(src.join(p)).ok() != fs::read(dst.join(p)).ok() {
-            diffs.push(format!("{p}: contents differ ({sa} vs {sb} bytes)"));
+            diffs.push(format!("{p:?}: contents differ ({sa} vs {sb} bytes)"));
         }
     }
     assert!(

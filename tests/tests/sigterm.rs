@@ -19,7 +19,7 @@ const BIG_FILES: usize = 5;
 const MIB_EACH: usize = 64;
 
 /// The files under `dir` (relative paths).
-fn files(dir: &Path) -> BTreeSet<String> {
+fn files(dir: &Path) -> BTreeSet<std::path::PathBuf> {
     if !dir.exists() {
         return BTreeSet::new();
     }
@@ -42,13 +42,13 @@ fn assert_subset(client: &Path, stored: &Path) {
         assert_eq!(
             c.get(&p),
             Some(&n),
-            "{p} on the server differs from the client"
+            "{p:?} on the server differs from the client"
         );
         if matches!(n, Node::File { .. }) {
             assert_eq!(
                 first_difference(&client.join(&p), &stored.join(&p)),
                 None,
-                "{p}: stored bytes differ"
+                "{p:?}: stored bytes differ"
             );
         }
     }

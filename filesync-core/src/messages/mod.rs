@@ -269,7 +269,7 @@ struct PackedEntry<'a> {
 mod serde_bytes_cow {
     use std::borrow::Cow;
 
-    pub(super) fn serialize<S: serde::Serializer>(b: &Cow<'_, [u8]>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(b)
     }
 
@@ -388,8 +388,8 @@ impl<'de> serde::de::Visitor<'de> for PackedVisitor {
                     "a MANIFEST whose paths add up to more than {MANIFEST_PATH_BYTES_MAX} bytes"
                 )));
             }
-            let path = RelPath::from_bytes(&[head, &p.suffix[..]].concat())
-                .map_err(A::Error::custom)?;
+            let path =
+                RelPath::from_bytes(&[head, &p.suffix[..]].concat()).map_err(A::Error::custom)?;
             entries.push(Entry {
                 path,
                 kind: p.kind,

@@ -24,13 +24,13 @@ use crate::codec::native::ClientCodec;
 use crate::codec::preamble::Dialect;
 use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::{Error, ProtocolError};
-use crate::messages::{seed, ClientMsg, Entry, NextSync, ServerMsg};
+use crate::messages::{seed, ClientMsg, Entry, ErrorCode, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
 use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
 use crate::session::unexpected;
 use crate::session::{batches, entry_weight};
 use crate::walk;
-use crate::walk::{ReadError, Source};
+use crate::walk::{ListOptions, ListStats, Piece, ReadError, Source};
 
 /// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
 pub trait Progress: Send + Sync {
@@ -65,6 +65,8 @@ pub struct SyncConfig {
     pub idle_timeout: Duration,
     /// Which protocol to speak.
     pub dialect: DialectChoice,
+    /// What the listing leaves out (`--exclude`, `--delete-excluded`).
+    pub list: ListOptions,
 }
 
 /// Which protocol a client speaks.
@@ -79,18 +81,36 @@ pub enum DialectChoice {
     Seed,
 }
 
-/// The client's folder as it is listed, in tree order, chunk by chunk: see
-/// [`list_in_background`].
-pub type Listing = mpsc::Receiver<Result<Vec<Entry>, Error>>;
+/// The client's folder as it is listed, in tree order, chunk by chunk, by a thread of its
+/// own: see [`list_in_background`].
+#[derive(Debug)]
+pub struct Listing {
+    rx: mpsc::Receiver<Result<Vec<Entry>, Error>>,
+    stats: Arc<std::sync::Mutex<ListStats>>,
+}
+
+impl Listing {
+    /// The next chunk of entries; `None` once the listing is complete.
+    pub async fn recv(&mut self) -> Option<Result<Vec<Entry>, Error>> {
+        self.rx.recv().await
+    }
+
+    /// What the listing left out; complete once [`recv`](Self::recv) has returned `None`.
+    pub fn stats(&self) -> ListStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
 
 /// Lists `dir` on a thread of its own, a few chunks ahead of the session, which takes
 /// them only as its window allows: the listing never sits whole in memory. A missing
 /// folder is listed as empty (the server then refuses to empty an archive that holds
 /// files, unless the client allows it), so an unmounted disk cannot wipe the archive.
-pub fn list_in_background(dir: PathBuf) -> Listing {
+pub fn list_in_background(dir: PathBuf, opts: ListOptions) -> Listing {
     let (tx, rx) = mpsc::channel(2);
+    let stats = Arc::new(std::sync::Mutex::new(ListStats::default()));
+    let shared = Arc::clone(&stats);
     tokio::task::spawn_blocking(move || {
-        let lister = match walk::lister(&dir) {
+        let mut lister = match walk::lister_with(&dir, &opts) {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(dir = %dir.display(), "folder does not exist; listing it as empty");
@@ -102,7 +122,7 @@ pub fn list_in_background(dir: PathBuf) -> Listing {
             }
         };
         let mut chunk = Vec::with_capacity(walk::LIST_CHUNK);
-        for e in lister {
+        for e in lister.by_ref() {
             chunk.push(e);
             if chunk.len() == walk::LIST_CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(walk::LIST_CHUNK));
@@ -111,11 +131,32 @@ pub fn list_in_background(dir: PathBuf) -> Listing {
                 }
             }
         }
+        // Before the last chunk goes, so that the stats are complete once the channel
+        // closes.
+        if let Ok(mut s) = shared.lock() {
+            *s = lister.stats().clone();
+        }
         if !chunk.is_empty() {
             let _ = tx.blocking_send(Ok(chunk));
         }
     });
-    rx
+    Listing { rx, stats }
+}
+
+/// Books what a listing left out into a session's report: unreadable entries as failed
+/// files, sockets, devices and exclusions by count.
+fn book_listing(report: &mut Report, stats: &ListStats) {
+    for (path, why) in &stats.unreadable_paths {
+        report.fail(
+            path.clone(),
+            ErrorCode::ABORTED,
+            format!("cannot read: {why}"),
+        );
+    }
+    report.failed_count += stats.unreadable - stats.unreadable_paths.len() as u64;
+    report.sockets = stats.sockets;
+    report.devices = stats.devices;
+    report.excluded = stats.excluded;
 }
 
 /// The result of a completed session.
@@ -182,7 +223,10 @@ pub async fn sync(
         while let Some(chunk) = listing.recv().await {
             entries.extend(chunk?);
         }
-        return super::seed_client::sync(stream, leftover, status, cfg, &entries, progress).await;
+        let mut synced =
+            super::seed_client::sync(stream, leftover, status, cfg, &entries, progress).await?;
+        book_listing(&mut synced.report, &listing.stats());
+        return Ok(synced);
     }
     tracing::debug!(%addr, dialect = "native", "syncing");
     let (client, greeting) = Client::new(cfg.params.clone()).on_greeting(&status)?;
@@ -211,9 +255,24 @@ pub async fn sync(
         }
     });
     let result = match sink.send(Frame::Msg(greeting.hello)).await {
-        Ok(()) => drive(client, &mut sink, &mut rx, cfg, listing, progress, idle).await,
+        Ok(()) => {
+            drive(
+                client,
+                &mut sink,
+                &mut rx,
+                cfg,
+                &mut listing,
+                progress,
+                idle,
+            )
+            .await
+        }
         Err(e) => Err(e.into()),
     };
+    let result = result.map(|mut synced| {
+        book_listing(&mut synced.report, &listing.stats());
+        synced
+    });
     reader.abort();
     let _ = sink.close().await;
     result
@@ -240,6 +299,8 @@ enum Read {
     Start(Task, Entry),
     /// Content of the started file.
     Chunk(Bytes),
+    /// A hole in the started file, this many bytes.
+    Hole(u64),
     /// The started file was sent whole, this many bytes.
     End(u64),
     /// The started file changed or failed while being read.
@@ -253,7 +314,7 @@ async fn drive(
     sink: &mut Sink,
     rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
     cfg: &SyncConfig,
-    mut listing: Listing,
+    listing: &mut Listing,
     progress: Arc<dyn Progress>,
     idle: Duration,
 ) -> Result<Synced, Error> {
@@ -319,6 +380,7 @@ async fn drive(
                             progress.sent(b.len() as u64);
                             Frame::Data(b)
                         }
+                        Read::Hole(n) => Frame::Msg(t.hole(n)),
                         Read::End(n) => {
                             progress.file_done();
                             let task = open.take().expect("the reader ends only a started file");
@@ -422,11 +484,16 @@ fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> 
     }
     let mut n = 0u64;
     let last = loop {
-        match src.next_chunk(DATA_CHUNK) {
-            Ok(Some(c)) => {
+        match src.next_piece(DATA_CHUNK) {
+            Ok(Some(Piece::Data(c))) => {
                 n += c.len() as u64;
                 let len = c.len();
                 if !batch.push(Read::Chunk(c), len) {
+                    return false;
+                }
+            }
+            Ok(Some(Piece::Hole(h))) => {
+                if !batch.push(Read::Hole(h), 0) {
                     return false;
                 }
             }

@@ -119,6 +119,13 @@ pub struct Report {
     pub tail_failures: u64,
     /// Entries the server deleted.
     pub deleted: u64,
+    /// Sockets in the folder, not archived (by design; see the README).
+    pub sockets: u64,
+    /// Device files in the folder, not archived.
+    pub devices: u64,
+    /// Entries excluded by `--exclude` or `.filesyncignore` (an excluded folder counts
+    /// once).
+    pub excluded: u64,
 }
 
 impl Report {

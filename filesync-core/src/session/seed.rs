@@ -179,7 +179,11 @@ mod tests {
         let (info, cannot) = listing_from_entries(None, &entries, &tz);
         assert_eq!(info.files.len(), 1);
         let cannot: Vec<_> = cannot.iter().map(|(p, _)| p.to_string()).collect();
-        assert_eq!(cannot, ["d/caf\\xE9", "d/link"], "failures, not silent skips");
+        assert_eq!(
+            cannot,
+            ["d/caf\\xE9", "d/link"],
+            "failures, not silent skips"
+        );
         assert_eq!(info.files[0].name, "x.txt");
         let back = entries_from_listing(&info, &tz);
         assert_eq!(
