@@ -211,6 +211,8 @@ impl Store {
             dirs_ok: HashSet::new(),
             slow_disk: self.slow_disk,
             mode_mask: self.mode_mask,
+            checked: !rustix::process::geteuid().is_root(),
+            loosened: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("filesync-placer".into())
@@ -464,6 +466,11 @@ struct Placer {
     slow_disk: std::time::Duration,
     /// See [`Store::keep_setid`].
     mode_mask: u32,
+    /// Permission checks apply to this process (it is not root): a read-only directory
+    /// must be opened up before anything is placed in or deleted from it.
+    checked: bool,
+    /// Directories opened up (see [`Placer::loosen`]) and the modes to give back.
+    loosened: Vec<(PathBuf, u32)>,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
@@ -680,6 +687,7 @@ impl Placer {
         if let Err(e) = ensure_dir(&self.dir) {
             errors.push(format!("making the client folder: {e}"));
         }
+        self.restore();
         if let Err(e) = sync_tree(&self.dir) {
             errors.push(format!("syncing: {e}"));
         }
@@ -703,6 +711,8 @@ impl Placer {
             TailOp::DirAttrs(d, t, mode) => {
                 if self.is_real(&d, fs::Metadata::is_dir) {
                     let full = d.to_path(&self.dir);
+                    // Its mode is set here; nothing to give back later.
+                    self.loosened.retain(|(p, _)| *p != full);
                     let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
                     let r = mode
                         .map_or(Ok(()), |m| {
@@ -795,15 +805,49 @@ impl Placer {
         }
         if self.dirs_ok.insert(self.dir.clone()) {
             ensure_dir(&self.dir)?;
+            self.loosen(&self.dir.clone())?;
         }
         for a in rel.ancestors() {
             let p = a.to_path(&self.dir);
             if !self.dirs_ok.contains(&p) {
                 ensure_dir(&p)?;
+                self.loosen(&p)?;
                 self.dirs_ok.insert(p);
             }
         }
         Ok(rel.to_path(&self.dir))
+    }
+
+    /// Opens up a directory its owner cannot write or search (a client's read-only
+    /// folder, given mode 0555 by an earlier session), so that a server not running as
+    /// root can place and delete entries in it, as rsync does; its mode is given back
+    /// at the end of the session ([`Placer::restore`]), unless the plan sets a new one.
+    fn loosen(&mut self, dir: &Path) -> io::Result<()> {
+        if !self.checked {
+            return Ok(());
+        }
+        let m = fs::symlink_metadata(dir)?;
+        let mode = m.mode() & MODE_BITS;
+        if m.is_dir() && mode & 0o300 != 0o300 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))?;
+            self.loosened.push((dir.to_path_buf(), mode));
+        }
+        Ok(())
+    }
+
+    /// Gives back the modes of the directories [`Placer::loosen`] opened up, where
+    /// nothing else changed them since.
+    fn restore(&mut self) {
+        for (dir, mode) in std::mem::take(&mut self.loosened).into_iter().rev() {
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() && m.mode() & MODE_BITS == mode | 0o700 => {
+                    if let Err(e) = fs::set_permissions(&dir, fs::Permissions::from_mode(mode)) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot give a folder its mode back");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn place(&mut self, temp: &Path, rel: &RelPath) -> io::Result<()> {
@@ -832,6 +876,9 @@ impl Placer {
             }
         }
         let p = rel.to_path(&self.dir);
+        if let Some(parent) = p.parent() {
+            self.loosen(parent)?;
+        }
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {
                 // Counted first, for the session's tally; walkdir never follows links.
@@ -839,7 +886,20 @@ impl Placer {
                     .follow_links(false)
                     .into_iter()
                     .count();
-                fs::remove_dir_all(&p)?;
+                if let Err(e) = fs::remove_dir_all(&p) {
+                    if e.kind() != io::ErrorKind::PermissionDenied || !self.checked {
+                        return Err(e);
+                    }
+                    // Read-only folders inside: open every one up (they are going), then
+                    // try again.
+                    for d in walkdir::WalkDir::new(&p).follow_links(false) {
+                        let d = d.map_err(io::Error::other)?;
+                        if d.file_type().is_dir() {
+                            fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700))?;
+                        }
+                    }
+                    fs::remove_dir_all(&p)?;
+                }
                 self.dirs_ok.retain(|d| !d.starts_with(&p));
                 Ok(n as u64)
             }
@@ -847,6 +907,13 @@ impl Placer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Drop for Placer {
+    /// A session that ends early gives back the modes it opened up, too.
+    fn drop(&mut self) {
+        self.restore();
     }
 }
 

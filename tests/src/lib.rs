@@ -306,6 +306,7 @@ pub struct ServeCmd {
     envs: Vec<(OsString, OsString)>,
     nofile: Option<u64>,
     netns: Option<String>,
+    user: Option<(u32, u32)>,
 }
 
 impl ServeCmd {
@@ -320,7 +321,15 @@ impl ServeCmd {
             envs: Vec::new(),
             nofile: None,
             netns: None,
+            user: None,
         }
+    }
+
+    /// Runs the server as this user and group (the test must be root to switch), so that
+    /// permission checks apply to it as to a server run by an ordinary account.
+    pub fn user(mut self, uid: u32, gid: u32) -> ServeCmd {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// Listens on `addr` instead of 127.0.0.1.
@@ -372,6 +381,11 @@ impl ServeCmd {
     /// Starts the server and waits (at most [`START_TIMEOUT`]) for its listening line.
     pub fn start(&self) -> Server {
         let mut cmd = filesync_command(self.netns.as_deref(), self.nofile);
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            // std drops root's supplementary groups when it sets the uid.
+            cmd.uid(uid).gid(gid);
+        }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg("serve")
             .args(["--port", "0", "--bind", &self.bind])
