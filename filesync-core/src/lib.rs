@@ -6,7 +6,8 @@
 //! reads the clock (time is always an argument), so every rule of the protocol can be
 //! tested with byte literals and in-memory streams. Those modules are:
 //!
-//! - [`paths`]: [`paths::RelPath`] and [`paths::ClientId`], parsed once, safe by construction.
+//! - [`paths`]: [`paths::RelPath`] (names of any bytes), [`paths::LinkTarget`] and
+//!   [`paths::ClientId`], parsed once, safe by construction.
 //! - [`time`]: nanosecond mtimes and the original dialect's naive local timestamps.
 //! - [`messages`]: the serde types of both dialects, JSON and postcard from the same types.
 //! - [`codec`]: tokio-util decoders and encoders with size limits.
@@ -20,6 +21,9 @@
 //! - [`net`]: sockets (multicast discovery, TCP) and the drive loops of both sides.
 //! - [`store`]: the server's filesystem writes (temp file, durable rename, prune).
 //! - [`walk`]: the client's tree walk and file reads.
+//! - [`exclude`]: which entries a walk leaves out (`--exclude`, `.filesyncignore` files).
+//! - [`sparse`]: a file's data ranges (`SEEK_DATA`/`SEEK_HOLE`), so holes are not sent.
+//! - [`precision`]: the mtime step a filesystem keeps, probed once at server start.
 //!
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
