@@ -340,16 +340,15 @@ impl Source {
     /// Opens `entry` under `root` without following a symlink, and checks that it is
     /// still the file that was listed.
     pub fn open(root: &Path, entry: &Entry) -> Result<Source, ReadError> {
-        let file = open_nofollow(&entry.path.to_path(root))?;
-        let sparse = crate::sparse::may_be_sparse(&file.metadata()?);
-        let src = Source {
-            file,
+        let mut src = Source {
+            file: open_nofollow(&entry.path.to_path(root))?,
             expect: entry.clone(),
             read: 0,
-            sparse,
+            sparse: false,
             data_end: 0,
         };
-        src.check("before reading")?;
+        let m = src.check("before reading")?;
+        src.sparse = crate::sparse::may_be_sparse(&m);
         Ok(src)
     }
 
@@ -385,7 +384,8 @@ impl Source {
         &self.expect
     }
 
-    fn check(&self, when: &str) -> Result<(), ReadError> {
+    /// Checks the open file against its listing; returns its metadata.
+    fn check(&self, when: &str) -> Result<std::fs::Metadata, ReadError> {
         let m = self.file.metadata()?;
         if !m.is_file() {
             return Err(ReadError::Changed(format!(
@@ -397,7 +397,7 @@ impl Source {
                 "size or mtime differ from the listing {when}"
             )));
         }
-        Ok(())
+        Ok(m)
     }
 
     /// The next chunk of at most `max` bytes, reading holes as zeros; `None` after
@@ -406,7 +406,7 @@ impl Source {
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
         let left = self.expect.size - self.read;
         if left == 0 {
-            self.check("after reading")?;
+            self.check("after reading").map(drop)?;
             return Ok(None);
         }
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(max);
@@ -421,7 +421,7 @@ impl Source {
             return Ok(self.next_chunk(max)?.map(Piece::Data));
         }
         if self.read == size {
-            self.check("after reading")?;
+            self.check("after reading").map(drop)?;
             return Ok(None);
         }
         if self.read >= self.data_end {

@@ -223,6 +223,12 @@ pub async fn sync(
         while let Some(chunk) = listing.recv().await {
             entries.extend(chunk?);
         }
+        if listing.stats().excluded > 0 && !cfg.list.delete_excluded {
+            tracing::warn!(
+                "the original FileSync server deletes every file the list leaves out: \
+                 excluded files are deleted from it too"
+            );
+        }
         let mut synced =
             super::seed_client::sync(stream, leftover, status, cfg, &entries, progress).await?;
         book_listing(&mut synced.report, &listing.stats());
