@@ -566,6 +566,72 @@ mod tests {
     }
 
     #[test]
+    fn excluded_entries_are_kept_unless_deleted_and_broken_ignore_files_are_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "a.tmp",
+            "b.txt",
+            "build/x",
+            "sub/keep.tmp",
+            "sub/c.tmp",
+            "bad/y",
+        ] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"").unwrap();
+        }
+        fs::write(d.path().join(".filesyncignore"), "*.tmp\n").unwrap();
+        fs::write(d.path().join("sub/.filesyncignore"), "!keep.tmp\n").unwrap();
+        fs::write(d.path().join("bad/.filesyncignore"), "{a\n").unwrap();
+        let opts = |delete_excluded| ListOptions {
+            exclude: vec!["/build/".into()],
+            delete_excluded,
+        };
+        let listed = |delete| {
+            let mut l = lister_with(d.path(), &opts(delete)).unwrap();
+            let v: Vec<_> = l.by_ref().map(|e| (e.path.to_string(), e.kind)).collect();
+            (v, l.stats().clone())
+        };
+        let (kept, stats) = listed(false);
+        use EntryKind::*;
+        assert_eq!(
+            kept,
+            [
+                (".filesyncignore".to_string(), File),
+                ("a.tmp".into(), Keep),
+                ("b.txt".into(), File),
+                ("bad".into(), Keep),
+                ("build".into(), Keep),
+                ("sub".into(), Dir),
+                ("sub/.filesyncignore".into(), File),
+                ("sub/c.tmp".into(), Keep),
+                ("sub/keep.tmp".into(), File),
+            ]
+        );
+        assert_eq!((stats.excluded, stats.unreadable), (3, 1), "{stats:?}");
+        let (deleted, _) = listed(true);
+        let names: Vec<_> = deleted.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ".filesyncignore",
+                "b.txt",
+                "bad",
+                "sub",
+                "sub/.filesyncignore",
+                "sub/keep.tmp"
+            ],
+            "excluded entries are left out; the broken folder is still kept"
+        );
+        // A bad pattern on the command line fails the listing.
+        let bad = ListOptions {
+            exclude: vec!["{a".into()],
+            delete_excluded: false,
+        };
+        assert!(lister_with(d.path(), &bad).is_err());
+    }
+
+    #[test]
     fn sparse_files_are_read_as_data_and_holes() {
         let d = tempfile::tempdir().unwrap();
         let f = fs::File::create(d.path().join("s")).unwrap();
