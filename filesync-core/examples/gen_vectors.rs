@@ -9,8 +9,8 @@
 //! diff: a changed byte in an existing vector is a change of the wire protocol and needs a
 //! protocol version bump (`spec/PROTOCOL.md`, "Versioning and extensions").
 //!
-//! The session transcript is produced by driving the real client and server typestate
-//! machines against each other in memory, so it shows the message order the code follows.
+//! The session transcripts are produced by driving the real client and server typestate
+//! machines against each other in memory, so they show the message order the code follows.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,10 +24,10 @@ use filesync_core::codec::preamble;
 use filesync_core::messages::seed::{self, NativeOffer, ServerStatus, Status};
 use filesync_core::messages::{
     ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
-    FileHeader, FileResult, Hello, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
+    FileHeader, FileResult, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
     Ready, ServerMsg, Tasks, TransferEnd, Welcome, PROTOCOL_VERSION,
 };
-use filesync_core::paths::{ClientId, RelPath};
+use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::planner::Held;
 use filesync_core::session::client::{ClientParams, Finish, Waiting};
 use filesync_core::session::server::{Listed, Receipt, Receive, ServerParams};
@@ -62,9 +62,10 @@ fn main() -> Res<()> {
         write(&seed_dir, &name, &file)?;
         n += 1;
     }
-    let (name, file) = session_vector()?;
-    write(&native_dir, &name, &file)?;
-    n += 1;
+    for (name, file) in [session_vector()?, sparse_session_vector()?] {
+        write(&native_dir, &name, &file)?;
+        n += 1;
+    }
     eprintln!("wrote {n} vectors under {}", out.display());
     Ok(())
 }
@@ -84,6 +85,27 @@ fn hex(b: &[u8]) -> String {
 
 fn p(s: &str) -> RelPath {
     RelPath::parse(s).expect("vector paths are valid")
+}
+
+/// A path of any bytes (a name that is not UTF-8).
+fn pb(b: &[u8]) -> RelPath {
+    RelPath::from_bytes(b).expect("vector paths are valid")
+}
+
+fn link(b: &[u8]) -> Option<LinkTarget> {
+    Some(LinkTarget::from_bytes(b).expect("vector link targets are valid"))
+}
+
+/// A manifest entry; `target` only for symlinks.
+fn entry(path: RelPath, kind: EntryKind, size: u64, mtime: MTime, mode: u32) -> Entry {
+    Entry {
+        path,
+        kind,
+        size,
+        mtime,
+        mode,
+        target: None,
+    }
 }
 
 fn id(s: &str) -> ClientId {
@@ -210,11 +232,14 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         client(
             "manifest",
-            "One MANIFEST batch in tree order: a directory, a file with a nanosecond mtime, \
-             a file before 1970 (negative secs, zigzag varint in postcard) and non-ASCII \
-             names. In postcard each path is a shared-prefix length and a suffix: \
-             `photos/été.png` shares 13 bytes with the entry before it, and `photos/êtes` \
-             shares 7, not 8, since a shared prefix never ends inside a UTF-8 character.",
+            "One MANIFEST batch in tree order: a directory (mode 0755 = 493), files (mode \
+             0644 = 420), one with a nanosecond mtime, one before 1970 (negative secs, zigzag \
+             varint in postcard), and non-ASCII names. In postcard each path is a \
+             shared-prefix length and a suffix: `photos/été.png` shares 13 bytes with the \
+             entry before it, and `photos/êtes` shares 8, `photos/` and the byte c3 that \
+             begins both `é` (c3 a9) and `ê` (c3 aa): names are bytes, the longest common \
+             byte prefix is shared even where it ends inside a UTF-8 character, and the \
+             suffix (aa 74 65 73) need not be UTF-8 on its own.",
             ClientMsg::Manifest(Manifest {
                 entries: vec![
                     Entry {
@@ -269,6 +294,71 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
             }),
         )?,
         client(
+            "manifest-names",
+            "Names are bytes. `C:\\notes.txt` is one ordinary name: a backslash and a drive \
+             letter mean nothing. `café.txt` is UTF-8, a plain JSON string. `caf\\xE9.txt` \
+             (Latin-1) is not UTF-8: in JSON it is {\"hex\": ...}, lowercase hex of every \
+             byte; in postcard it is its bytes (varint length, bytes, as a string would be), \
+             sharing `caf` with the entry before it. The folder `d\\xE9j\\xE0` and the file \
+             in it are not UTF-8 either: JSON writes each whole path in hex, postcard shares \
+             the folder's 4 bytes and sends the suffix `/vu.txt`.",
+            ClientMsg::Manifest(Manifest {
+                entries: vec![
+                    entry(p("C:\\notes.txt"), EntryKind::File, 5, t(T0, 0), 0o644),
+                    entry(p("café.txt"), EntryKind::File, 6, t(T0, 0), 0o644),
+                    entry(pb(b"caf\xe9.txt"), EntryKind::File, 7, t(T0, 0), 0o644),
+                    entry(pb(b"d\xe9j\xe0"), EntryKind::Dir, 0, t(T0, 0), 0o755),
+                    entry(
+                        pb(b"d\xe9j\xe0/vu.txt"),
+                        EntryKind::File,
+                        8,
+                        t(T0, 0),
+                        0o644,
+                    ),
+                ],
+            }),
+        )?,
+        client(
+            "manifest-kinds",
+            "Entries with no content, which the server never requests: a FIFO (made empty \
+             with its mode), a symlink with an absolute target and one whose target is not \
+             UTF-8 (JSON {\"hex\": ...}), both stored verbatim and never followed (their \
+             mode, 0777 from lstat, is ignored; `target` is set for symlinks only), and a \
+             `keep` entry, which a client sends for a path it could not read or excludes: \
+             the server keeps what it holds at and under it (size 0, mtime 0, mode 0).",
+            ClientMsg::Manifest(Manifest {
+                entries: vec![
+                    entry(p("fifo"), EntryKind::Fifo, 0, t(T0, 0), 0o644),
+                    Entry {
+                        target: link(b"/etc/hostname"),
+                        ..entry(p("link-abs"), EntryKind::Symlink, 0, t(T0, 0), 0o777)
+                    },
+                    Entry {
+                        target: link(b"caf\xe9.txt"),
+                        ..entry(p("link-latin1"), EntryKind::Symlink, 0, t(T0, 0), 0o777)
+                    },
+                    entry(p("private"), EntryKind::Keep, 0, t(0, 0), 0),
+                ],
+            }),
+        )?,
+        client(
+            "manifest-modes",
+            "Permission bits, `st_mode & 07777`: a directory 0755 (493), an executable 0755, \
+             a setuid program 04755 (2541), a private file 0600 (384), a sticky directory \
+             01777 (1023). The wire carries the client's bits as they are; the server drops \
+             setuid and setgid (04755 is stored as 0755) unless it runs with --keep-setid, \
+             and never applies ownership.",
+            ClientMsg::Manifest(Manifest {
+                entries: vec![
+                    entry(p("bin"), EntryKind::Dir, 0, t(T0, 0), 0o755),
+                    entry(p("bin/tool"), EntryKind::File, 9, t(T0, 0), 0o755),
+                    entry(p("bin/tool-setuid"), EntryKind::File, 9, t(T0, 0), 0o4755),
+                    entry(p("secret.key"), EntryKind::File, 32, t(T0, 0), 0o600),
+                    entry(p("tmp"), EntryKind::Dir, 0, t(T0, 0), 0o1777),
+                ],
+            }),
+        )?,
+        client(
             "manifest-empty",
             "A MANIFEST batch with no entries (legal; a client with nothing to list \
              normally sends MANIFEST_END alone).",
@@ -281,7 +371,8 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         client(
             "file-header",
-            "FILE_HEADER: 2048 bytes of DATA follow; offset is 0 without `resume`.",
+            "FILE_HEADER: 2048 bytes of DATA follow; the server gives the stored file mode \
+             0644 (420) and the mtime; offset is 0 without `resume`.",
             ClientMsg::FileHeader(FileHeader {
                 path: p("docs/report.txt"),
                 size: 2048,
@@ -289,6 +380,25 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 mode: 0o644,
                 offset: 0,
             }),
+        )?,
+        client(
+            "file-header-sparse",
+            "FILE_HEADER of a sparse file: `size` (1 GiB here) counts data and holes alike; \
+             DATA and HOLE frames follow, adding up to it. Mode 0600 (384).",
+            ClientMsg::FileHeader(FileHeader {
+                path: p("vm/disk.img"),
+                size: 1 << 30,
+                mtime: t(T0, 0),
+                mode: 0o600,
+                offset: 0,
+            }),
+        )?,
+        client(
+            "hole",
+            "HOLE (variant 8, appended after ERROR so that no older index moves): the next \
+             1 MiB of the open file is a hole, reading as zeros. Sent instead of DATA for \
+             a range SEEK_HOLE found; counts toward FILE_HEADER.size like DATA; at least 1.",
+            ClientMsg::Hole(Hole { len: 1 << 20 }),
         )?,
         client(
             "file-end",
@@ -318,7 +428,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         server(
             "welcome",
-            "WELCOME: version 2, no shared capabilities, the id the server files under.",
+            "WELCOME: version 3, no shared capabilities, the id the server files under.",
             ServerMsg::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
                 capabilities: vec![],
@@ -353,8 +463,8 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         )?,
         server(
             "deletions",
-            "DELETIONS: not sent in version 2 (PLAN_END counts deletions); kept so that every \
-             variant has a vector and postcard indices never move. A version-2 client \
+            "DELETIONS: not sent since version 2 (PLAN_END counts deletions); kept so that \
+             every variant has a vector and postcard indices never move. A version-3 client \
              treats it as an unexpected message.",
             ServerMsg::Deletions(Deletions {
                 paths: vec![p("gone/sub/file.txt"), p("gone/sub"), p("gone")],
@@ -491,7 +601,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         ),
         (
             "invalid-unknown-variant",
-            "Postcard variant index 99 is no server message of version 2.",
+            "Postcard variant index 99 is no server message of version 3.",
             Encoding::Postcard,
             vec![0, 0, 0, 2, 0, 99],
             "message",
@@ -514,6 +624,60 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 encoding: enc.name(),
                 frame_hex: hex(&bytes),
                 error,
+            })?,
+        ));
+    }
+
+    // Names a server must refuse while decoding: the hex form is checked like any other
+    // path, and only its exact shape is accepted.
+    let json_frame = |json: &str| {
+        let mut f = u32::try_from(json.len() + 1)
+            .expect("a small frame")
+            .to_be_bytes()
+            .to_vec();
+        f.push(native::KIND_MSG);
+        f.extend_from_slice(json.as_bytes());
+        f
+    };
+    let invalid_client: [(&str, &str, Encoding, Vec<u8>); 4] = [
+        (
+            "invalid-hex-dotdot",
+            "A JSON FILE_ABORT whose path is {\"hex\": \"2e2e2f78\"}, that is `../x`: the \
+             escape is decoded, then the path is validated and refused like any other.",
+            Encoding::Json,
+            json_frame(r#"{"type":"FILE_ABORT","path":{"hex":"2e2e2f78"},"reason":"x"}"#),
+        ),
+        (
+            "invalid-hex-extra-key",
+            "A JSON name escape with a member besides `hex`: refused, only {\"hex\": ...} \
+             is a name.",
+            Encoding::Json,
+            json_frame(r#"{"type":"FILE_ABORT","path":{"hex":"e9","x":1},"reason":"x"}"#),
+        ),
+        (
+            "invalid-hex-digits",
+            "A JSON name escape whose value is not hex digits: refused.",
+            Encoding::Json,
+            json_frame(r#"{"type":"FILE_ABORT","path":{"hex":"zz"},"reason":"x"}"#),
+        ),
+        (
+            "invalid-nul-name",
+            "A postcard FILE_ABORT (variant 5) whose path is the 3 bytes `a`, NUL, `b`: \
+             names may hold any byte but NUL (and `/` only as the separator).",
+            Encoding::Postcard,
+            vec![0, 0, 0, 7, 0, 5, 3, b'a', 0, b'b', 0],
+        ),
+    ];
+    for (name, note, enc, bytes) in invalid_client {
+        v.push((
+            format!("client-{name}"),
+            serde_json::to_string_pretty(&InvalidVector {
+                kind: "invalid",
+                direction: "client",
+                note,
+                encoding: enc.name(),
+                frame_hex: hex(&bytes),
+                error: "message",
             })?,
         ));
     }
@@ -1045,7 +1209,7 @@ fn session_vector() -> Res<(String, String)> {
     let mut ops = Vec::new();
 
     // One MANIFEST batch and its TASKS; the files asked for flow before MANIFEST_END,
-    // as version 2 allows, then the plan closes and the transfer ends.
+    // as versions 2 and 3 allow, then the plan closes and the transfer ends.
     let mut client = client.start();
     let m = client.list(manifest.clone());
     push("client", m.kind(), frame_hex(&m)?);
@@ -1145,4 +1309,208 @@ fn session_vector() -> Res<(String, String)> {
         steps,
     };
     Ok(("session-postcard".into(), serde_json::to_string_pretty(&v)?))
+}
+
+/// A version-3 session: a sparse file sent as DATA, HOLE, DATA; a name that is not UTF-8;
+/// a symlink, a FIFO and a `keep` entry, never requested; a file whose only change is its
+/// mode, and a setuid file the server holds without the bit, neither requested.
+fn sparse_session_vector() -> Res<(String, String)> {
+    let enc = Encoding::Postcard;
+    let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 8));
+    let params = ClientParams {
+        client_id: Some(id("build-box")),
+        encoding: enc,
+        agent: "filesync/0.1.0".into(),
+        allow_empty: false,
+    };
+    let head = b"BOOT";
+    let tail = b"END\n";
+    let hole: u64 = 1 << 20;
+    let sparse_size = head.len() as u64 + hole + tail.len() as u64;
+    let server_index = vec![
+        entry(p("private"), EntryKind::Dir, 0, t(T0 - 86_400, 0), 0o700),
+        entry(
+            p("private/a.txt"),
+            EntryKind::File,
+            1,
+            t(T0 - 86_400, 0),
+            0o600,
+        ),
+        entry(p("run.sh"), EntryKind::File, 10, t(T0, 0), 0o644),
+        entry(p("tool"), EntryKind::File, 20, t(T0, 0), 0o755),
+    ];
+    let manifest = vec![
+        entry(pb(b"caf\xe9.txt"), EntryKind::File, 5, t(T0, 0), 0o644),
+        entry(
+            p("disk.img"),
+            EntryKind::File,
+            sparse_size,
+            t(T0 + 10, 0),
+            0o600,
+        ),
+        Entry {
+            target: link(b"disk.img"),
+            ..entry(p("link"), EntryKind::Symlink, 0, t(T0, 0), 0o777)
+        },
+        entry(p("pipe"), EntryKind::Fifo, 0, t(T0, 0), 0o644),
+        entry(p("private"), EntryKind::Keep, 0, t(0, 0), 0),
+        entry(p("run.sh"), EntryKind::File, 10, t(T0, 0), 0o755),
+        entry(p("tool"), EntryKind::File, 20, t(T0, 0), 0o4755),
+    ];
+    let mut steps = Vec::new();
+    let mut push = |from: &'static str, what: &str, hex: String| {
+        steps.push(Step {
+            from,
+            what: what.to_owned(),
+            hex,
+        })
+    };
+    let data_frame = |bytes: &[u8]| -> Res<String> {
+        let mut buf = BytesMut::new();
+        let mut codec: ClientCodec = native::NativeCodec::new(enc);
+        codec.encode_data(bytes, &mut buf)?;
+        Ok(hex(&buf))
+    };
+
+    // Greeting (READY: no queue), preamble, HELLO, WELCOME, READY.
+    let (server, status) = Server::new(ServerParams::default(), peer).greet(None);
+    let mut greeting = serde_json::to_vec(&seed::ServerMsg::Status(status.clone()))?;
+    greeting.push(b'\n');
+    push("server", "GREETING", hex(&greeting));
+    let (client, g) = Client::new(params).on_greeting(&status)?;
+    push("client", "PREAMBLE", hex(&g.preamble));
+    push("client", g.hello.kind(), frame_hex(&g.hello)?);
+    let (server, welcome) = server
+        .on_hello(enc, g.hello)
+        .map_err(|r| r.error.to_string())?;
+    push("server", welcome.kind(), frame_hex(&welcome)?);
+    let Waiting::Waiting(client, _) = client.on_message(welcome)? else {
+        return Err("client not waiting after WELCOME".into());
+    };
+    let (server, ready) = server.ready();
+    push("server", ready.kind(), frame_hex(&ready)?);
+    let Waiting::Ready(client) = client.on_message(ready)? else {
+        return Err("client not ready after READY".into());
+    };
+    let mut index = server_index
+        .iter()
+        .map(|e| {
+            let h = Held {
+                kind: e.kind,
+                size: e.size,
+                mtime: e.mtime,
+                mode: e.mode,
+                target: e.target.clone(),
+            };
+            (e.path.clone(), h)
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut ops = Vec::new();
+
+    // One batch, its TASKS (the two files with content), MANIFEST_END, PLAN_END; this
+    // time the files follow PLAN_END.
+    let mut client = client.start();
+    let m = client.list(manifest.clone());
+    push("client", m.kind(), frame_hex(&m)?);
+    let Listed::Listing(server, tasks) =
+        server.on_message(m, &mut index, &mut |op| ops.push(op))?
+    else {
+        return Err("server not listing after MANIFEST".into());
+    };
+    push("server", tasks.kind(), frame_hex(&tasks)?);
+    let work = client.on_message(tasks)?;
+    let end = client.end_manifest();
+    push("client", end.kind(), frame_hex(&end)?);
+    let Listed::Receiving(mut server, plan_end) =
+        server.on_message(end, &mut index, &mut |op| ops.push(op))?
+    else {
+        return Err("server not receiving after MANIFEST_END".into());
+    };
+    push("server", plan_end.kind(), frame_hex(&plan_end)?);
+    client.on_message(plan_end)?;
+
+    for (task, e) in work {
+        let h = client.header(&task, &e);
+        push("client", h.kind(), frame_hex(&h)?);
+        let Receipt::Receiving(s, Receive::Open(_)) = server.on_message(h)? else {
+            return Err("server did not open a file".into());
+        };
+        server = s;
+        let sent = if e.size == sparse_size {
+            // Data, a hole, data: what SEEK_DATA and SEEK_HOLE find.
+            push("client", "DATA", data_frame(head)?);
+            server.on_data(head.len())?;
+            let h = client.hole(hole);
+            push("client", h.kind(), frame_hex(&h)?);
+            let Receipt::Receiving(s, Receive::Hole(_)) = server.on_message(h)? else {
+                return Err("server did not take the HOLE".into());
+            };
+            server = s;
+            push("client", "DATA", data_frame(tail)?);
+            server.on_data(tail.len())?;
+            head.len() + tail.len()
+        } else {
+            push("client", "DATA", data_frame(b"hello")?);
+            server.on_data(5)?;
+            5
+        };
+        let end = client.file_end(task, sent as u64);
+        push("client", end.kind(), frame_hex(&end)?);
+        let Receipt::Receiving(mut s, Receive::Commit(done)) = server.on_message(end)? else {
+            return Err("server did not commit a file".into());
+        };
+        let r = s.file_result(done, Outcome::Stored);
+        push("server", r.kind(), frame_hex(&r)?);
+        client.on_message(r)?;
+        server = s;
+    }
+    let (client, end) = client.finish()?;
+    push("client", end.kind(), frame_hex(&end)?);
+    let Receipt::Received(mut server) = server.on_message(end)? else {
+        return Err("server not done after TRANSFER_END".into());
+    };
+    server.deleted(0);
+    let (_server, next) = server.next_sync(t(T0 + 600, 0), 600_000);
+    push("server", next.kind(), frame_hex(&next)?);
+    let Finish::Done(_) = client.on_message(next)? else {
+        return Err("client not done after NEXT_SYNC".into());
+    };
+    // The tail the plan left for after the transfer: the link, the FIFO and the mode.
+    let want = ["Link", "Fifo", "Chmod"];
+    let got: Vec<String> = ops
+        .iter()
+        .map(|op| format!("{op:?}").split('(').next().unwrap_or("").to_owned())
+        .collect();
+    if got != want {
+        return Err(format!("unexpected tail {ops:?}").into());
+    }
+
+    let v = SessionVector {
+        kind: "session",
+        direction: "both",
+        note: "A version-3 session in postcard, produced by the client and server state \
+               machines: READY greeting, one manifest batch holding a name that is not \
+               UTF-8 (`caf\\xE9.txt`), a sparse file, a symlink, a FIFO, a `keep` entry over \
+               a folder the server holds, a file whose only change is its mode (0644 to \
+               0755) and a setuid file (04755) the server holds as 0755. TASKS asks for the \
+               two files with new content only: links, FIFOs and keep entries are never \
+               requested, a mode-only change becomes a chmod after the transfer, and setuid \
+               is dropped so 04755 matches 0755. The files follow PLAN_END; the sparse file \
+               is FILE_HEADER (size 1048584), DATA (4 bytes), HOLE (1 MiB), DATA (4 bytes), \
+               FILE_END (real data ranges are whole filesystem blocks; these are short to \
+               keep the vector small). Nothing is deleted. `hex` is exactly the bytes sent.",
+        encoding: enc.name(),
+        peer: peer.to_string(),
+        agent: "filesync/0.1.0".into(),
+        client_id: "build-box".into(),
+        allow_empty: false,
+        queue_position: None,
+        server_index,
+        steps,
+    };
+    Ok((
+        "session-sparse-postcard".into(),
+        serde_json::to_string_pretty(&v)?,
+    ))
 }

@@ -34,7 +34,7 @@ use filesync_core::session::{Client, Server};
 const MIN_VECTORS: usize = 50;
 
 /// The postcard variant index of every native message, as `spec/PROTOCOL.md` lists them.
-const CLIENT_VARIANTS: [(&str, u32); 8] = [
+const CLIENT_VARIANTS: [(&str, u32); 9] = [
     ("HELLO", 0),
     ("MANIFEST", 1),
     ("MANIFEST_END", 2),
@@ -43,6 +43,7 @@ const CLIENT_VARIANTS: [(&str, u32); 8] = [
     ("FILE_ABORT", 5),
     ("TRANSFER_END", 6),
     ("ERROR", 7),
+    ("HOLE", 8),
 ];
 /// As [`CLIENT_VARIANTS`], server to client.
 const SERVER_VARIANTS: [(&str, u32); 9] = [
@@ -881,6 +882,13 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                 *n += d.len() as u64;
                 state = Cli::Syncing(c);
                 s.bytes.clone()
+            }
+            (Cli::Syncing(c), Frame::Msg(ClientMsg::Hole(h))) => {
+                // A hole is skipped, not sent: it adds nothing to the bytes sent.
+                assert!(open.is_some(), "{at}: HOLE inside a file");
+                let out = c.hole(h.len);
+                state = Cli::Syncing(c);
+                client_frame(enc, &out)
             }
             (Cli::Syncing(mut c), Frame::Msg(ClientMsg::FileEnd(_))) => {
                 let (task, n) = open.take().expect("FILE_END closes an open file");
