@@ -36,6 +36,49 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Push a folder to a server, once (--once) or on the server's schedule.
     Sync(SyncArgs),
+    /// List the kept versions of a client's files (on the server, newest first).
+    Versions(VersionsArgs),
+    /// Write a client's folder, as the archive holds it now or held it at a time, into
+    /// a new folder (on the server; never into the archive).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct VersionsArgs {
+    /// The server root (as given to `serve --root`).
+    #[arg(long, default_value = "./filesync-data", env = "FILESYNC_ROOT")]
+    pub(crate) root: PathBuf,
+
+    /// The client whose versions to list.
+    #[arg(long, env = "FILESYNC_ID")]
+    pub(crate) id: String,
+
+    /// Only versions of these paths (relative to the client's folder) and what is under
+    /// them.
+    pub(crate) paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct RestoreArgs {
+    /// The server root (as given to `serve --root`).
+    #[arg(long, default_value = "./filesync-data", env = "FILESYNC_ROOT")]
+    pub(crate) root: PathBuf,
+
+    /// The client whose folder to restore.
+    #[arg(long, env = "FILESYNC_ID")]
+    pub(crate) id: String,
+
+    /// Where to write it: a new or empty folder outside the server root.
+    #[arg(long)]
+    pub(crate) to: PathBuf,
+
+    /// The time to restore: RFC 3339 (2026-11-30T09:00:00Z), a local `YYYY-MM-DD
+    /// HH:MM[:SS]`, or an age (2h, 3d). Without it, the archive as it is now.
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+
+    /// Only these paths (relative to the client's folder) and what is under them.
+    pub(crate) paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -76,6 +119,11 @@ pub(crate) struct ServeArgs {
     /// not grow setuid programs from the network).
     #[arg(long, env = "FILESYNC_KEEP_SETID")]
     pub(crate) keep_setid: bool,
+
+    /// Keep files that syncs replace or delete for this long, under
+    /// ROOT/.filesync/versions (`filesync versions`, `filesync restore`); 0 keeps none.
+    #[arg(long, default_value = "30d", value_parser = parse_duration, env = "FILESYNC_KEEP_VERSIONS")]
+    pub(crate) keep_versions: Duration,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -193,7 +241,7 @@ mod tests {
                 assert_eq!(s.interval, Duration::from_secs(300));
                 assert_eq!(s.max_sessions, 1);
             }
-            Command::Sync(_) => panic!(),
+            _ => panic!(),
         }
         assert!(Args::try_parse_from(["filesync", "serve", "--max-sessions", "0"]).is_err());
         let a = Args::try_parse_from([
@@ -207,7 +255,7 @@ mod tests {
         .unwrap();
         match a.command {
             Command::Sync(s) => assert_eq!(s.exclude, ["*.tmp", "/build/"]),
-            Command::Serve(_) => panic!(),
+            _ => panic!(),
         }
     }
 }

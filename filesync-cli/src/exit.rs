@@ -8,7 +8,8 @@ use filesync_core::Error;
 pub(crate) const OK: i32 = 0;
 /// A local error: bad folder, unreadable files list, cannot bind, and the unexpected.
 pub(crate) const LOCAL: i32 = 1;
-// 2 is clap's usage error.
+/// A bad command line (clap uses it too).
+pub(crate) const USAGE: i32 = 2;
 /// No server answered discovery within --discovery-timeout.
 pub(crate) const NO_SERVER: i32 = 3;
 /// The connection failed, was lost, timed out, or the server broke the protocol.

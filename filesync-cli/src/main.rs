@@ -1,8 +1,10 @@
-//! The `filesync` command: `serve` keeps client archives, `sync` pushes a folder.
+//! The `filesync` command: `serve` keeps client archives, `sync` pushes a folder,
+//! `versions` and `restore` read an archive's kept versions.
 //!
 //! This binary is glue: it parses flags (`cli`), resolves them, calls filesync-core, and
 //! maps failures to the documented exit codes (`exit`).
 
+mod archive;
 mod cli;
 mod exit;
 mod logging;
@@ -38,6 +40,8 @@ fn main() {
                 };
                 sync::run(a, out).await
             }
+            cli::Command::Versions(a) => archive::versions(a, args.json),
+            cli::Command::Restore(a) => archive::restore(a, args.json),
         }
     });
     // Dropping the runtime waits for blocking writer threads to finish their cleanup.

@@ -24,7 +24,8 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
 async fn serve(args: ServeArgs) -> Result<()> {
     let store = Store::open(&args.root)
         .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
-        .keep_setid(args.keep_setid);
+        .keep_setid(args.keep_setid)
+        .keep_versions(Some(args.keep_versions));
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr)
         .await

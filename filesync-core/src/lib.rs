@@ -36,11 +36,13 @@ pub mod net;
 pub mod paths;
 pub mod planner;
 pub mod precision;
+pub mod restore;
 pub mod schedule;
 pub mod session;
 pub mod sparse;
 pub mod store;
 pub mod time;
+pub mod versions;
 pub mod walk;
 mod wire_enum;
 

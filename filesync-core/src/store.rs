@@ -30,6 +30,7 @@ use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETI
 use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::planner::{Held, TailOp};
 use crate::time::MTime;
+use crate::versions::{self, SessionRecord};
 use crate::walk;
 
 /// Files staged before a batch is synced and renamed. Each batch costs one `syncfs`
@@ -62,7 +63,12 @@ pub struct Store {
     mode_mask: u32,
     /// The finest mtime step the root's filesystem keeps.
     mtime_precision: std::time::Duration,
+    /// How long replaced and deleted entries are kept (`None`: not kept at all).
+    keep_versions: Option<std::time::Duration>,
 }
+
+/// How long versions are kept unless told otherwise: 30 days.
+pub const DEFAULT_KEEP_VERSIONS: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Environment variable for tests: milliseconds added to every batch sync, making the disk
 /// slower than the network so that back-pressure and descriptor bounds are exercised on any
@@ -118,7 +124,31 @@ impl Store {
                 .unwrap_or_default(),
             mode_mask: MODE_BITS & !SETID_BITS,
             mtime_precision,
+            keep_versions: Some(DEFAULT_KEEP_VERSIONS),
         })
+    }
+
+    /// Keeps what sessions replace or delete for this long (`serve --keep-versions`;
+    /// `None` or zero: destroyed at once, as a plain mirror does). See [`crate::versions`].
+    pub fn keep_versions(mut self, keep: Option<std::time::Duration>) -> Self {
+        self.keep_versions = keep.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Removes kept versions older than the retention, of every client; returns how many
+    /// session records went. Run at start and after each session.
+    pub fn purge_versions(&self) -> io::Result<u64> {
+        let Some(keep) = self.keep_versions else {
+            return Ok(0);
+        };
+        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+        let cutoff = MTime::new(
+            now.secs
+                .saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)),
+            now.nanos,
+        )
+        .unwrap_or(MTime::EPOCH);
+        crate::versions::purge(&self.root, cutoff)
     }
 
     /// The finest mtime step the root's filesystem keeps, found when the store was
@@ -203,8 +233,19 @@ impl Store {
         report: impl Fn(Vec<(RelPath, Outcome)>) + Send + 'static,
     ) -> io::Result<Receiver<'_>> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(BATCHES_QUEUED);
+        let dir = self.client_dir(id);
+        let record = self.keep_versions.map(|_| {
+            let started = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+            let new_folder = fs::symlink_metadata(&dir).is_err();
+            SessionRecord::new(
+                versions::client_versions(&self.root, id),
+                started,
+                new_folder,
+            )
+        });
         let mut placer = Placer {
-            dir: self.client_dir(id),
+            record,
+            dir,
             tmp: self.tmp.clone(),
             temp_prefix: format!("{}-{}", self.pid, self.seq.fetch_add(1, Ordering::Relaxed)),
             temps: 0,
@@ -453,6 +494,9 @@ impl std::fmt::Debug for Job {
 /// The placer thread's state: everything that renames or deletes in the client folder.
 #[derive(Debug)]
 struct Placer {
+    /// Where what the session replaces, deletes and adds is recorded (`None`: versions
+    /// are not kept, and replaced entries are destroyed).
+    record: Option<SessionRecord>,
     dir: PathBuf,
     /// The temporary directory, on the same filesystem as every staged file.
     tmp: PathBuf,
@@ -646,7 +690,7 @@ impl Placer {
     fn place_batch(&mut self, staged: Vec<Staged>) -> Vec<(RelPath, Outcome)> {
         std::thread::sleep(self.slow_disk);
         let synced = sync_all(&self.tmp, staged.iter().map(|s| s.temp.as_path()));
-        staged
+        let outcomes = staged
             .into_iter()
             .map(|s| {
                 let outcome = match &synced {
@@ -664,7 +708,12 @@ impl Placer {
                 };
                 (s.path, outcome)
             })
-            .collect()
+            .collect::<Vec<_>>();
+        // What the batch added is noted before the next sync makes its renames durable.
+        if let Some(Err(e)) = self.record.as_mut().map(SessionRecord::flush) {
+            tracing::warn!(error = %e, "cannot write the session's record of added entries");
+        }
+        outcomes
     }
 
     fn finish(&mut self, tail: &mut Spool) -> (u64, Vec<String>) {
@@ -688,6 +737,11 @@ impl Placer {
             errors.push(format!("making the client folder: {e}"));
         }
         self.restore();
+        if let Some(Err(e)) = self.record.as_mut().map(SessionRecord::flush) {
+            errors.push(format!(
+                "writing the session's record of added entries: {e}"
+            ));
+        }
         if let Err(e) = sync_tree(&self.dir) {
             errors.push(format!("syncing: {e}"));
         }
@@ -703,8 +757,7 @@ impl Placer {
                 Err(e) => errors.push(format!("deleting {p}: {e}")),
             },
             TailOp::MakeDir(d) => {
-                let full = d.to_path(&self.dir);
-                if let Err(e) = self.ensure_parents(&d).and_then(|_| ensure_dir(&full)) {
+                if let Err(e) = self.ensure_parents(&d).and_then(|_| self.make_dir(&d)) {
                     errors.push(format!("making directory {d}: {e}"));
                 }
             }
@@ -810,12 +863,35 @@ impl Placer {
         for a in rel.ancestors() {
             let p = a.to_path(&self.dir);
             if !self.dirs_ok.contains(&p) {
-                ensure_dir(&p)?;
+                self.make_dir(&a)?;
                 self.loosen(&p)?;
                 self.dirs_ok.insert(p);
             }
         }
         Ok(rel.to_path(&self.dir))
+    }
+
+    /// Makes `rel` a real directory (its parents must be): an existing directory stays, a
+    /// file or symlink in its place is replaced (kept as a version when versions are
+    /// kept; never followed), a missing one is created (and noted as added).
+    fn make_dir(&mut self, rel: &RelPath) -> io::Result<()> {
+        let p = rel.to_path(&self.dir);
+        let Some(rec) = self.record.as_mut() else {
+            return ensure_dir(&p);
+        };
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => {
+                fs::rename(&p, rec.version_path(rel)?)?;
+                rec.note_added(rel)?;
+                fs::create_dir(&p)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                rec.note_added(rel)?;
+                fs::create_dir(&p)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens up a directory its owner cannot write or search (a client's read-only
@@ -852,6 +928,23 @@ impl Placer {
 
     fn place(&mut self, temp: &Path, rel: &RelPath) -> io::Result<()> {
         let dest = self.ensure_parents(rel)?;
+        if let Some(rec) = self.record.as_mut() {
+            // What stands at the path is kept as a version first: a hard link (the path
+            // keeps the old version until the rename below swaps in the new one), or, for
+            // a directory the client replaced with a file, the whole directory moved.
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.is_dir() => {
+                    let v = rec.version_path(rel)?;
+                    move_dir(&dest, &v, &m, self.checked)?;
+                    self.dirs_ok.retain(|d| !d.starts_with(&dest));
+                }
+                // link(2) does not follow a symlink: the link itself is kept.
+                Ok(_) => fs::hard_link(&dest, rec.version_path(rel)?)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => rec.note_added(rel)?,
+                Err(e) => return Err(e),
+            }
+            return fs::rename(temp, &dest);
+        }
         // rename(2) replaces a file or a symlink (never following it) but not a directory.
         match fs::rename(temp, &dest) {
             Err(_) if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) => {
@@ -878,6 +971,29 @@ impl Placer {
         let p = rel.to_path(&self.dir);
         if let Some(parent) = p.parent() {
             self.loosen(parent)?;
+        }
+        if let Some(rec) = self.record.as_mut() {
+            // Kept, not destroyed: one rename moves the entry, a folder whole, aside.
+            return match fs::symlink_metadata(&p) {
+                Ok(m) => {
+                    let v = rec.version_path(rel)?;
+                    let n = if m.is_dir() {
+                        let n = walkdir::WalkDir::new(&p)
+                            .follow_links(false)
+                            .into_iter()
+                            .count();
+                        move_dir(&p, &v, &m, self.checked)?;
+                        n as u64
+                    } else {
+                        fs::rename(&p, v)?;
+                        1
+                    };
+                    self.dirs_ok.retain(|d| !d.starts_with(&p));
+                    Ok(n)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+                Err(e) => Err(e),
+            };
         }
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {
@@ -929,6 +1045,22 @@ impl Drop for Receiver<'_> {
             let _ = t.join();
         }
     }
+}
+
+/// Moves the directory `from` (whose metadata is `m`) to `to`. Renaming a directory
+/// rewrites its `..` entry, which needs write permission on it when permission checks
+/// apply (`checked`): a read-only one is opened up for the rename, and its mode given
+/// back where it lands.
+fn move_dir(from: &Path, to: &Path, m: &fs::Metadata, checked: bool) -> io::Result<()> {
+    let mode = m.mode() & MODE_BITS;
+    if !checked || mode & 0o200 != 0 {
+        return fs::rename(from, to);
+    }
+    fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o200))?;
+    let r = fs::rename(from, to);
+    let at = if r.is_ok() { to } else { from };
+    fs::set_permissions(at, fs::Permissions::from_mode(mode))?;
+    r
 }
 
 /// Makes `p` a real directory: an existing directory stays, a file or symlink in its

@@ -217,14 +217,14 @@ fn folder_that_is_a_file_is_a_local_error() {
     assert!(!root.path().join("client_f").exists());
 }
 
-/// A deletion the server cannot apply (here an immutable file, which even root cannot
-/// remove) is not a success: the sync exits 6 and counts it, and the next sync, once the
-/// file can go, completes the mirror.
+/// A deletion the server cannot apply (here an immutable folder, which even root cannot
+/// move into the kept versions or remove) is not a success: the sync exits 6 and counts
+/// it, and the next sync, once the folder can go, completes the mirror.
 #[test]
 fn a_deletion_the_server_cannot_apply_is_partial() {
     let (server, root, client, _reference) = server_holding("tail");
     let stored = root.path().join("client_tail");
-    let locked = stored.join("sub/b.bin");
+    let locked = stored.join("sub");
     let chattr = |flag: &str| {
         std::process::Command::new("chattr")
             .arg(flag)
@@ -248,7 +248,10 @@ fn a_deletion_the_server_cannot_apply_is_partial() {
     out.assert_code(6);
     assert_eq!(out.count("tail_failures"), 1, "{out}");
     assert_eq!(out.count("files_failed"), 0, "{out}");
-    assert!(locked.exists(), "the locked file is still held");
+    assert!(
+        locked.join("b.bin").exists(),
+        "the locked folder is still held"
+    );
 
     let out = SyncCmd::new("tail", client.path())
         .server(&server.addr())

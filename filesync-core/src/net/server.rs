@@ -127,8 +127,10 @@ pub async fn serve(
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let store = Arc::new(store);
+    purge_versions(&store).await;
     let ctx = Arc::new(Ctx {
-        store: Arc::new(store),
+        store,
         queue: Queue::new(cfg.max_sessions),
         sched: Mutex::new(Scheduler::new(cfg.interval)),
         cfg,
@@ -187,7 +189,21 @@ async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: Canc
             duration = ?started.elapsed(), error = %e, "session failed"
         ),
     }
+    if summary.client.is_some() {
+        purge_versions(&ctx.store).await;
+    }
     drop(ticket);
+}
+
+/// Removes versions past their retention, off the async threads; a failure is logged.
+pub async fn purge_versions(store: &Arc<Store>) {
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || store.purge_versions()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(records = n, "purged versions past their retention"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge old versions"),
+        Err(e) => tracing::warn!(error = %e, "the version purge stopped"),
+    }
 }
 
 /// Runs `f` unless the server shuts down first.

@@ -1,0 +1,155 @@
+//! `filesync versions` and `filesync restore`: reading a server root's archive, on the
+//! server, with no server process needed.
+
+use std::path::Path;
+
+use filesync_core::paths::{ClientId, RelPath};
+use filesync_core::restore::{self, RestoreError};
+use filesync_core::time::MTime;
+use filesync_core::versions;
+
+use crate::cli::{RestoreArgs, VersionsArgs};
+use crate::exit;
+
+/// Parses the id and the paths, or says why not (exit 2, a usage error).
+fn parse(id: &str, paths: &[std::path::PathBuf]) -> Result<(ClientId, Vec<RelPath>), String> {
+    let id = ClientId::parse(id).map_err(|e| e.to_string())?;
+    let paths = paths
+        .iter()
+        .map(|p| RelPath::from_local(p).map_err(|e| format!("{}: {e}", p.display())))
+        .collect::<Result<_, _>>()?;
+    Ok((id, paths))
+}
+
+fn now() -> MTime {
+    MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH)
+}
+
+/// Local time, for people.
+fn local(t: MTime) -> String {
+    let dt: chrono::DateTime<chrono::Local> = t.to_system().into();
+    dt.format("%Y-%m-%d %H:%M:%S%.3f %z").to_string()
+}
+
+pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
+    let (id, paths) = match parse(&args.id, &args.paths) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let list = match versions::list(&args.root, &id, &paths) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "Error: reading the versions under {}: {e}",
+                args.root.display()
+            );
+            return exit::LOCAL;
+        }
+    };
+    if json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "path": v.path,
+                    "kind": v.kind,
+                    "size": v.size,
+                    "mtime": versions::stamp(v.mtime),
+                    "mode": format!("{:04o}", v.mode),
+                    "replaced_at": versions::stamp(v.replaced_at),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else if list.is_empty() {
+        println!("no kept versions for client {id}");
+    } else {
+        println!(
+            "{:<29}  {:>12}  {:<29}  {:<7}  PATH",
+            "REPLACED AT", "SIZE", "MTIME", "KIND"
+        );
+        for v in &list {
+            println!(
+                "{:<29}  {:>12}  {:<29}  {:<7}  {}",
+                local(v.replaced_at),
+                v.size,
+                local(v.mtime),
+                v.kind,
+                v.path
+            );
+        }
+    }
+    exit::OK
+}
+
+pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
+    let (id, paths) = match parse(&args.id, &args.paths) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let at = match args
+        .at
+        .as_deref()
+        .map(|s| versions::parse_at(s, now(), &chrono::Local))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("Error: --at: {e}");
+            return exit::USAGE;
+        }
+    };
+    match restore::restore(&args.root, &id, &args.to, at, &paths) {
+        Ok(r) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "to": args.to.display().to_string(),
+                        "at": at.map(versions::stamp),
+                        "files": r.files,
+                        "bytes": r.bytes,
+                        "dirs": r.dirs,
+                        "symlinks": r.links,
+                        "fifos": r.fifos,
+                        "sessions_undone": r.sessions_undone,
+                    })
+                );
+            } else {
+                println!(
+                    "restored client {id} {} into {}: {} files ({} bytes), {} folders, {} symlinks, {} FIFOs",
+                    at.map_or("as it is now".to_string(), |t| format!("as it was at {}", local(t))),
+                    display(&args.to),
+                    r.files,
+                    r.bytes,
+                    r.dirs,
+                    r.links,
+                    r.fifos
+                );
+            }
+            exit::OK
+        }
+        Err(
+            e @ (RestoreError::Destination(_)
+            | RestoreError::Purged(_)
+            | RestoreError::UnknownClient { .. }),
+        ) => {
+            eprintln!("Error: {e}");
+            exit::REFUSED
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            exit::LOCAL
+        }
+    }
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
