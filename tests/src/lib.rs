@@ -514,6 +514,8 @@ pub struct SyncCmd {
     netns: Option<String>,
     nofile: Option<u64>,
     timeout: Duration,
+    envs: Vec<(OsString, OsString)>,
+    via: Vec<OsString>,
 }
 
 /// A finished `filesync sync`.
@@ -581,7 +583,34 @@ impl SyncCmd {
             netns: None,
             nofile: None,
             timeout: SYNC_TIMEOUT,
+            envs: Vec::new(),
+            via: Vec::new(),
         }
+    }
+
+    /// Without `--json`: the client prints its text summary.
+    pub fn text(mut self) -> SyncCmd {
+        self.args.retain(|a| a != "--json");
+        self
+    }
+
+    /// Sets an environment variable of the client (kept even if it is a `FILESYNC_*`
+    /// variable, which the client otherwise never inherits from the test).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> SyncCmd {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the binary through `program` (with `args`), which must exec it as its last
+    /// argument, so that signals still reach it: `setpriv ...`, for instance. Not with
+    /// [`netns`](Self::netns) or [`nofile_limit`](Self::nofile_limit).
+    pub fn via(mut self, program: &str, args: &[&str]) -> SyncCmd {
+        self.via = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        self
     }
 
     /// Adds `--server ADDR`.
@@ -621,7 +650,19 @@ impl SyncCmd {
 
     /// Starts the client in the background.
     pub fn spawn(&self) -> RunningSync {
-        let mut cmd = filesync_command(self.netns.as_deref(), self.nofile);
+        let mut cmd = match self.via.split_first() {
+            None => filesync_command(self.netns.as_deref(), self.nofile),
+            Some((program, args)) => {
+                assert!(
+                    self.netns.is_none() && self.nofile.is_none(),
+                    "SyncCmd::via does not combine with netns or nofile_limit"
+                );
+                let mut c = Command::new(program);
+                c.args(args).arg(filesync_bin());
+                c
+            }
+        };
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg("sync").args(&self.args);
         RunningSync {
             proc: Proc::spawn(cmd, None),
