@@ -120,6 +120,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "FILESYNC_KEEP_SETID")]
     pub(crate) keep_setid: bool,
 
+    /// Delete at most N entries per session (a deleted folder counts each entry in it);
+    /// past it, deletions stop, the rest of the session completes and the client is told.
+    #[arg(long, value_name = "N", env = "FILESYNC_MAX_DELETE")]
+    pub(crate) max_delete: Option<u64>,
+
+    /// Delete nothing in a session that would delete more than this percentage of a
+    /// client's archive (a wrong folder, a cloned id, ransomware); 100 turns it off.
+    #[arg(long, value_name = "P", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100), env = "FILESYNC_MAX_DELETE_PERCENT")]
+    pub(crate) max_delete_percent: u32,
+
     /// Keep files that syncs replace or delete for this long, under
     /// ROOT/.filesync/versions (`filesync versions`, `filesync restore`); 0 keeps none.
     #[arg(long, default_value = "30d", value_parser = parse_duration, env = "FILESYNC_KEEP_VERSIONS")]
@@ -186,6 +196,11 @@ pub(crate) struct SyncArgs {
     /// Delete the server's copies of excluded paths too.
     #[arg(long, env = "FILESYNC_DELETE_EXCLUDED")]
     pub(crate) delete_excluded: bool,
+
+    /// Let the server delete at most N entries this session (a deleted folder counts each
+    /// entry in it); past it deletions stop and `--once` exits 8.
+    #[arg(long, value_name = "N", env = "FILESYNC_MAX_DELETE")]
+    pub(crate) max_delete: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

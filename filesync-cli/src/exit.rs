@@ -22,6 +22,9 @@ pub(crate) const PARTIAL: i32 = 6;
 /// Refused to empty an archive: the folder is empty or missing while the server holds
 /// files (see --allow-empty).
 pub(crate) const WOULD_EMPTY: i32 = 7;
+/// The sync completed but a deletion cap (`--max-delete`, the server's
+/// `--max-delete-percent`) held deletions back (rsync uses 25 for the same).
+pub(crate) const DELETE_LIMIT: i32 = 8;
 
 /// The exit code for a failed session.
 pub(crate) fn for_error(e: &Error) -> i32 {

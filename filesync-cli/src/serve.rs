@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use color_eyre::eyre::{Result, WrapErr};
 use filesync_core::messages::Encoding;
 use filesync_core::net::{self, server::ServeConfig};
+use filesync_core::planner::DeleteCaps;
 use filesync_core::store::Store;
 use tokio::net::TcpListener;
 
@@ -60,6 +61,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_sessions: args.max_sessions as usize,
         idle_timeout: args.idle_timeout,
         encodings: vec![Encoding::Postcard, Encoding::Json],
+        delete_caps: DeleteCaps {
+            max: args.max_delete,
+            max_percent: (args.max_delete_percent < 100).then_some(args.max_delete_percent),
+        },
     };
     net::server::serve(listener, store, cfg, shutdown)
         .await

@@ -51,6 +51,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
         },
         agent: format!("filesync/{}", env!("CARGO_PKG_VERSION")),
         allow_empty: args.allow_empty,
+        max_delete: args.max_delete,
     };
     let cfg = SyncConfig {
         dir: args.dir.clone(),
@@ -75,10 +76,13 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     if args.once {
         return match attempt(&args, &cfg, &mut None, out).await {
             Ok(synced) => {
-                if synced.report.failed_count == 0 && synced.report.tail_failures == 0 {
-                    exit::OK
-                } else {
+                let r = &synced.report;
+                if r.failed_count > 0 || r.tail_failures > 0 {
                     exit::PARTIAL
+                } else if r.held_back > 0 {
+                    exit::DELETE_LIMIT
+                } else {
+                    exit::OK
                 }
             }
             Err(f) => {
@@ -222,6 +226,13 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
              will retry next sync"
         );
     }
+    if r.held_back > 0 {
+        tracing::warn!(
+            held_back = r.held_back,
+            "deletions held back: {}",
+            r.held_back_reason
+        );
+    }
     if r.failed_count > r.failed.len() as u64 {
         tracing::warn!(
             more = r.failed_count - r.failed.len() as u64,
@@ -240,6 +251,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "tail_failures": r.tail_failures,
             "bytes_sent": r.bytes_sent,
             "deleted": r.deleted,
+            "deletions_held_back": r.held_back,
             "excluded": r.excluded,
             "skipped_sockets": r.sockets,
             "skipped_devices": r.devices,
@@ -251,6 +263,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
         // Entries not archived by design are named, so that a summary never hides one.
         let mut left_out = String::new();
         for (n, what) in [
+            (r.held_back, "deletions held back"),
             (r.excluded, "excluded"),
             (r.sockets, "sockets not archived"),
             (r.devices, "device files not archived"),

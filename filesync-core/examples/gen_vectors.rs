@@ -211,6 +211,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         client_id: Some(id("laptop")),
         capabilities: vec![],
         allow_empty: false,
+        max_delete: None,
     };
     let mut v = vec![
         client(
@@ -221,13 +222,15 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         client(
             "hello-anonymous",
             "HELLO with no id (the server derives one from the address), an extension \
-             capability the server does not know (it is ignored), and allow_empty.",
+             capability the server does not know (it is ignored), allow_empty, and \
+             max_delete 100 (the server deletes at most 100 entries this session).",
             ClientMsg::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 agent: "other-impl/2.3".into(),
                 client_id: None,
                 capabilities: vec!["x-example".into()],
                 allow_empty: true,
+                max_delete: Some(100),
             }),
         )?,
         client(
@@ -508,6 +511,24 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 stored: 1,
                 rejected: 1,
                 deleted: 3,
+                held_back: 0,
+                held_back_reason: String::new(),
+            }),
+        )?,
+        server(
+            "next-sync-held-back",
+            "NEXT_SYNC after a deletion cap held 40 deletions back: the session is \
+             otherwise complete; the client reports it (sync --once exits 8).",
+            ServerMsg::NextSync(NextSync {
+                at: t(T0 + 600, 0),
+                delay_ms: 600_000,
+                stored: 0,
+                rejected: 0,
+                deleted: 0,
+                held_back: 40,
+                held_back_reason: "the sync would delete 40 of the 50 entries the server holds, \
+                                   more than 50% (serve --max-delete-percent)"
+                    .into(),
             }),
         )?,
         server(
@@ -1085,6 +1106,7 @@ fn session_vector() -> Res<(String, String)> {
         encoding: enc,
         agent: "filesync/0.1.0".into(),
         allow_empty: false,
+        max_delete: None,
     };
     // The server holds an unchanged file, an outdated one and a directory the client
     // removed; the client lists a new empty directory and a file that vanishes mid-sync.
@@ -1284,7 +1306,7 @@ fn session_vector() -> Res<(String, String)> {
     let Receipt::Received(mut server) = server.on_message(end)? else {
         return Err("server not done after TRANSFER_END".into());
     };
-    server.deleted(deletions);
+    server.deleted(deletions, 0);
     let (_server, next) = server.next_sync(t(T0 + 600, 0), 600_000);
     push("server", next.kind(), frame_hex(&next)?);
     let Finish::Done(_) = client.on_message(next)? else {
@@ -1322,6 +1344,7 @@ fn sparse_session_vector() -> Res<(String, String)> {
         encoding: enc,
         agent: "filesync/0.1.0".into(),
         allow_empty: false,
+        max_delete: None,
     };
     let head = b"BOOT";
     let tail = b"END\n";
@@ -1470,7 +1493,7 @@ fn sparse_session_vector() -> Res<(String, String)> {
     let Receipt::Received(mut server) = server.on_message(end)? else {
         return Err("server not done after TRANSFER_END".into());
     };
-    server.deleted(0);
+    server.deleted(0, 0);
     let (_server, next) = server.next_sync(t(T0 + 600, 0), 600_000);
     push("server", next.kind(), frame_hex(&next)?);
     let Finish::Done(_) = client.on_message(next)? else {

@@ -172,6 +172,8 @@ pub struct Planner {
     files: u64,
     bytes: u64,
     deletions: u64,
+    /// Index entries read: the size of the archive, once the plan is finished.
+    held: u64,
 }
 
 impl Planner {
@@ -194,6 +196,7 @@ impl Planner {
             files: 0,
             bytes: 0,
             deletions: 0,
+            held: 0,
         }
     }
 
@@ -358,6 +361,7 @@ impl Planner {
             files: self.files,
             bytes: self.bytes,
             deletions: self.deletions,
+            held: self.held,
         }))
     }
 
@@ -384,6 +388,7 @@ impl Planner {
                     }
                     self.last_held = Some(p.clone());
                     self.held_files |= h.kind == EntryKind::File;
+                    self.held += 1;
                     self.ahead = Some((p, h));
                 }
             }
@@ -477,6 +482,84 @@ pub struct Finished {
     pub bytes: u64,
     /// Server entries to delete (every entry of a deleted subtree counts).
     pub deletions: u64,
+    /// Entries the server held for the client before the session (files, folders,
+    /// links, FIFOs).
+    pub held: u64,
+}
+
+/// Limits on what one session may delete: a mistake on a client (a wrong folder, a
+/// cloned instrument syncing under another machine's id, ransomware) shows up as a mass
+/// deletion, which these stop. Deletions are applied last, so what is held back is
+/// simply not done; everything else of the session completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeleteCaps {
+    /// At most this many entries (rsync's `--max-delete`): deletions are applied in plan
+    /// order while they fit, a deleted folder counting every entry in it.
+    pub max: Option<u64>,
+    /// A session that would delete more than this percentage of the archive's entries
+    /// deletes nothing.
+    pub max_percent: Option<u32>,
+}
+
+/// What a session may delete, decided once its plan is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteBudget {
+    /// Every deletion of the plan.
+    All,
+    /// Deletions while their entries add up to at most this many.
+    UpTo(u64, String),
+    /// None at all.
+    Nothing(String),
+}
+
+impl DeleteBudget {
+    /// Why deletions may be held back; `None` for [`DeleteBudget::All`].
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            DeleteBudget::All => None,
+            DeleteBudget::UpTo(_, r) | DeleteBudget::Nothing(r) => Some(r),
+        }
+    }
+}
+
+impl DeleteCaps {
+    /// The tighter of two sets of caps (the server's and the client's).
+    pub fn and(self, other: DeleteCaps) -> DeleteCaps {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        DeleteCaps {
+            max: min(self.max, other.max),
+            max_percent: min(
+                self.max_percent.map(u64::from),
+                other.max_percent.map(u64::from),
+            )
+            .map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The budget for a plan that deletes `deletions` of the `held` entries.
+    pub fn budget(&self, deletions: u64, held: u64) -> DeleteBudget {
+        if deletions == 0 {
+            return DeleteBudget::All;
+        }
+        if let Some(p) = self.max_percent {
+            if u128::from(deletions) * 100 > u128::from(p) * u128::from(held) {
+                return DeleteBudget::Nothing(format!(
+                    "the sync would delete {deletions} of the {held} entries the server holds, \
+                     more than {p}% (serve --max-delete-percent)"
+                ));
+            }
+        }
+        match self.max {
+            Some(n) if deletions > n => DeleteBudget::UpTo(
+                n,
+                format!("the sync would delete {deletions} entries, more than --max-delete {n}"),
+            ),
+            _ => DeleteBudget::All,
+        }
+    }
 }
 
 /// An empty manifest met an archive that holds files.
@@ -712,6 +795,56 @@ mod tests {
                 ("other-time", 6)
             ]
         );
+    }
+
+    #[test]
+    fn delete_caps() {
+        let none = DeleteCaps::default();
+        assert_eq!(none.budget(1000, 1000), DeleteBudget::All);
+        let pct = DeleteCaps {
+            max: None,
+            max_percent: Some(50),
+        };
+        assert_eq!(
+            pct.budget(5, 10),
+            DeleteBudget::All,
+            "exactly half is allowed"
+        );
+        assert!(matches!(pct.budget(6, 10), DeleteBudget::Nothing(_)));
+        assert_eq!(pct.budget(0, 0), DeleteBudget::All);
+        let max = DeleteCaps {
+            max: Some(3),
+            max_percent: None,
+        };
+        assert_eq!(max.budget(3, 100), DeleteBudget::All);
+        assert!(matches!(max.budget(4, 100), DeleteBudget::UpTo(3, _)));
+        let both = pct.and(DeleteCaps {
+            max: Some(2),
+            max_percent: Some(80),
+        });
+        assert_eq!(
+            both,
+            DeleteCaps {
+                max: Some(2),
+                max_percent: Some(50)
+            }
+        );
+        assert!(both
+            .budget(4, 10)
+            .reason()
+            .unwrap()
+            .contains("--max-delete 2"));
+    }
+
+    #[test]
+    fn the_plan_counts_what_the_server_held() {
+        let server = held(&[dir("d"), file("d/f", 1, 1), file("g", 1, 1)]);
+        let mut index = server.into_iter();
+        let mut p = Planner::new(Rule::QuickCheck);
+        p.batch(&[file("g", 1, 1)], &mut index, &mut |_| {})
+            .unwrap();
+        let done = p.finish(&mut index, false, &mut |_| {}).unwrap().unwrap();
+        assert_eq!((done.deletions, done.held), (2, 3));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETID_BITS};
 use crate::paths::{ClientId, LinkTarget, RelPath};
-use crate::planner::{Held, TailOp};
+use crate::planner::{DeleteBudget, Held, TailOp};
 use crate::time::MTime;
 use crate::versions::{self, SessionRecord};
 use crate::walk;
@@ -261,8 +261,8 @@ impl Store {
                 for job in rx {
                     match job {
                         Job::Batch(batch) => report(placer.place_batch(batch)),
-                        Job::Finish(mut spool, done) => {
-                            let r = placer.finish(&mut spool);
+                        Job::Finish(mut spool, budget, done) => {
+                            let r = placer.finish(&mut spool, &budget);
                             // Gone before the session hears it is done.
                             drop(spool);
                             let _ = done.send(r);
@@ -461,8 +461,20 @@ struct Staged {
 enum Job {
     /// Make these durable and move them into place.
     Batch(Vec<Staged>),
-    /// Apply the plan's tail, sync, and answer with (deleted, errors).
-    Finish(Spool, std::sync::mpsc::Sender<(u64, Vec<String>)>),
+    /// Apply the plan's tail within the deletion budget, sync, and answer.
+    Finish(Spool, DeleteBudget, std::sync::mpsc::Sender<Applied>),
+}
+
+/// What applying a plan's tail did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries deleted (every entry of a deleted folder counts).
+    pub deleted: u64,
+    /// Entries not deleted because the budget did not allow them.
+    pub held_back: u64,
+    /// What could not be done (a deletion, a folder, a link, a mode), for the log; each
+    /// counts as a failure of the session.
+    pub errors: Vec<String>,
 }
 
 type JobSender = std::sync::mpsc::SyncSender<Job>;
@@ -668,20 +680,23 @@ impl Receiver<'_> {
         }
     }
 
-    /// Ends the session's writes: every staged file placed, deletions applied, directories
-    /// made, and all of it durable. Returns how many entries were deleted and what failed.
-    /// Every file's outcome has been reported when this returns.
-    pub fn finish(&mut self, tail: Spool) -> (u64, Vec<String>) {
+    /// Ends the session's writes: every staged file placed, deletions applied as far as
+    /// `budget` allows, directories made, and all of it durable. Every file's outcome has
+    /// been reported when this returns.
+    pub fn finish(&mut self, tail: Spool, budget: &DeleteBudget) -> Applied {
         self.discard();
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = self
             .jobs
             .as_ref()
-            .is_some_and(|j| j.send(Job::Finish(tail, tx)).is_ok());
+            .is_some_and(|j| j.send(Job::Finish(tail, budget.clone(), tx)).is_ok());
         match rx.recv() {
             Ok(r) if sent => r,
-            _ => (0, vec!["the placer thread stopped".into()]),
+            _ => Applied {
+                errors: vec!["the placer thread stopped".into()],
+                ..Applied::default()
+            },
         }
     }
 }
@@ -716,23 +731,23 @@ impl Placer {
         outcomes
     }
 
-    fn finish(&mut self, tail: &mut Spool) -> (u64, Vec<String>) {
-        let mut deleted = 0;
-        let mut errors = Vec::new();
+    fn finish(&mut self, tail: &mut Spool, budget: &DeleteBudget) -> Applied {
+        let mut done = Applied::default();
         match tail.read() {
-            Err(e) => errors.push(format!("reading the plan's tail: {e}")),
+            Err(e) => done.errors.push(format!("reading the plan's tail: {e}")),
             Ok(ops) => {
                 for op in ops {
                     match op {
                         Err(e) => {
-                            errors.push(format!("reading the plan's tail: {e}"));
+                            done.errors.push(format!("reading the plan's tail: {e}"));
                             break;
                         }
-                        Ok(op) => self.apply(op, &mut deleted, &mut errors),
+                        Ok(op) => self.apply(op, budget, &mut done),
                     }
                 }
             }
         }
+        let errors = &mut done.errors;
         if let Err(e) = ensure_dir(&self.dir) {
             errors.push(format!("making the client folder: {e}"));
         }
@@ -745,17 +760,34 @@ impl Placer {
         if let Err(e) = sync_tree(&self.dir) {
             errors.push(format!("syncing: {e}"));
         }
-        (deleted, errors)
+        done
     }
 
     /// Applies one op of the tail; ops come in tree order, so a directory's time is set
-    /// after everything inside it is done.
-    fn apply(&mut self, op: TailOp, deleted: &mut u64, errors: &mut Vec<String>) {
+    /// after everything inside it is done. Deletions go only as far as `budget` allows.
+    fn apply(&mut self, op: TailOp, budget: &DeleteBudget, done: &mut Applied) {
+        let errors = &mut done.errors;
         match op {
-            TailOp::Delete(p) => match self.remove(&p) {
-                Ok(n) => *deleted += n,
-                Err(e) => errors.push(format!("deleting {p}: {e}")),
-            },
+            TailOp::Delete(p) => {
+                let allowed = match budget {
+                    DeleteBudget::All => true,
+                    DeleteBudget::Nothing(_) => false,
+                    DeleteBudget::UpTo(max, _) => {
+                        let n = self.count(&p);
+                        let fits = done.deleted + n <= *max;
+                        if !fits {
+                            done.held_back += n;
+                        }
+                        fits
+                    }
+                };
+                if allowed {
+                    match self.remove(&p) {
+                        Ok(n) => done.deleted += n,
+                        Err(e) => errors.push(format!("deleting {p}: {e}")),
+                    }
+                }
+            }
             TailOp::MakeDir(d) => {
                 if let Err(e) = self.ensure_parents(&d).and_then(|_| self.make_dir(&d)) {
                     errors.push(format!("making directory {d}: {e}"));
@@ -958,6 +990,26 @@ impl Placer {
         }
     }
 
+    /// How many entries deleting `rel` would remove: 0 if it is gone or reached through
+    /// a symlink, 1 for a non-directory, the whole subtree for a directory.
+    fn count(&self, rel: &RelPath) -> u64 {
+        if !rel
+            .ancestors()
+            .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()))
+        {
+            return 0;
+        }
+        let p = rel.to_path(&self.dir);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => walkdir::WalkDir::new(&p)
+                .follow_links(false)
+                .into_iter()
+                .count() as u64,
+            Ok(_) => 1,
+            Err(_) => 0,
+        }
+    }
+
     /// Deletes one entry, and everything in it if it is a directory, without following
     /// symlinks; returns how many entries were deleted (0 if it was already gone).
     fn remove(&mut self, rel: &RelPath) -> io::Result<u64> {
@@ -1146,7 +1198,7 @@ mod tests {
         r.write(b"lo");
         assert!(r.commit().is_empty(), "staged, not yet placed");
         assert!(!dest.exists());
-        r.finish(spool(&store, Tail::default()));
+        r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert_eq!(
             *seen.lock().unwrap(),
             vec![(RelPath::parse("d/x.txt").unwrap(), Outcome::Stored)]
@@ -1208,7 +1260,9 @@ mod tests {
             delete: vec![RelPath::parse("d/victim").unwrap()],
             ..Tail::default()
         };
-        let (deleted, errors) = r.finish(spool(&store, tail));
+        let Applied {
+            deleted, errors, ..
+        } = r.finish(spool(&store, tail), &DeleteBudget::All);
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(deleted, 0);
@@ -1237,7 +1291,7 @@ mod tests {
             ],
             ..Tail::default()
         };
-        let (_, errors) = r.finish(spool(&store, tail));
+        let Applied { errors, .. } = r.finish(spool(&store, tail), &DeleteBudget::All);
         assert!(errors.is_empty(), "{errors:?}");
         for d in ["client_a/d", "client_a/d/empty"] {
             let m = fs::metadata(root.path().join(d)).unwrap();
@@ -1268,7 +1322,7 @@ mod tests {
         r.open_default(&header("a", 2));
         r.write(b"hi");
         r.commit();
-        let (_, errors) = r.finish(spool(&store, Tail::default()));
+        let Applied { errors, .. } = r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty());
         assert_eq!(fs::read(root.path().join("client_a/a")).unwrap(), b"hi");
@@ -1319,7 +1373,7 @@ mod tests {
                 dir_attrs: vec![],
                 ..Tail::default()
             };
-            let (_, errors) = r.finish(spool(&store, tail));
+            let Applied { errors, .. } = r.finish(spool(&store, tail), &DeleteBudget::All);
             assert!(errors.is_empty(), "{errors:?}");
             let mode = |n: &str| {
                 fs::symlink_metadata(root.path().join("client_a").join(n))
@@ -1365,7 +1419,7 @@ mod tests {
         let mut r = store
             .receiver(&ClientId::parse("a").unwrap(), |_| {})
             .unwrap();
-        let (_, errors) = r.finish(spool(&store, tail));
+        let Applied { errors, .. } = r.finish(spool(&store, tail), &DeleteBudget::All);
         assert_eq!(
             errors.len(),
             1,
@@ -1401,7 +1455,7 @@ mod tests {
         r.write(b"data");
         r.skip(size / 2 - 4);
         r.commit();
-        let (_, errors) = r.finish(spool(&store, Tail::default()));
+        let Applied { errors, .. } = r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert!(errors.is_empty(), "{errors:?}");
         let m = fs::metadata(root.path().join("client_a/sparse")).unwrap();
         assert_eq!(m.len(), size);
@@ -1442,7 +1496,9 @@ mod tests {
         let spool = spool(&store, tail);
         let spool_path = spool.path.clone();
         assert!(spool_path.starts_with(root.path().join(".filesync/spool")));
-        let (deleted, errors) = r.finish(spool);
+        let Applied {
+            deleted, errors, ..
+        } = r.finish(spool, &DeleteBudget::All);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(deleted, 5, "gone, gone/sub, gone/sub/f, gone/g, file");
         assert!(!d.join("gone").exists() && !d.join("file").exists());

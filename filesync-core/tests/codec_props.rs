@@ -103,17 +103,19 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             any::<u16>(),
             text(),
             prop::option::of(client_id()),
-            any::<bool>()
+            any::<bool>(),
+            prop::option::of(any::<u64>())
         )
-            .prop_map(
-                |(version, agent, client_id, allow_empty)| ClientMsg::Hello(Hello {
+            .prop_map(|(version, agent, client_id, allow_empty, max_delete)| {
+                ClientMsg::Hello(Hello {
                     version,
                     agent,
                     client_id,
                     capabilities: vec!["x".into()],
                     allow_empty,
+                    max_delete,
                 })
-            ),
+            }),
         prop::collection::vec(entry, 0..6)
             .prop_map(|entries| ClientMsg::Manifest(Manifest { entries })),
         any::<u64>().prop_map(|entries| ClientMsg::ManifestEnd(ManifestEnd { entries })),
@@ -166,13 +168,17 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 },
             })
         }),
-        (mtime(), any::<u64>()).prop_map(|(at, delay_ms)| ServerMsg::NextSync(NextSync {
-            at,
-            delay_ms,
-            stored: 1,
-            rejected: 2,
-            deleted: 3,
-        })),
+        (mtime(), any::<u64>(), text()).prop_map(|(at, delay_ms, why)| ServerMsg::NextSync(
+            NextSync {
+                at,
+                delay_ms,
+                stored: 1,
+                rejected: 2,
+                deleted: 3,
+                held_back: 4,
+                held_back_reason: why,
+            }
+        )),
         error_msg().prop_map(ServerMsg::Error),
     ]
 }
@@ -300,6 +306,7 @@ fn sample_client_frames() -> Vec<Frame<ClientMsg>> {
             client_id: Some(ClientId::parse("lab-7").unwrap()),
             capabilities: vec![],
             allow_empty: false,
+            max_delete: None,
         })),
         Frame::Msg(ClientMsg::Manifest(Manifest {
             entries: vec![
@@ -384,6 +391,8 @@ fn sample_server_frames() -> Vec<Frame<ServerMsg>> {
             stored: 1,
             rejected: 1,
             deleted: 1,
+            held_back: 0,
+            held_back_reason: String::new(),
         })),
         Frame::Msg(ServerMsg::Error(ErrorMsg {
             code: ErrorCode::SHUTTING_DOWN,

@@ -110,8 +110,9 @@ prop_compose! {
         client_id in prop::option::of(client_id()),
         capabilities in capabilities(),
         allow_empty in any::<bool>(),
+        max_delete in prop::option::of(any::<u64>()),
     ) -> Hello {
-        Hello { version, agent, client_id, capabilities, allow_empty }
+        Hello { version, agent, client_id, capabilities, allow_empty, max_delete }
     }
 }
 
@@ -161,8 +162,10 @@ prop_compose! {
         stored in any::<u64>(),
         rejected in any::<u64>(),
         deleted in any::<u64>(),
+        held_back in any::<u64>(),
+        held_back_reason in text(),
     ) -> NextSync {
-        NextSync { at, delay_ms, stored, rejected, deleted }
+        NextSync { at, delay_ms, stored, rejected, deleted, held_back, held_back_reason }
     }
 }
 
@@ -719,6 +722,7 @@ fn postcard_cannot_decode_internally_tagged_enums_but_ours_round_trip() {
         client_id: None,
         capabilities: vec![],
         allow_empty: false,
+        max_delete: Some(3),
     });
     let bytes = postcard::to_allocvec(&hello).unwrap();
     assert_eq!(postcard::from_bytes::<ClientMsg>(&bytes).unwrap(), hello);

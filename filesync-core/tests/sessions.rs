@@ -189,6 +189,7 @@ fn params(enc: Encoding, id: Option<&str>, allow_empty: bool) -> ClientParams {
         encoding: enc,
         agent: "sessions-test".into(),
         allow_empty,
+        max_delete: None,
     }
 }
 
@@ -595,7 +596,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         Finish::Finishing(c) => c,
         Finish::Done(_) => panic!("done before NEXT_SYNC"),
     };
-    server.deleted(deletions);
+    server.deleted(deletions, 0);
     let at = MTime::new(1_700_003_600, 0).unwrap();
     let (server, next) = server.next_sync(at, 3_600_000);
     let client = match finish_step(client, wire.down(next)) {
@@ -623,6 +624,8 @@ fn full_session(enc: Encoding, id: Option<&str>) {
             stored: files - 1,
             rejected: 1,
             deleted: deletions,
+            held_back: 0,
+            held_back_reason: String::new(),
         }
     );
     assert_eq!(client.client_id().as_str(), expected_id);
@@ -936,6 +939,8 @@ fn client_refuses_messages_out_of_order() {
             stored: 0,
             rejected: 0,
             deleted: 0,
+            held_back: 0,
+            held_back_reason: String::new(),
         })
     };
     for enc in ENCODINGS {
@@ -1006,6 +1011,7 @@ fn server_refuses_messages_out_of_order() {
             client_id: None,
             capabilities: vec![],
             allow_empty: false,
+            max_delete: None,
         })
     };
     for enc in ENCODINGS {
@@ -1014,7 +1020,7 @@ fn server_refuses_messages_out_of_order() {
         let msg = o.wire.up(manifest());
         let refusal = o.server.on_hello(o.enc, msg).unwrap_err();
         assert_eq!(unexpected::<()>(Err(refusal.error)), ("HELLO", "MANIFEST"));
-        match refusal.msg {
+        match *refusal.msg {
             ServerMsg::Error(ErrorMsg { code, .. }) => assert_eq!(code, ErrorCode::PROTOCOL),
             other => panic!("{other:?}"),
         }
@@ -1358,7 +1364,7 @@ fn wrong_protocol_version_in_hello_is_refused_with_version() {
         hello.version = PROTOCOL_VERSION + 1;
         let msg = o.wire.up(ClientMsg::Hello(hello));
         let refusal = o.server.on_hello(o.enc, msg).unwrap_err();
-        match refusal.msg {
+        match *refusal.msg {
             ServerMsg::Error(ErrorMsg { code, message }) => {
                 assert_eq!(code, ErrorCode::VERSION);
                 assert!(
@@ -1394,7 +1400,7 @@ fn encoding_the_server_does_not_offer_is_refused() {
     let o = open(params(Encoding::Postcard, None, false), only_postcard, None);
     let refusal = o.server.on_hello(Encoding::Json, o.hello).unwrap_err();
     assert!(matches!(
-        refusal.msg,
+        *refusal.msg,
         ServerMsg::Error(ErrorMsg {
             code: ErrorCode::VERSION,
             ..

@@ -592,6 +592,7 @@ fn check_session(path: &Path, v: &Value) {
         encoding: enc,
         agent: text(path, v, "agent").to_owned(),
         allow_empty: field(path, v, "allow_empty").as_bool().unwrap(),
+        max_delete: v.get("max_delete").and_then(Value::as_u64),
     };
     replay_server(path, enc, &steps, &index, peer, queue_position);
     replay_client(path, enc, &steps, params);
@@ -680,7 +681,7 @@ fn replay_server(
                             (Srv::Listing(l), out)
                         }
                         (Srv::Received(mut r), ServerMsg::NextSync(n)) => {
-                            r.deleted(deletions);
+                            r.deleted(deletions, 0);
                             let (_done, out) = r.next_sync(n.at, n.delay_ms);
                             (Srv::Done, out)
                         }
@@ -816,7 +817,7 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                 panic!("{at}: DATA from the server");
             };
             if let ServerMsg::NextSync(n) = &m {
-                next_sync = Some(*n);
+                next_sync = Some(n.clone());
             }
             state = match state {
                 Cli::Connected(c) => match c.on_message(m).unwrap() {

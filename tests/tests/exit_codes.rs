@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use filesync_tests::{
-    assert_trees_equal, make_dir, pseudo_random, snapshot, ts, write_file, Server, SyncCmd,
+    assert_trees_equal, make_dir, pseudo_random, snapshot, ts, write_file, ServeCmd, Server,
+    SyncCmd,
 };
 
 fn build(dir: &Path) {
@@ -36,7 +37,12 @@ fn server_holding(
     let reference = tempfile::tempdir().unwrap();
     build(client.path());
     build(reference.path());
-    let server = Server::start(root.path());
+    // These tests delete most of a small tree on purpose: the percentage cap (tested in
+    // delete_caps.rs) is off.
+    let server = ServeCmd::new(root.path())
+        .arg("--max-delete-percent")
+        .arg("100")
+        .start();
     SyncCmd::new(id, client.path())
         .server(&server.addr())
         .run()

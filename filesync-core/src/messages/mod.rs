@@ -161,6 +161,9 @@ pub struct Hello {
     /// The client knows its folder is empty or missing and still wants the server copy
     /// emptied (`--allow-empty`).
     pub allow_empty: bool,
+    /// The most entries this session may delete on the server (`sync --max-delete`);
+    /// past it, deletions stop and `NEXT_SYNC` says how many were held back.
+    pub max_delete: Option<u64>,
 }
 
 /// `WELCOME`: the server accepted the hello.
@@ -512,7 +515,7 @@ pub struct FileResult {
 
 /// `NEXT_SYNC`: the session is over, everything stored is durable on disk, and the client
 /// should come back at `at` (equivalently after `delay_ms`, which is immune to clock skew).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextSync {
     /// When to come back, server clock.
     pub at: MTime,
@@ -524,6 +527,11 @@ pub struct NextSync {
     pub rejected: u64,
     /// Entries deleted this session.
     pub deleted: u64,
+    /// Entries the plan would have deleted but a deletion cap held back (the client's
+    /// `max_delete`, the server's `--max-delete` or `--max-delete-percent`); 0 normally.
+    pub held_back: u64,
+    /// Why they were held back, for people; empty when nothing was.
+    pub held_back_reason: String,
 }
 
 wire_enum! {

@@ -223,6 +223,16 @@ pub async fn sync(
         while let Some(chunk) = listing.recv().await {
             entries.extend(chunk?);
         }
+        if let Some(n) = cfg.params.max_delete {
+            return Err(Error::Refused {
+                code: crate::messages::ErrorCode::VERSION,
+                message: format!(
+                    "--max-delete {n} cannot be kept by an original FileSync server, which \
+                     deletes every file the list leaves out; sync without it, or run \
+                     `filesync serve` on the server"
+                ),
+            });
+        }
         if listing.stats().excluded > 0 && !cfg.list.delete_excluded {
             tracing::warn!(
                 "the original FileSync server deletes every file the list leaves out: \

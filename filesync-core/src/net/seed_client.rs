@@ -194,6 +194,8 @@ pub(super) async fn sync(
             stored: report.stored,
             rejected: report.failed_count,
             deleted: 0,
+            held_back: 0,
+            held_back_reason: String::new(),
         },
         report,
         client_id,

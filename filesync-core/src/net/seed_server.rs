@@ -101,13 +101,16 @@ pub(super) async fn session(
     let entries = rules::entries_from_listing(&info, &chrono::Local);
     // An original listing is small, but the archive it is compared with may not be: the
     // index is merged as it is read, and the tail goes to a spool.
-    let (send, tail) = tokio::task::spawn_blocking(move || {
+    let caps = ctx.cfg.delete_caps;
+    let (send, tail, budget) = tokio::task::spawn_blocking(move || {
         let mut index = store.index(&idx_id);
         let planned = rules::plan(&entries, &mut index);
         if let Some(e) = index.take_error() {
             return Err(Error::io("indexing the client folder", e));
         }
-        let (send, tail) = planned?;
+        let rules::SeedPlan { send, tail, held } = planned?;
+        // An original client cannot be told why; the server's log says it.
+        let budget = caps.budget(tail.delete.len() as u64, held);
         let mut spool = store
             .spool()
             .map_err(|e| Error::io("creating the plan's spool", e))?;
@@ -117,7 +120,7 @@ pub(super) async fn session(
         spool
             .check()
             .map_err(|e| Error::io("writing the plan's spool", e))?;
-        Ok((send, spool))
+        Ok((send, spool, budget))
     })
     .await
     .map_err(|e| Error::io("planning", std::io::Error::other(e)))??;
@@ -207,7 +210,10 @@ pub(super) async fn session(
         let _ = writer.await;
         return Err(e);
     }
-    batch.push(Op::Finish(tail), 0).await?;
+    if let Some(why) = budget.reason() {
+        tracing::warn!(client = %id, "deletions may be held back: {why}");
+    }
+    batch.push(Op::Finish(tail, budget), 0).await?;
     batch.flush().await?;
     drop(batch);
     while let Some(w) = results.recv().await {
@@ -223,9 +229,12 @@ pub(super) async fn session(
                     }
                 }
             }
-            Written::Finished { deleted, errors } => {
-                summary.tally.deleted = deleted;
-                for e in errors {
+            Written::Finished(applied) => {
+                summary.tally.deleted = applied.deleted;
+                if applied.held_back > 0 {
+                    tracing::warn!(client = %id, held_back = applied.held_back, "deletions held back by a cap");
+                }
+                for e in applied.errors {
                     tracing::warn!(client = %id, error = %e, "finishing");
                 }
             }

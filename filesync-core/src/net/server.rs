@@ -28,12 +28,13 @@ use crate::messages::{
 };
 use crate::paths::{ClientId, RelPath};
 
+use crate::planner::{DeleteBudget, DeleteCaps};
 use crate::schedule::Scheduler;
 use crate::session::server::{
     Listed, Listing, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
 };
 use crate::session::unexpected;
-use crate::store::{Index, Spool, Store};
+use crate::store::{Applied, Index, Spool, Store};
 use crate::time::MTime;
 
 /// How a server runs its sessions.
@@ -47,6 +48,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Encodings offered, preferred first.
     pub encodings: Vec<Encoding>,
+    /// Limits on what one session may delete.
+    pub delete_caps: DeleteCaps,
 }
 
 /// How often a queued client hears its position, so it knows the server is alive.
@@ -237,6 +240,7 @@ async fn session(
         encodings: ctx.cfg.encodings.clone(),
         keep_setid: ctx.store.keeps_setid(),
         mtime_window: ctx.store.mtime_precision(),
+        delete_caps: ctx.cfg.delete_caps,
     };
     let (srv, status) = Server::new(params, peer.ip()).greet(ticket.position());
     let mut greeting = BytesMut::new();
@@ -282,7 +286,7 @@ async fn session(
             srv
         }
         Err(refusal) => {
-            let _ = send(&mut framed, refusal.msg, idle).await;
+            let _ = send(&mut framed, *refusal.msg, idle).await;
             return Err(refusal.error);
         }
     };
@@ -491,14 +495,15 @@ pub(super) enum Op {
     Hole(u64),
     Commit,
     Discard,
-    Finish(Spool),
+    /// Apply the tail, deleting what the budget allows.
+    Finish(Spool, DeleteBudget),
 }
 
 /// What the writer thread reports.
 #[derive(Debug)]
 pub(super) enum Written {
     Results(Vec<(RelPath, Outcome)>),
-    Finished { deleted: u64, errors: Vec<String> },
+    Finished(Applied),
 }
 
 /// The error for a writer thread that is no longer there to take work.
@@ -586,9 +591,8 @@ pub(super) fn spawn_writer(
                             let _ = res_tx.send(Written::Results(out));
                         }
                     }
-                    Op::Finish(tail) => {
-                        let (deleted, errors) = r.finish(tail);
-                        let _ = res_tx.send(Written::Finished { deleted, errors });
+                    Op::Finish(tail, budget) => {
+                        let _ = res_tx.send(Written::Finished(r.finish(tail, &budget)));
                         return;
                     }
                 }
@@ -795,7 +799,10 @@ async fn receive(
         )
     })?;
     let ops = batch.into_sender();
-    ops.send(vec![Op::Finish(spool)])
+    if let Some(why) = srv.delete_budget().reason() {
+        tracing::warn!(client = %srv.client_id(), "deletions may be held back: {why}");
+    }
+    ops.send(vec![Op::Finish(spool, srv.delete_budget().clone())])
         .await
         .map_err(|_| writer_gone())?;
     // Finishing (the last sync, the deletions) can take a while on a slow disk; the client
@@ -807,10 +814,10 @@ async fn receive(
                     within(idle, framed.feed(Frame::Msg(srv.file_result(p, o)))).await??;
                 }
             }
-            Some(Written::Finished { deleted, errors }) => {
-                srv.deleted(deleted);
-                srv.tail_failed(errors.len() as u64);
-                for e in &errors {
+            Some(Written::Finished(applied)) => {
+                srv.deleted(applied.deleted, applied.held_back);
+                srv.tail_failed(applied.errors.len() as u64);
+                for e in &applied.errors {
                     tracing::warn!(client = %srv.client_id(), error = %e, "finishing");
                 }
                 break;

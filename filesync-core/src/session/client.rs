@@ -25,6 +25,8 @@ pub struct ClientParams {
     pub agent: String,
     /// Allow an empty listing to empty the server's copy.
     pub allow_empty: bool,
+    /// The most entries the session may delete on the server (`--max-delete`).
+    pub max_delete: Option<u64>,
 }
 
 /// A native client session in state `S`.
@@ -126,6 +128,10 @@ pub struct Report {
     /// Entries excluded by `--exclude` or `.filesyncignore` (an excluded folder counts
     /// once).
     pub excluded: u64,
+    /// Entries the server did not delete because a deletion cap held them back.
+    pub held_back: u64,
+    /// Why, as the server put it; empty when nothing was held back.
+    pub held_back_reason: String,
 }
 
 impl Report {
@@ -228,6 +234,7 @@ impl Client<Discovered> {
             client_id: self.params.client_id.clone(),
             capabilities: Vec::new(),
             allow_empty: self.params.allow_empty,
+            max_delete: self.params.max_delete,
         });
         let greeting = Greeting {
             preamble: preamble::encode(enc),
@@ -618,6 +625,8 @@ impl Client<Finishing> {
                 } = self.state;
                 report.deleted = next.deleted;
                 report.tail_failures = next.rejected.saturating_sub(report.failed_count);
+                report.held_back = next.held_back;
+                report.held_back_reason = next.held_back_reason.clone();
                 Ok(Finish::Done(Client {
                     params: self.params,
                     state: Done {
@@ -641,7 +650,7 @@ impl Client<Done> {
 
     /// When the server wants the client back.
     pub fn next_sync(&self) -> NextSync {
-        self.state.next
+        self.state.next.clone()
     }
 
     /// The id the server filed this client under.

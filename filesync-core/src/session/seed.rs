@@ -79,7 +79,8 @@ pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
     }
 }
 
-/// The plan for an original client: files to request (listing order) and the tail.
+/// The plan for an original client: files to request (listing order), the tail, and the
+/// size of the archive (for the deletion caps).
 ///
 /// Differences from the original server, each on purpose:
 /// - a file is requested when its mtime *differs* (to the microsecond), not only when the
@@ -91,7 +92,7 @@ pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
 pub fn plan(
     entries: &[Entry],
     held: impl IntoIterator<Item = (RelPath, Held)>,
-) -> Result<(Vec<RelPath>, Tail), ProtocolError> {
+) -> Result<SeedPlan, ProtocolError> {
     // An original listing is unordered and small (one 8 KiB read): sort it whole. `held`
     // must come in tree order, as the store's index does.
     let mut entries = entries.to_vec();
@@ -101,6 +102,7 @@ pub fn plan(
     let mut index = held.into_iter();
     let send = planner.batch(&entries, &mut index, &mut |op| ops.push(op))?;
     let finished = planner.finish(&mut index, true, &mut |op| ops.push(op))?;
+    let held = finished.map_or(0, |f| f.held);
     let mut tail = Tail::from_ops(ops);
     tail.make_dirs.clear();
     tail.dir_attrs.clear();
@@ -110,7 +112,18 @@ pub fn plan(
         );
         tail.delete.clear();
     }
-    Ok((send, tail))
+    Ok(SeedPlan { send, tail, held })
+}
+
+/// The plan for an original client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedPlan {
+    /// Files to request, in listing order.
+    pub send: Vec<RelPath>,
+    /// What to do once they are stored (file deletions only).
+    pub tail: Tail,
+    /// Entries the server held for the client before the session.
+    pub held: u64,
 }
 
 /// The delay until a naive local `time` read in `tz`, from `now`; zero if it has passed.
@@ -201,7 +214,8 @@ mod tests {
             },
             &chrono::Utc,
         );
-        let (send, tail) = plan(&entries, vec![held("a", EntryKind::File, 1)]).unwrap();
+        let SeedPlan { send, tail, .. } =
+            plan(&entries, vec![held("a", EntryKind::File, 1)]).unwrap();
         assert!(send.is_empty());
         assert!(tail.delete.is_empty(), "an empty listing empties nothing");
 
@@ -213,7 +227,7 @@ mod tests {
             mode: 0,
             target: None,
         }];
-        let (send, tail) = plan(
+        let SeedPlan { send, tail, .. } = plan(
             &e,
             // The index comes in tree order.
             vec![

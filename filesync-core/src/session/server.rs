@@ -13,7 +13,7 @@ use crate::messages::{
     PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
-use crate::planner::{Held, Planner, Rule, TailOp};
+use crate::planner::{DeleteBudget, DeleteCaps, Held, Planner, Rule, TailOp};
 use crate::time::MTime;
 
 /// What a server offers every session.
@@ -26,6 +26,9 @@ pub struct ServerParams {
     /// The mtime precision of the server's filesystem: mtimes closer than this are equal
     /// (see [`Planner::mtime_window`]).
     pub mtime_window: std::time::Duration,
+    /// The server's limits on what a session may delete (`serve --max-delete`,
+    /// `--max-delete-percent`); a client's `max_delete` tightens them.
+    pub delete_caps: DeleteCaps,
 }
 
 impl Default for ServerParams {
@@ -34,6 +37,7 @@ impl Default for ServerParams {
             encodings: vec![Encoding::Postcard, Encoding::Json],
             keep_setid: false,
             mtime_window: std::time::Duration::from_nanos(1),
+            delete_caps: DeleteCaps::default(),
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct Welcomed {
     client_id: ClientId,
     allow_empty: bool,
     encoding: Encoding,
+    max_delete: Option<u64>,
 }
 /// `READY` was sent; receiving the manifest, answering each batch with `TASKS`, and
 /// receiving the files already requested.
@@ -67,6 +72,7 @@ pub struct Listing {
     client_id: ClientId,
     allow_empty: bool,
     encoding: Encoding,
+    max_delete: Option<u64>,
     planner: Planner,
     entries: u64,
     files: Files,
@@ -76,12 +82,22 @@ pub struct Listing {
 pub struct Receiving {
     client_id: ClientId,
     files: Files,
+    deletions: Deletions,
 }
 /// `TRANSFER_END` arrived; storing the last files and applying the tail.
 #[derive(Debug)]
 pub struct Received {
     client_id: ClientId,
     tally: Tally,
+    deletions: Deletions,
+}
+
+/// The plan's deletions and what the caps allow of them.
+#[derive(Debug, Clone)]
+struct Deletions {
+    planned: u64,
+    budget: DeleteBudget,
+    held_back: u64,
 }
 /// `NEXT_SYNC` was sent; the session is over.
 #[derive(Debug)]
@@ -163,18 +179,19 @@ pub enum Listed {
 /// A refused `HELLO`: send `msg`, then close.
 #[derive(Debug)]
 pub struct Refusal {
-    /// The `ERROR` message for the client.
-    pub msg: ServerMsg,
+    /// The `ERROR` message for the client (boxed: a refusal is rare, and the largest
+    /// message would make every `Result` of `on_hello` as large).
+    pub msg: Box<ServerMsg>,
     /// The same fault for the log.
     pub error: Error,
 }
 
 fn refusal(code: ErrorCode, error: Error) -> Refusal {
     Refusal {
-        msg: ServerMsg::Error(ErrorMsg {
+        msg: Box::new(ServerMsg::Error(ErrorMsg {
             code,
             message: error.to_string(),
-        }),
+        })),
         error,
     }
 }
@@ -270,6 +287,7 @@ impl Server<Greeted> {
                 client_id,
                 allow_empty: hello.allow_empty,
                 encoding,
+                max_delete: hello.max_delete,
             }),
             welcome,
         ))
@@ -293,11 +311,13 @@ impl Server<Welcomed> {
             client_id,
             allow_empty,
             encoding,
+            max_delete,
         } = self.state;
         let listing = Listing {
             client_id,
             allow_empty,
             encoding,
+            max_delete,
             planner: Planner::new(Rule::QuickCheck)
                 .keep_setid(self.params.keep_setid)
                 .mtime_window(self.params.mtime_window),
@@ -384,6 +404,20 @@ impl Server<Listing> {
                 let mut files = st.files;
                 files.tally.requested = plan.files;
                 files.tally.requested_bytes = plan.bytes;
+                let mut caps = self.params.delete_caps.and(DeleteCaps {
+                    max: st.max_delete,
+                    max_percent: None,
+                });
+                // A client that passes --allow-empty has said the archive may be emptied;
+                // a count cap still holds.
+                if st.allow_empty {
+                    caps.max_percent = None;
+                }
+                let deletions = Deletions {
+                    planned: plan.deletions,
+                    budget: caps.budget(plan.deletions, plan.held),
+                    held_back: 0,
+                };
                 let msg = ServerMsg::PlanEnd(PlanEnd {
                     files: plan.files,
                     bytes: plan.bytes,
@@ -396,6 +430,7 @@ impl Server<Listing> {
                         state: Receiving {
                             client_id: st.client_id,
                             files,
+                            deletions,
                         },
                     },
                     msg,
@@ -535,6 +570,7 @@ impl Server<Receiving> {
                     state: Received {
                         client_id: self.state.client_id,
                         tally,
+                        deletions: self.state.deletions,
                     },
                 }))
             }
@@ -583,9 +619,16 @@ impl Server<Received> {
         file_result(&mut self.state.tally, path, outcome)
     }
 
-    /// Books the deletions the store applied.
-    pub fn deleted(&mut self, n: u64) {
+    /// What the store may delete: the plan's deletions within the caps.
+    pub fn delete_budget(&self) -> &DeleteBudget {
+        &self.state.deletions.budget
+    }
+
+    /// Books the deletions the store applied, and the entries it held back under the
+    /// budget.
+    pub fn deleted(&mut self, n: u64, held_back: u64) {
         self.state.tally.deleted += n;
+        self.state.deletions.held_back += held_back;
     }
 
     /// Books work of the tail the store could not do (a deletion, a folder, a folder's
@@ -599,12 +642,24 @@ impl Server<Received> {
     /// `NEXT_SYNC` promises the client that the server holds its tree.
     pub fn next_sync(self, at: MTime, delay_ms: u64) -> (Server<Done>, ServerMsg) {
         let tally = self.state.tally;
+        let d = &self.state.deletions;
+        // Nothing at all under a refusing budget, whatever the store counted.
+        let held_back = match d.budget {
+            DeleteBudget::Nothing(_) => d.planned,
+            _ => d.held_back,
+        };
         let msg = ServerMsg::NextSync(NextSync {
             at,
             delay_ms,
             stored: tally.stored,
             rejected: tally.rejected,
             deleted: tally.deleted,
+            held_back,
+            held_back_reason: if held_back > 0 {
+                d.budget.reason().unwrap_or_default().to_owned()
+            } else {
+                String::new()
+            },
         });
         let done = Done {
             client_id: self.state.client_id,
