@@ -115,6 +115,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "60", value_parser = parse_duration, env = "FILESYNC_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Duration,
 
+    /// A connection must identify itself (a filesync client's HELLO, an original client's
+    /// file list) this soon after connecting, or it is closed: seconds, or with a unit.
+    /// Until then it holds no place in the queue.
+    #[arg(long, default_value = "10", value_parser = parse_positive_duration, env = "FILESYNC_HANDSHAKE_TIMEOUT")]
+    pub(crate) handshake_timeout: Duration,
+
+    /// Connections that have not identified themselves yet, at most; past it a new one
+    /// closes the oldest.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), env = "FILESYNC_MAX_UNIDENTIFIED")]
+    pub(crate) max_unidentified: u32,
+
+    /// Connections not yet identified from one IP address (IPv6: one /64), at most; past
+    /// it new ones from that address are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), env = "FILESYNC_MAX_UNIDENTIFIED_PER_IP")]
+    pub(crate) max_unidentified_per_ip: u32,
+
     /// Keep setuid and setgid bits of clients' files (dropped by default: a server must
     /// not grow setuid programs from the network).
     #[arg(long, env = "FILESYNC_KEEP_SETID")]
@@ -230,6 +246,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use seconds, or a unit: 90s, 5m, 1h)"))
 }
 
+/// A duration as [`parse_duration`], but not zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,10 +279,31 @@ mod tests {
                 assert_eq!(s.port, 0);
                 assert_eq!(s.interval, Duration::from_secs(300));
                 assert_eq!(s.max_sessions, 1);
+                assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+                assert_eq!(s.max_unidentified, 256);
+                assert_eq!(s.max_unidentified_per_ip, 32);
             }
             _ => panic!(),
         }
         assert!(Args::try_parse_from(["filesync", "serve", "--max-sessions", "0"]).is_err());
+        assert!(Args::try_parse_from(["filesync", "serve", "--handshake-timeout", "0"]).is_err());
+        assert!(Args::try_parse_from(["filesync", "serve", "--max-unidentified", "0"]).is_err());
+        let a = Args::try_parse_from([
+            "filesync",
+            "serve",
+            "--handshake-timeout",
+            "2500ms",
+            "--max-unidentified-per-ip",
+            "4",
+        ])
+        .unwrap();
+        match a.command {
+            Command::Serve(s) => {
+                assert_eq!(s.handshake_timeout, Duration::from_millis(2500));
+                assert_eq!(s.max_unidentified_per_ip, 4);
+            }
+            Command::Sync(_) => panic!(),
+        }
         let a = Args::try_parse_from([
             "filesync",
             "sync",

@@ -54,6 +54,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         interval = ?args.interval,
         max_sessions = args.max_sessions,
         idle_timeout = ?args.idle_timeout,
+        handshake_timeout = ?args.handshake_timeout,
+        max_unidentified = args.max_unidentified,
+        max_unidentified_per_ip = args.max_unidentified_per_ip,
         "serving"
     );
     let cfg = ServeConfig {
@@ -65,6 +68,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max: args.max_delete,
             max_percent: (args.max_delete_percent < 100).then_some(args.max_delete_percent),
         },
+        handshake_timeout: args.handshake_timeout,
+        max_unidentified: args.max_unidentified as usize,
+        max_unidentified_per_ip: args.max_unidentified_per_ip as usize,
     };
     net::server::serve(listener, store, cfg, shutdown)
         .await

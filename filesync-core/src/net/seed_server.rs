@@ -9,21 +9,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Ticket;
-use super::server::{spawn_writer, within, Ctx, Op, OpBatch, Summary, TurnState, Written};
-use crate::codec::json_stream::{encode_seed, SeedServerCodec};
+use super::server::{spawn_writer, within, Ctx, Op, OpBatch, SeedConn, Summary, Written};
+use crate::codec::json_stream::encode_seed;
 use crate::codec::Frame;
 use crate::error::{Error, ProtocolError};
-use crate::messages::seed::{self, NextSync, ServerStatus, Status, Tasks};
+use crate::messages::seed::{self, NextSync, Tasks};
 use crate::messages::{FileHeader, Outcome};
 use crate::paths::ClientId;
 use crate::session::seed as rules;
@@ -34,44 +32,38 @@ use crate::time::SeedTime;
 /// sent count as skipped.
 const SKIP_WAIT: Duration = Duration::from_secs(5);
 
+/// Serves an original client that has identified itself: `first` is its
+/// `CLIENT_FILES_INFO` (`None` if it was too long to read before it joined the queue; it is
+/// read here, once the turn has come). Any READY after a BUSY greeting was sent by the
+/// handshake, before the client spoke.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn session(
     ctx: &Ctx,
-    mut stream: TcpStream,
+    mut framed: SeedConn,
+    first: Option<Frame<seed::ClientMsg>>,
     peer: SocketAddr,
     ticket: &mut Ticket,
-    turn: TurnState,
+    queued_at: Instant,
     cancel: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let idle = ctx.cfg.idle_timeout;
-    if ticket.position().is_some() {
-        // It spoke while BUSY instead of waiting for READY; serve it when its turn comes.
-        let mut watch = ticket.watch();
-        while ticket.try_activate().is_err() {
-            tokio::select! {
-                _ = watch.changed() => {}
-                _ = cancel.cancelled() => return Err(Error::Closed),
-            }
+    // It waits for TASKS in silence; the dialect has no message to tell it its place.
+    let mut watch = ticket.watch();
+    while ticket.try_activate().is_err() {
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = cancel.cancelled() => return Err(Error::Closed),
         }
-    } else if turn.greeted_busy {
-        // The documented BUSY behaviour: the client stayed connected; now it is its turn.
-        let mut ready = BytesMut::new();
-        let status = ServerStatus {
-            status: Status::Ready,
-            queue_position: None,
-            filesync: None,
-        };
-        encode_seed(&seed::ServerMsg::Status(status), false, &mut ready);
-        within(idle, stream.write_all(&ready))
-            .await?
-            .map_err(|e| Error::io("sending READY", e))?;
     }
-    summary.queue_wait = turn.queued_at.elapsed();
+    summary.queue_wait = queued_at.elapsed();
 
-    let mut framed = Framed::new(stream, SeedServerCodec::default());
-    let first = tokio::select! {
-        f = within(idle, framed.next()) => f?,
-        _ = cancel.cancelled() => return Err(Error::Closed),
+    let first = match first {
+        Some(f) => Some(Ok(f)),
+        None => tokio::select! {
+            f = within(idle, framed.next()) => f?,
+            _ = cancel.cancelled() => return Err(Error::Closed),
+        },
     };
     let info = match first {
         Some(Ok(Frame::Msg(seed::ClientMsg::FilesInfo(i)))) => i,

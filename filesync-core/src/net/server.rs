@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,16 +14,16 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Framed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::queue::{Queue, Ticket};
-use crate::codec::json_stream::encode_seed;
+use super::queue::{Admission, Admitted, Gate, Pending, Queue, Ticket};
+use crate::codec::json_stream::{encode_seed, SeedServerCodec};
 use crate::codec::native::ServerCodec;
 use crate::codec::preamble::{self, Dialect};
 use crate::codec::{Frame, DATA_CHUNK};
-use crate::error::{Error, ProtocolError};
+use crate::error::Error;
 use crate::messages::{
     seed, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
 };
@@ -50,6 +51,16 @@ pub struct ServeConfig {
     pub encodings: Vec<Encoding>,
     /// Limits on what one session may delete.
     pub delete_caps: DeleteCaps,
+    /// A connection must identify itself (native preamble and `HELLO`, or the original
+    /// dialect's `CLIENT_FILES_INFO`) this soon after it is accepted, or be closed. Until
+    /// then it holds no place in the queue.
+    pub handshake_timeout: Duration,
+    /// Connections not yet identified, at most, in all: past it, a new one evicts the
+    /// oldest.
+    pub max_unidentified: usize,
+    /// Connections not yet identified, at most, from one peer (an IPv4 address or an
+    /// IPv6 /64): past it, new ones from that peer are closed at once.
+    pub max_unidentified_per_ip: usize,
 }
 
 /// How often a queued client hears its position, so it knows the server is alive.
@@ -59,6 +70,13 @@ const QUEUE_KEEPALIVE: Duration = Duration::from_secs(10);
 const DIALECT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for sessions to wind down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How much of an original client's `CLIENT_FILES_INFO` is read before it counts as
+/// identified: all of it, up to this size (the rest of a longer one is read when its turn
+/// comes). As a native frame, it bounds what an unidentified connection makes us buffer.
+const HANDSHAKE_BYTES: usize = crate::codec::MAX_FRAME_LEN;
+/// How often the server sums up the unidentified connections it closed (one log line,
+/// not one per connection).
+const DROPPED_REPORT: Duration = Duration::from_secs(10);
 
 pub(super) struct Ctx {
     pub(super) store: Arc<Store>,
@@ -68,6 +86,36 @@ pub(super) struct Ctx {
     /// Client ids with a session running: two sessions of one id at once (possible with
     /// `--max-sessions` above 1) could delete what the other stores.
     active_ids: Mutex<HashSet<ClientId>>,
+    /// Counts the connections that have not identified themselves.
+    gate: Arc<Gate>,
+    /// Unidentified connections closed since the last report.
+    dropped: Dropped,
+}
+
+/// Unidentified connections closed, by reason, for the periodic log line.
+#[derive(Debug, Default)]
+struct Dropped {
+    peer_full: AtomicU64,
+    evicted: AtomicU64,
+    silent: AtomicU64,
+}
+
+impl Dropped {
+    /// Logs and resets the counts, if any.
+    fn report(&self, gate: &Gate) {
+        let peer_full = self.peer_full.swap(0, Ordering::Relaxed);
+        let evicted = self.evicted.swap(0, Ordering::Relaxed);
+        let silent = self.silent.swap(0, Ordering::Relaxed);
+        if peer_full + evicted + silent > 0 {
+            tracing::info!(
+                refused_peer_full = peer_full,
+                evicted,
+                handshake_timeouts = silent,
+                unidentified_now = gate.unidentified(),
+                "closed connections that did not identify themselves"
+            );
+        }
+    }
 }
 
 /// Holds a client id for one session; released on drop.
@@ -120,6 +168,8 @@ pub(super) struct Summary {
     pub(super) dialect: Option<Dialect>,
     pub(super) tally: Tally,
     pub(super) queue_wait: Duration,
+    /// Why a connection ended, quietly, before it identified itself.
+    pub(super) unidentified_end: Option<&'static str>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, ends the running sessions
@@ -136,20 +186,43 @@ pub async fn serve(
         store,
         queue: Queue::new(cfg.max_sessions),
         sched: Mutex::new(Scheduler::new(cfg.interval)),
+        gate: Gate::new(cfg.max_unidentified, cfg.max_unidentified_per_ip),
         cfg,
         active_ids: Mutex::new(HashSet::new()),
+        dropped: Dropped::default(),
     });
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    let mut report = tokio::time::interval(DROPPED_REPORT);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = report.tick() => ctx.dropped.report(&ctx.gate),
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tracker.spawn(handle(Arc::clone(&ctx), stream, peer, cancel.child_token()));
-                }
+                Ok((stream, peer)) => match ctx.gate.admit(peer.ip()) {
+                    Admission::PeerFull => {
+                        // Closed at once, before any byte: the descriptor is freed now.
+                        ctx.dropped.peer_full.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "too many unidentified connections from this peer; closed");
+                        drop(stream);
+                    }
+                    Admission::In { admitted, evicted } => {
+                        if evicted {
+                            ctx.dropped.evicted.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("too many unidentified connections; evicted the oldest");
+                        }
+                        let _ = stream.set_nodelay(true);
+                        tracker.spawn(handle(
+                            Arc::clone(&ctx),
+                            stream,
+                            peer,
+                            admitted,
+                            cancel.child_token(),
+                        ));
+                    }
+                },
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -159,6 +232,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    ctx.dropped.report(&ctx.gate);
     tracing::info!(active = ctx.queue.active(), "shutting down");
     cancel.cancel();
     tracker.close();
@@ -171,13 +245,37 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+async fn handle(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    cancel: CancellationToken,
+) {
     let started = Instant::now();
     let mut summary = Summary::default();
     // The ticket (the queue slot) outlives the session's log line, so that with one session
     // at a time the log never shows the next one starting before this one is done.
-    let mut ticket = ctx.queue.join();
-    let result = session(&ctx, stream, peer, &mut ticket, &cancel, &mut summary).await;
+    let mut ticket = None;
+    let result = session(
+        &ctx,
+        stream,
+        peer,
+        admitted,
+        &mut ticket,
+        &cancel,
+        &mut summary,
+    )
+    .await;
+    if let (Some(why), Err(e)) = (summary.unidentified_end, &result) {
+        // Silent or evicted before identifying: one debug line each, and a count in the
+        // periodic summary; hundreds of these must not flood the log.
+        if why == HANDSHAKE_TIMEOUT {
+            ctx.dropped.silent.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(%peer, duration = ?started.elapsed(), error = %e, "{why}");
+        return;
+    }
     let t = summary.tally;
     let client = summary.client.as_ref().map_or("-", ClientId::as_str);
     let dialect = summary.dialect.map_or("-", Dialect::name);
@@ -209,91 +307,88 @@ pub async fn purge_versions(store: &Arc<Store>) {
     }
 }
 
-/// Runs `f` unless the server shuts down first.
-async fn unless_cancelled<T>(
-    cancel: &CancellationToken,
-    f: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    tokio::select! {
-        r = f => r,
-        _ = cancel.cancelled() => Err(shutdown_error()),
-    }
-}
-
 pub(super) async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
     tokio::time::timeout(d, f)
         .await
         .map_err(|_| Error::Timeout(d))
 }
 
+/// Why an unidentified connection ended quietly (logged at debug and counted).
+const HANDSHAKE_TIMEOUT: &str = "no handshake in time; closed";
+const EVICTED: &str = "evicted to make room for a newer unidentified connection";
+const CLOSED_SILENT: &str = "closed by the peer before it said anything";
+const SHUTDOWN_UNIDENTIFIED: &str = "closed at shutdown before it identified itself";
+
+/// The original dialect's connection.
+pub(super) type SeedConn = Framed<TcpStream, SeedServerCodec>;
+
+/// A connection that has identified itself.
+enum Identified {
+    /// Preamble and `HELLO` read and accepted; `WELCOME` to send.
+    Native {
+        srv: Server<Welcomed>,
+        framed: Conn,
+        welcome: ServerMsg,
+    },
+    /// An original client: its `CLIENT_FILES_INFO`, unless it was longer than
+    /// [`HANDSHAKE_BYTES`] (then read when its turn comes).
+    Seed {
+        framed: SeedConn,
+        first: Option<Frame<seed::ClientMsg>>,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn session(
     ctx: &Ctx,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    ticket: &mut Ticket,
+    admitted: Admitted,
+    ticket: &mut Option<Ticket>,
     cancel: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let idle = ctx.cfg.idle_timeout;
+    // Until it has identified itself, a connection holds no place in line, is closed
+    // after the handshake timeout, and may be evicted by a newer one (see `Gate`).
+    let identified = tokio::select! {
+        r = handshake(ctx, stream, peer, ticket, summary) => r?,
+        _ = admitted.evicted() => {
+            summary.unidentified_end = Some(EVICTED);
+            return Err(Error::Closed);
+        }
+        _ = cancel.cancelled() => {
+            summary.unidentified_end = Some(SHUTDOWN_UNIDENTIFIED);
+            return Err(shutdown_error());
+        }
+    };
+    drop(admitted);
     let queued_at = Instant::now();
-    let params = ServerParams {
-        encodings: ctx.cfg.encodings.clone(),
-        keep_setid: ctx.store.keeps_setid(),
-        mtime_window: ctx.store.mtime_precision(),
-        delete_caps: ctx.cfg.delete_caps,
-    };
-    let (srv, status) = Server::new(params, peer.ip()).greet(ticket.position());
-    let mut greeting = BytesMut::new();
-    // The greeting ends in `\n` although the original's does not: its clients parse one
-    // `recv` with `json.loads`, which allows trailing whitespace.
-    encode_seed(&seed::ServerMsg::Status(status), true, &mut greeting);
-    unless_cancelled(cancel, async {
-        within(idle, stream.write_all(&greeting))
-            .await?
-            .map_err(|e| Error::io("sending the greeting", e))
-    })
-    .await?;
+    let ticket = ticket.as_mut().expect("a ticket once identified");
 
-    let greeted_busy = ticket.position().is_some();
-    let dialect = unless_cancelled(cancel, sniff(&mut stream, ticket, idle, cancel)).await?;
-    summary.dialect = Some(dialect);
-    if dialect == Dialect::Seed {
-        let turn = TurnState {
-            greeted_busy,
-            queued_at,
-        };
-        return super::seed_server::session(ctx, stream, peer, ticket, turn, cancel, summary).await;
-    }
-
-    let mut pre = [0u8; preamble::LEN];
-    unless_cancelled(cancel, async {
-        within(idle, stream.read_exact(&mut pre))
-            .await?
-            .map_err(|e| Error::io("reading the preamble", e))
-    })
-    .await?;
-    let encoding = preamble::decode(&pre)?;
-    // Reads of a quarter mebibyte: file content arrives in DATA frames of that size.
-    let mut framed = Framed::with_capacity(stream, ServerCodec::new(encoding), DATA_CHUNK + 64);
-
-    let hello = match next_msg_or_cancel(&mut framed, idle, cancel).await {
-        Ok(m) => m,
-        Err(e) => return Err(fail(&mut framed, e, idle).await),
-    };
-    let srv = match srv.on_hello(encoding, hello) {
-        Ok((srv, welcome)) => {
-            send(&mut framed, welcome, idle).await?;
-            srv
+    let (srv, mut framed, welcome) = match identified {
+        Identified::Seed { framed, first } => {
+            summary.dialect = Some(Dialect::Seed);
+            return super::seed_server::session(
+                ctx, framed, first, peer, ticket, queued_at, cancel, summary,
+            )
+            .await;
         }
-        Err(refusal) => {
-            let _ = send(&mut framed, *refusal.msg, idle).await;
-            return Err(refusal.error);
-        }
+        Identified::Native {
+            srv,
+            framed,
+            welcome,
+        } => (srv, framed, welcome),
     };
+    summary.dialect = Some(Dialect::Native);
     summary.client = Some(srv.client_id().clone());
+    send(&mut framed, welcome, idle).await?;
 
     wait_turn(&srv, &mut framed, ticket, cancel).await?;
     summary.queue_wait = queued_at.elapsed();
+    // Waiting, a connection needs a small read buffer; receiving, room for DATA frames
+    // of a quarter mebibyte.
+    framed.read_buffer_mut().reserve(DATA_CHUNK + 64);
 
     let id = srv.client_id().clone();
     let Some(_lease) = ctx.lease(&id) else {
@@ -333,46 +428,199 @@ async fn session(
     outcome
 }
 
-/// How a connection's turn began, for the original dialect, whose READY after BUSY is
-/// sent by its driver.
-pub(super) struct TurnState {
-    /// The greeting said BUSY.
-    pub(super) greeted_busy: bool,
-    /// When the connection joined the queue.
-    pub(super) queued_at: Instant,
+/// Greets the connection and reads until it has identified itself, all within the
+/// handshake timeout; then it joins the queue (`ticket`).
+///
+/// The greeting is provisional: READY if a slot is free and nobody is owed it, else BUSY
+/// with the place in line the connection would take if it identified now. A native client
+/// sends its preamble and `HELLO` at once and hears its real place in `QUEUED`. An original
+/// client greeted READY sends `CLIENT_FILES_INFO` at once; one greeted BUSY stays silent
+/// until READY, which it is sent (after [`DIALECT_GRACE`], in case it is a native client
+/// whose preamble is late) if a slot frees, with nobody identified waiting, before its
+/// handshake time is up; its handshake time then starts again. A silent connection holds
+/// no place in line: it is closed when its time is up.
+async fn handshake(
+    ctx: &Ctx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ticket: &mut Option<Ticket>,
+    summary: &mut Summary,
+) -> Result<Identified, Error> {
+    let limit = ctx.cfg.handshake_timeout;
+    let mut deadline = tokio::time::Instant::now() + limit;
+    let timed_out = |summary: &mut Summary| {
+        summary.unidentified_end = Some(HANDSHAKE_TIMEOUT);
+        Error::Timeout(limit)
+    };
+    let params = ServerParams {
+        encodings: ctx.cfg.encodings.clone(),
+        keep_setid: ctx.store.keeps_setid(),
+        mtime_window: ctx.store.mtime_precision(),
+        delete_caps: ctx.cfg.delete_caps,
+    };
+    let mut pending = ctx.queue.greet();
+    let (srv, status) = Server::new(params, peer.ip()).greet(pending.greeting());
+    let mut greeting = BytesMut::new();
+    // The greeting ends in `\n` although the original's does not: its clients parse one
+    // `recv` with `json.loads`, which allows trailing whitespace.
+    encode_seed(&seed::ServerMsg::Status(status), true, &mut greeting);
+    tokio::time::timeout_at(deadline, stream.write_all(&greeting))
+        .await
+        .map_err(|_| timed_out(summary))?
+        .map_err(|e| Error::io("sending the greeting", e))?;
+
+    let dialect = match sniff(&mut stream, &mut pending, &mut deadline, limit).await {
+        Ok(d) => d,
+        Err(Sniffed::TimedOut) => return Err(timed_out(summary)),
+        Err(Sniffed::Closed) => {
+            summary.unidentified_end = Some(CLOSED_SILENT);
+            return Err(Error::Closed);
+        }
+        Err(Sniffed::Failed(e)) => return Err(e),
+    };
+    summary.dialect = Some(dialect);
+
+    if dialect == Dialect::Seed {
+        let mut codec = SeedServerCodec::default();
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let first = loop {
+            if let Some(f) = codec.decode(&mut buf)? {
+                break Some(f);
+            }
+            if buf.len() >= HANDSHAKE_BYTES {
+                break None;
+            }
+            buf.reserve(16 * 1024);
+            let n = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf))
+                .await
+                .map_err(|_| timed_out(summary))?
+                .map_err(|e| Error::io("reading from the client", e))?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+        };
+        *ticket = Some(pending.identify());
+        // Through its parts, so that what is buffered is decoded before reading more.
+        let mut parts = Framed::new(stream, codec).into_parts();
+        parts.read_buf = buf;
+        return Ok(Identified::Seed {
+            framed: Framed::from_parts(parts),
+            first,
+        });
+    }
+
+    let idle = ctx.cfg.idle_timeout;
+    let mut pre = [0u8; preamble::LEN];
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut pre))
+        .await
+        .map_err(|_| timed_out(summary))?
+        .map_err(|e| Error::io("reading the preamble", e))?;
+    let encoding = preamble::decode(&pre)?;
+    let mut framed = Framed::new(stream, ServerCodec::new(encoding));
+    let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
+        Err(_) => {
+            let e = timed_out(summary);
+            return Err(fail(&mut framed, e, idle).await);
+        }
+        Ok(None) => return Err(Error::Closed),
+        Ok(Some(Err(e))) => return Err(fail(&mut framed, e.into(), idle).await),
+        Ok(Some(Ok(Frame::Data(_)))) => {
+            let e = unexpected("HELLO", "DATA");
+            return Err(fail(&mut framed, e, idle).await);
+        }
+        Ok(Some(Ok(Frame::Msg(m)))) => m,
+    };
+    match srv.on_hello(encoding, hello) {
+        Ok((srv, welcome)) => {
+            *ticket = Some(pending.identify());
+            Ok(Identified::Native {
+                srv,
+                framed,
+                welcome,
+            })
+        }
+        Err(refusal) => {
+            let _ = send(&mut framed, *refusal.msg, idle).await;
+            Err(refusal.error)
+        }
+    }
+}
+
+/// How sniffing the dialect failed.
+enum Sniffed {
+    /// Silent until the deadline.
+    TimedOut,
+    /// Closed before a byte.
+    Closed,
+    Failed(Error),
 }
 
 /// Reads the first byte the client sends to tell the dialects apart (without consuming
-/// it). After a BUSY greeting an original client stays silent until READY, so the turn
-/// coming first (plus a grace period for a slow native preamble) means the original.
+/// it), by the deadline. A connection greeted BUSY that is still silent when a slot frees
+/// for it is, after [`DIALECT_GRACE`], taken for an original client waiting for READY: it
+/// is sent READY and given a new deadline.
 async fn sniff(
     stream: &mut TcpStream,
-    ticket: &mut Ticket,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> Result<Dialect, Error> {
+    pending: &mut Pending,
+    deadline: &mut tokio::time::Instant,
+    limit: Duration,
+) -> Result<Dialect, Sniffed> {
     let mut b = [0u8; 1];
-    let peeked = if ticket.position().is_none() {
-        Some(within(idle, stream.peek(&mut b)).await?)
-    } else {
-        let mut watch = ticket.watch();
+    let peeked = if pending.standing_by() {
+        let mut watch = pending.watch();
         loop {
-            tokio::select! {
-                r = stream.peek(&mut b) => break Some(r),
-                _ = watch.changed() => {
-                    if ticket.try_activate().is_ok() {
-                        break tokio::time::timeout(DIALECT_GRACE, stream.peek(&mut b)).await.ok();
+            if pending.try_promote() {
+                *deadline = tokio::time::Instant::now() + limit;
+                match tokio::time::timeout(DIALECT_GRACE, stream.peek(&mut b)).await {
+                    Ok(r) => break r,
+                    Err(_) => {
+                        send_seed_ready(stream, *deadline).await?;
+                        return Ok(Dialect::Seed);
                     }
                 }
-                _ = cancel.cancelled() => return Err(shutdown_error()),
             }
+            tokio::select! {
+                r = stream.peek(&mut b) => break r,
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        // The queue is gone (never while serving): wait for the deadline.
+                        tokio::time::sleep_until(*deadline).await;
+                        return Err(Sniffed::TimedOut);
+                    }
+                }
+                _ = tokio::time::sleep_until(*deadline) => return Err(Sniffed::TimedOut),
+            }
+        }
+    } else {
+        match tokio::time::timeout_at(*deadline, stream.peek(&mut b)).await {
+            Ok(r) => r,
+            Err(_) => return Err(Sniffed::TimedOut),
         }
     };
     match peeked {
-        None => Ok(Dialect::Seed),
-        Some(Ok(0)) => Err(Error::Closed),
-        Some(Ok(_)) => Ok(Dialect::sniff(b[0])?),
-        Some(Err(e)) => Err(Error::io("reading from the client", e)),
+        Ok(0) => Err(Sniffed::Closed),
+        Ok(_) => Dialect::sniff(b[0]).map_err(|e| Sniffed::Failed(e.into())),
+        Err(e) => Err(Sniffed::Failed(Error::io("reading from the client", e))),
+    }
+}
+
+/// The second greeting, for an original client that waited after BUSY: the original's
+/// bytes exactly (no extensions, no newline).
+async fn send_seed_ready(
+    stream: &mut TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<(), Sniffed> {
+    let mut ready = BytesMut::new();
+    let status = seed::ServerStatus {
+        status: seed::Status::Ready,
+        queue_position: None,
+        filesync: None,
+    };
+    encode_seed(&seed::ServerMsg::Status(status), false, &mut ready);
+    match tokio::time::timeout_at(deadline, stream.write_all(&ready)).await {
+        Err(_) => Err(Sniffed::TimedOut),
+        Ok(Err(e)) => Err(Sniffed::Failed(Error::io("sending READY", e))),
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -412,26 +660,6 @@ async fn next_frame(framed: &mut Conn, idle: Duration) -> Result<Frame<ClientMsg
         Some(Ok(f)) => Ok(f),
         Some(Err(e)) => Err(e.into()),
         None => Err(Error::Closed),
-    }
-}
-
-async fn next_msg(framed: &mut Conn, idle: Duration) -> Result<ClientMsg, Error> {
-    match next_frame(framed, idle).await? {
-        Frame::Msg(m) => Ok(m),
-        Frame::Data(_) => Err(Error::Protocol(ProtocolError::Data(
-            "DATA outside a file".into(),
-        ))),
-    }
-}
-
-async fn next_msg_or_cancel(
-    framed: &mut Conn,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> Result<ClientMsg, Error> {
-    tokio::select! {
-        m = next_msg(framed, idle) => m,
-        _ = cancel.cancelled() => Err(shutdown_error()),
     }
 }
 
