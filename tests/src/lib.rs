@@ -11,6 +11,8 @@
 //!   [`nofile_limits`].
 //! - [`write_file`], [`make_dir`], [`write_big_file`] build trees;
 //!   [`assert_trees_equal`] compares two trees exactly.
+//! - [`connect_from`], [`hold_slot`] and [`read_until_closed`] play raw peers;
+//!   [`open_fds`] counts a process's descriptors.
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
 //!   leaves the test.
 //!
@@ -1235,6 +1237,101 @@ pub fn netns_or_skip<T>(test: &str, f: impl FnOnce() -> Result<T, String>) -> Op
             );
             let _ = std::io::stderr().write_all(msg.as_bytes());
             None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw connections
+// ---------------------------------------------------------------------------------------
+
+/// A TCP connection to `addr` from the source address `from` (any 127.x address works on
+/// loopback), so that a test can play several peers.
+pub fn connect_from(from: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let from: std::net::SocketAddr = format!("{from}:0").parse().expect("a source address");
+    let to: std::net::SocketAddr = addr.parse().expect("an address");
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    s.bind(&from.into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(10))?;
+    Ok(s.into())
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit (tests that
+/// open many connections need more than the usual 1024); returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// How many descriptors process `pid` has open (`/proc/PID/fd`); `None` if it is gone.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Reads until the server closes `s`, at most until `deadline`: the bytes read, or `None`
+/// if it was still open then. A reset counts as closed.
+pub fn read_until_closed(s: &mut std::net::TcpStream, deadline: Instant) -> Option<usize> {
+    let mut total = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left)).ok()?;
+        match s.read(&mut buf) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(total),
+        }
+    }
+}
+
+/// A native client, spoken by hand (JSON encoding), that identifies itself as `id` and
+/// then holds the session's slot in silence until dropped: the server has sent it READY
+/// and waits (up to `--idle-timeout`) for its manifest.
+pub fn hold_slot(addr: &str, id: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("the greeting");
+    assert!(greeting.contains("\"filesync\""), "greeting: {greeting:?}");
+    let hello = format!(
+        r#"{{"type":"HELLO","version":3,"agent":"slot-holder","client_id":"{id}","capabilities":[],"allow_empty":false}}"#
+    );
+    let mut out = b"FSNC\x01\x01".to_vec();
+    out.extend_from_slice(&(hello.len() as u32 + 1).to_be_bytes());
+    out.push(0);
+    out.extend_from_slice(hello.as_bytes());
+    (&stream).write_all(&out).expect("sending HELLO");
+    loop {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).expect("a frame");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        reader.read_exact(&mut body).expect("a frame");
+        let msg: serde_json::Value = serde_json::from_slice(&body[1..]).expect("JSON");
+        match msg["type"].as_str() {
+            Some("READY") => return stream,
+            Some("WELCOME" | "QUEUED") => {}
+            _ => panic!("holding a slot: unexpected {msg}"),
         }
     }
 }
