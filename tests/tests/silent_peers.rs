@@ -157,6 +157,47 @@ fn a_thousand_silent_connections_do_not_delay_a_real_client() {
     assert!(warnings < 5, "{warnings} warnings in the log:\n{log}");
 }
 
+/// Under the caps, nothing is evicted or refused: the silent connections stay open until
+/// their handshake time is up, and still the client that identifies itself goes first.
+#[test]
+fn silent_connections_under_the_caps_hold_no_place_in_line() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServeCmd::new(root.path())
+        .arg("--handshake-timeout")
+        .arg(format!("{}s", HANDSHAKE.as_secs()))
+        .start();
+    let addr = server.addr();
+    let opened = Instant::now();
+    let mut conns: Vec<TcpStream> = (0..30)
+        .map(|_| connect_from("127.0.0.2", &addr).unwrap())
+        .collect();
+    // The first is greeted READY, the others BUSY; none has said a word.
+    let mut first = [0u8; 256];
+    conns[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = std::io::Read::read(&mut conns[0], &mut first).unwrap();
+    let greeting = String::from_utf8_lossy(&first[..n]);
+    assert!(greeting.contains("\"READY\""), "{greeting}");
+
+    served_quickly(&server, "real");
+
+    // Each silent one is closed once its handshake time is up, not before.
+    let deadline = opened + 2 * HANDSHAKE + Duration::from_secs(10);
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(c, deadline).is_some(),
+            "silent connection {i} still open {:?} after it was made",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() >= HANDSHAKE - Duration::from_millis(500),
+        "closed after {:?}, before the handshake timeout",
+        opened.elapsed()
+    );
+}
+
 #[test]
 fn past_the_per_ip_cap_new_connections_are_closed_at_once() {
     let root = tempfile::tempdir().unwrap();
