@@ -302,7 +302,7 @@ mod tests {
                 assert_eq!(s.handshake_timeout, Duration::from_millis(2500));
                 assert_eq!(s.max_unidentified_per_ip, 4);
             }
-            Command::Sync(_) => panic!(),
+            _ => panic!(),
         }
         let a = Args::try_parse_from([
             "filesync",
