@@ -26,7 +26,7 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use crate::error::ProtocolError;
-use crate::messages::{Entry, EntryKind, MODE_BITS, SETID_BITS};
+use crate::messages::{stored_mode_bits, Entry, EntryKind, MODE_BITS};
 use crate::paths::{LinkTarget, RelPath};
 use crate::time::MTime;
 
@@ -191,7 +191,7 @@ impl Planner {
             open_dirs: Vec::new(),
             held_files: false,
             files_only: false,
-            mode_mask: MODE_BITS & !SETID_BITS,
+            mode_mask: stored_mode_bits(false),
             window: Duration::from_nanos(1),
             files: 0,
             bytes: 0,
@@ -210,11 +210,7 @@ impl Planner {
     /// Keeps setuid and setgid bits (`serve --keep-setid`); by default they are dropped,
     /// so that a server never grows setuid programs from the network.
     pub fn keep_setid(mut self, keep: bool) -> Self {
-        self.mode_mask = if keep {
-            MODE_BITS
-        } else {
-            MODE_BITS & !SETID_BITS
-        };
+        self.mode_mask = stored_mode_bits(keep);
         self
     }
 

@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
-use crate::messages::{EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETID_BITS};
+use crate::messages::{
+    stored_mode_bits, EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETID_BITS,
+};
 use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::planner::{DeleteBudget, Held, TailOp};
 use crate::time::MTime;
@@ -122,7 +124,7 @@ impl Store {
                 .and_then(|v| v.parse().ok())
                 .map(std::time::Duration::from_millis)
                 .unwrap_or_default(),
-            mode_mask: MODE_BITS & !SETID_BITS,
+            mode_mask: stored_mode_bits(false),
             mtime_precision,
             keep_versions: Some(DEFAULT_KEEP_VERSIONS),
         })
@@ -161,11 +163,7 @@ impl Store {
     /// Keeps setuid and setgid bits from clients (`serve --keep-setid`). By default they
     /// are dropped: a server must not grow setuid programs from the network.
     pub fn keep_setid(mut self, keep: bool) -> Self {
-        self.mode_mask = if keep {
-            MODE_BITS
-        } else {
-            MODE_BITS & !SETID_BITS
-        };
+        self.mode_mask = stored_mode_bits(keep);
         self
     }
 

@@ -238,6 +238,17 @@ pub const MODE_BITS: u32 = 0o7777;
 /// The setuid and setgid bits, which a server drops unless told to keep them.
 pub const SETID_BITS: u32 = 0o6000;
 
+/// The permission bits a server gives what it stores: all of [`MODE_BITS`] with
+/// `keep_setid` (`serve --keep-setid`), otherwise all but [`SETID_BITS`], so that a server
+/// never grows setuid programs from the network.
+pub fn stored_mode_bits(keep_setid: bool) -> u32 {
+    if keep_setid {
+        MODE_BITS
+    } else {
+        MODE_BITS & !SETID_BITS
+    }
+}
+
 /// `MANIFEST`: one batch of the client's listing. A listing of any size is sent as many
 /// batches, so neither side ever needs one frame or allocation for the whole tree.
 ///
