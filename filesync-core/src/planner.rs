@@ -451,7 +451,7 @@ impl Planner {
     fn same_content(&self, held: &Held, e: &Entry) -> bool {
         match self.rule {
             Rule::QuickCheck => held.size == e.size && self.same_time(held.mtime, e.mtime),
-            Rule::Micros => held.mtime.same_micros(e.mtime),
+            Rule::Micros => held.mtime.same_micros(e.mtime) || self.same_time(held.mtime, e.mtime),
         }
     }
 

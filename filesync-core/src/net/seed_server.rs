@@ -94,9 +94,10 @@ pub(super) async fn session(
     // An original listing is small, but the archive it is compared with may not be: the
     // index is merged as it is read, and the tail goes to a spool.
     let caps = ctx.cfg.delete_caps;
+    let window = ctx.store.mtime_precision();
     let (send, tail, budget) = tokio::task::spawn_blocking(move || {
         let mut index = store.index(&idx_id);
-        let planned = rules::plan(&entries, &mut index);
+        let planned = rules::plan(&entries, &mut index, window);
         if let Some(e) = index.take_error() {
             return Err(Error::io("indexing the client folder", e));
         }

@@ -83,8 +83,9 @@ pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
 /// size of the archive (for the deletion caps).
 ///
 /// Differences from the original server, each on purpose:
-/// - a file is requested when its mtime *differs* (to the microsecond), not only when the
-///   client's is later, so a file restored to an older version is stored;
+/// - a file is requested when its mtime *differs* (to the microsecond, or to what the
+///   server's filesystem keeps if coarser), not only when the client's is later, so a
+///   file restored to an older version is stored;
 /// - only files are deleted, as the original does (it lists no directories, so it cannot
 ///   say which empty ones it still has);
 /// - an empty listing never empties an archive that holds files: an unmounted disk on an
@@ -92,13 +93,16 @@ pub fn header<Tz: TimeZone>(e: &Entry, tz: &Tz) -> FileHeader {
 pub fn plan(
     entries: &[Entry],
     held: impl IntoIterator<Item = (RelPath, Held)>,
+    mtime_window: std::time::Duration,
 ) -> Result<SeedPlan, ProtocolError> {
     // An original listing is unordered and small (one 8 KiB read): sort it whole. `held`
     // must come in tree order, as the store's index does.
     let mut entries = entries.to_vec();
     entries.sort_by(|a, b| a.path.tree_cmp(&b.path));
     let mut ops = Vec::new();
-    let mut planner = Planner::new(Rule::Micros).files_only();
+    let mut planner = Planner::new(Rule::Micros)
+        .files_only()
+        .mtime_window(mtime_window);
     let mut index = held.into_iter();
     let send = planner.batch(&entries, &mut index, &mut |op| ops.push(op))?;
     let finished = planner.finish(&mut index, true, &mut |op| ops.push(op))?;
@@ -138,6 +142,9 @@ pub fn delay_until<Tz: TimeZone>(time: SeedTime, now: MTime, tz: &Tz) -> std::ti
 mod tests {
     use super::*;
     use chrono::FixedOffset;
+
+    /// An exact mtime comparison.
+    const NS: std::time::Duration = std::time::Duration::from_nanos(1);
 
     fn held(p: &str, kind: EntryKind, secs: i64) -> (RelPath, Held) {
         (
@@ -215,7 +222,7 @@ mod tests {
             &chrono::Utc,
         );
         let SeedPlan { send, tail, .. } =
-            plan(&entries, vec![held("a", EntryKind::File, 1)]).unwrap();
+            plan(&entries, vec![held("a", EntryKind::File, 1)], NS).unwrap();
         assert!(send.is_empty());
         assert!(tail.delete.is_empty(), "an empty listing empties nothing");
 
@@ -236,6 +243,7 @@ mod tests {
                 held("keep", EntryKind::File, 9),
                 held("old", EntryKind::File, 1),
             ],
+            NS,
         )
         .unwrap();
         assert_eq!(
