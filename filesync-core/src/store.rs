@@ -857,9 +857,16 @@ impl Placer {
     /// Whether `rel` is reached through real directories (no symlink) and is, by
     /// `lstat`, what `is` asks.
     fn is_real(&self, rel: &RelPath, is: fn(&fs::Metadata) -> bool) -> bool {
-        rel.ancestors()
-            .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()))
-            && fs::symlink_metadata(rel.to_path(&self.dir)).is_ok_and(|m| is(&m))
+        self.real_dirs_to(rel) && fs::symlink_metadata(rel.to_path(&self.dir)).is_ok_and(|m| is(&m))
+    }
+
+    /// Whether the client folder itself and every ancestor of `rel` in it are real
+    /// directories by `lstat`: a symlink standing in the folder's place would otherwise be
+    /// followed as the first component of every path.
+    fn real_dirs_to(&self, rel: &RelPath) -> bool {
+        std::iter::once(self.dir.clone())
+            .chain(rel.ancestors().map(|a| a.to_path(&self.dir)))
+            .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
     }
 
     /// Makes a symlink or FIFO with `make` under a temporary name, then moves it into
@@ -1011,12 +1018,10 @@ impl Placer {
     /// Deletes one entry, and everything in it if it is a directory, without following
     /// symlinks; returns how many entries were deleted (0 if it was already gone).
     fn remove(&mut self, rel: &RelPath) -> io::Result<u64> {
-        // Through a symlinked ancestor the path would name something outside the folder.
-        for a in rel.ancestors() {
-            match fs::symlink_metadata(a.to_path(&self.dir)) {
-                Ok(m) if m.is_dir() => {}
-                _ => return Ok(0),
-            }
+        // Through a symlinked ancestor (or a symlinked client folder) the path would name
+        // something outside the folder.
+        if !self.real_dirs_to(rel) {
+            return Ok(0);
         }
         let p = rel.to_path(&self.dir);
         if let Some(parent) = p.parent() {
