@@ -293,7 +293,7 @@ impl Planner {
                     }
                     _ => {
                         self.files += 1;
-                        self.bytes += e.size;
+                        self.bytes = self.bytes.saturating_add(e.size);
                         self.touch_parent_of(&e.path);
                         send.push(e.path.clone());
                     }
