@@ -998,10 +998,7 @@ impl Placer {
     /// How many entries deleting `rel` would remove: 0 if it is gone or reached through
     /// a symlink, 1 for a non-directory, the whole subtree for a directory.
     fn count(&self, rel: &RelPath) -> u64 {
-        if !rel
-            .ancestors()
-            .all(|a| fs::symlink_metadata(a.to_path(&self.dir)).is_ok_and(|m| m.is_dir()))
-        {
+        if !self.real_dirs_to(rel) {
             return 0;
         }
         let p = rel.to_path(&self.dir);

@@ -46,12 +46,12 @@ use filesync_core::messages::{
     PROTOCOL_VERSION, SETID_BITS,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
-use filesync_core::planner::{Held, TailOp};
+use filesync_core::planner::{DeleteBudget, Held, TailOp};
 use filesync_core::session::server::{
     Listed, Listing, Receipt, Receive, Received, Receiving, ServerParams,
 };
 use filesync_core::session::Server;
-use filesync_core::store::Store;
+use filesync_core::store::{Applied, Store};
 use filesync_core::time::MTime;
 use filesync_core::Error;
 use proptest::prelude::*;
@@ -214,17 +214,21 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             text(),
             prop::option::of(client_id()),
             prop::collection::vec(text(), 0..3),
-            any::<bool>()
+            any::<bool>(),
+            prop::option::of(any::<u64>())
         )
-            .prop_map(|(version, agent, client_id, capabilities, allow_empty)| {
-                ClientMsg::Hello(Hello {
-                    version,
-                    agent,
-                    client_id,
-                    capabilities,
-                    allow_empty,
-                })
-            }),
+            .prop_map(
+                |(version, agent, client_id, capabilities, allow_empty, max_delete)| {
+                    ClientMsg::Hello(Hello {
+                        version,
+                        agent,
+                        client_id,
+                        capabilities,
+                        allow_empty,
+                        max_delete,
+                    })
+                }
+            ),
         prop::collection::vec(entry(), 0..8)
             .prop_map(|entries| ClientMsg::Manifest(Manifest { entries })),
         any::<u64>().prop_map(|entries| ClientMsg::ManifestEnd(ManifestEnd { entries })),
@@ -305,6 +309,8 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                     stored,
                     rejected,
                     deleted,
+                    held_back: deleted / 2,
+                    held_back_reason: "cap".into(),
                 })
             ),
         error_msg().prop_map(ServerMsg::Error),
@@ -1151,6 +1157,7 @@ fn listing(enc: Encoding, allow_empty: bool) -> Server<Listing> {
         client_id: Some(ClientId::parse("fuzz").unwrap()),
         capabilities: vec![],
         allow_empty,
+        max_delete: None,
     });
     let (s, _) = s.on_hello(enc, hello).expect("hello accepted");
     s.ready().0
@@ -1692,6 +1699,7 @@ fn drive_session(
                 client_id: None,
                 capabilities: vec![],
                 allow_empty,
+                max_delete: None,
             })),
             Step::Data(..) | Step::Verdict(_) | Step::Auto(..) => None,
         };
@@ -2401,7 +2409,7 @@ fn store_sessions(
         for t in &session.tail {
             spool.push(&t.op(&outside));
         }
-        let (_, errors) = r.finish(spool);
+        let Applied { errors, .. } = r.finish(spool, &DeleteBudget::All);
         prop_assert!(
             !errors.iter().any(|e| e.contains("placer thread stopped")),
             "the placer died: {errors:?}"
@@ -2540,7 +2548,7 @@ fn a_client_folder_that_is_a_symlink_is_never_followed() {
         ] {
             spool.push(&op);
         }
-        let (deleted, _) = r.finish(spool);
+        let Applied { deleted, .. } = r.finish(spool, &DeleteBudget::All);
         drop(r);
         assert_eq!(deleted, 0, "{folder:?}");
         // The symlink in the folder's place was replaced by a real folder at the end, and
