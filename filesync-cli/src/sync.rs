@@ -252,6 +252,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "bytes_sent": r.bytes_sent,
             "deleted": r.deleted,
             "deletions_held_back": r.held_back,
+            "files_resumed": r.resumed,
             "excluded": r.excluded,
             "skipped_sockets": r.sockets,
             "skipped_devices": r.devices,

@@ -462,6 +462,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
             "TASKS: the files of one manifest batch the server wants, in manifest order.",
             ServerMsg::Tasks(Tasks {
                 paths: vec![p("docs/report.txt"), p("photos/été.jpg")],
+                resume: vec![],
             }),
         )?,
         server(

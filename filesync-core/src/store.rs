@@ -27,7 +27,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use crate::messages::{
-    stored_mode_bits, EntryKind, ErrorCode, FileHeader, Outcome, MODE_BITS, SETID_BITS,
+    stored_mode_bits, EntryKind, ErrorCode, FileHeader, Hash, Outcome, ResumeAt, MODE_BITS,
+    SETID_BITS,
 };
 use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::planner::{DeleteBudget, Held, TailOp};
@@ -55,6 +56,9 @@ pub struct Store {
     tmp: PathBuf,
     /// Where sessions spool their plans' tails.
     spools: PathBuf,
+    /// Where the beginnings of files an interrupted session was receiving are kept, to
+    /// be resumed (see [`Store::resume_offers`]).
+    partials: PathBuf,
     seq: AtomicU64,
     /// This process's id, naming its temporary files.
     pid: u32,
@@ -99,6 +103,9 @@ impl Store {
         if stale > 0 {
             tracing::info!(stale, "removed stale temporary files");
         }
+        let partials = root.join(".filesync").join("partial");
+        fs::create_dir_all(&partials)?;
+        purge_partials(&partials);
         // Probed in the temporary directory, on the root's filesystem (temporary files are
         // renamed into client folders, which only works on one filesystem).
         let mtime_precision = match crate::precision::detect(&tmp) {
@@ -117,6 +124,7 @@ impl Store {
             root: root.to_path_buf(),
             tmp,
             spools,
+            partials,
             seq: AtomicU64::new(0),
             pid: std::process::id(),
             slow_disk: std::env::var(SLOW_DISK_ENV)
@@ -222,6 +230,45 @@ impl Store {
         })
     }
 
+    /// What the store holds of the beginnings of `paths` (the files a `TASKS` asks for)
+    /// from interrupted sessions of `id`: one [`ResumeAt`] per file with a usable partial,
+    /// in `paths` order, with the BLAKE3 hash of what is held. Reads each partial whole to
+    /// hash it; a partial that cannot be read is dropped.
+    pub fn resume_offers(&self, id: &ClientId, paths: &[RelPath]) -> Vec<ResumeAt> {
+        let dir = self.partials.join(id.folder_name());
+        if !dir.exists() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let (data, meta) = partial_paths(&dir, p);
+            let Ok(m) = fs::read(&meta)
+                .map_err(|_| ())
+                .and_then(|b| postcard::from_bytes::<PartialMeta>(&b).map_err(|_| ()))
+            else {
+                continue;
+            };
+            if m.path != *p {
+                continue;
+            }
+            match hash_prefix(&data, m.len) {
+                Ok(hash) => out.push(ResumeAt {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    offset: m.len,
+                    size: m.size,
+                    mtime: m.mtime,
+                    hash,
+                }),
+                Err(e) => {
+                    tracing::debug!(path = %p, error = %e, "dropping an unreadable partial");
+                    let _ = fs::remove_file(&data);
+                    let _ = fs::remove_file(&meta);
+                }
+            }
+        }
+        out
+    }
+
     /// A writer for one session of `id`. `report` is called, from another thread, with
     /// the outcome of every file once it is settled: stored (durable and in place) or
     /// rejected.
@@ -270,6 +317,7 @@ impl Store {
             })?;
         Ok(Receiver {
             store: self,
+            partials: self.partials.join(id.folder_name()),
             open: None,
             staged: Vec::new(),
             staged_bytes: 0,
@@ -443,6 +491,8 @@ enum Open {
         /// A hole was skipped: the file is given its full size at the end, so a trailing
         /// hole exists too.
         sparse: bool,
+        /// Bytes of the file accounted for so far (resumed, written or skipped).
+        pos: u64,
     },
     /// Opening or writing failed; the rest of the content is dropped and the file rejected.
     Failed { path: RelPath, error: String },
@@ -485,6 +535,8 @@ type JobSender = std::sync::mpsc::SyncSender<Job>;
 #[derive(Debug)]
 pub struct Receiver<'a> {
     store: &'a Store,
+    /// `<root>/.filesync/partial/client_<id>`.
+    partials: PathBuf,
     open: Option<Open>,
     staged: Vec<Staged>,
     staged_bytes: u64,
@@ -541,7 +593,22 @@ impl Receiver<'_> {
     pub fn open(&mut self, h: &FileHeader, mode: Option<u32>) {
         self.discard();
         let temp = self.store.temp_path();
-        let opened = OpenOptions::new().write(true).create_new(true).open(&temp);
+        let (data, meta) = partial_paths(&self.partials, &h.path);
+        let opened = if h.offset > 0 {
+            // Resumed: what an interrupted session received becomes the temporary file.
+            let _ = fs::remove_file(&meta);
+            fs::rename(&data, &temp).and_then(|()| {
+                let mut f = OpenOptions::new().write(true).open(&temp)?;
+                f.set_len(h.offset)?;
+                io::Seek::seek(&mut f, io::SeekFrom::Start(h.offset))?;
+                Ok(f)
+            })
+        } else {
+            // Sent whole: whatever was held of an older version is of no use.
+            let _ = fs::remove_file(&meta);
+            let _ = fs::remove_file(&data);
+            OpenOptions::new().write(true).create_new(true).open(&temp)
+        };
         self.open = Some(match opened {
             Ok(file) => Open::Writing {
                 path: h.path.clone(),
@@ -551,6 +618,7 @@ impl Receiver<'_> {
                 temp,
                 file,
                 sparse: false,
+                pos: h.offset,
             },
             Err(e) => Open::Failed {
                 path: h.path.clone(),
@@ -562,9 +630,14 @@ impl Receiver<'_> {
     /// Appends content to the open file.
     pub fn write(&mut self, data: &[u8]) {
         if let Some(Open::Writing {
-            path, temp, file, ..
+            path,
+            temp,
+            file,
+            pos,
+            ..
         }) = &mut self.open
         {
+            *pos += data.len() as u64;
             if let Err(e) = file.write_all(data) {
                 let path = path.clone();
                 let _ = fs::remove_file(&*temp);
@@ -591,9 +664,11 @@ impl Receiver<'_> {
             temp,
             file,
             sparse,
+            pos,
             ..
         }) = &mut self.open
         {
+            *pos += len;
             let r = i64::try_from(len)
                 .map_err(io::Error::other)
                 .and_then(|n| file.seek(io::SeekFrom::Current(n)));
@@ -630,6 +705,7 @@ impl Receiver<'_> {
                 temp,
                 file,
                 sparse,
+                ..
             }) => {
                 let t = filetime::FileTime::from_unix_time(mtime.secs, mtime.nanos);
                 let done = (if sparse { file.set_len(size) } else { Ok(()) })
@@ -1085,12 +1161,64 @@ impl Drop for Placer {
     }
 }
 
+impl Receiver<'_> {
+    /// Keeps what arrived of the open file, if enough did, for a later session to resume
+    /// ([`Store::resume_offers`]); drops it otherwise.
+    fn keep_partial(&mut self) {
+        let Some(Open::Writing {
+            path,
+            mtime,
+            size,
+            temp,
+            file,
+            pos,
+            ..
+        }) = self.open.take()
+        else {
+            return;
+        };
+        if pos < RESUME_MIN {
+            let _ = fs::remove_file(&temp);
+            return;
+        }
+        let (data, meta) = partial_paths(&self.partials, &path);
+        let kept = file
+            .set_len(pos)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| fs::create_dir_all(&self.partials))
+            .and_then(|()| fs::rename(&temp, &data))
+            .and_then(|()| {
+                let m = PartialMeta {
+                    path: path.clone(),
+                    size,
+                    mtime,
+                    len: pos,
+                };
+                let bytes = postcard::to_stdvec(&m).map_err(io::Error::other)?;
+                let tmp = meta.with_extension("meta.tmp");
+                fs::write(&tmp, bytes)?;
+                fs::rename(tmp, &meta)
+            });
+        match kept {
+            Ok(()) => {
+                tracing::info!(path = %path, bytes = pos, "kept the beginning of an interrupted file, to resume")
+            }
+            Err(e) => {
+                tracing::debug!(path = %path, error = %e, "cannot keep an interrupted file");
+                let _ = fs::remove_file(&temp);
+                let _ = fs::remove_file(&data);
+            }
+        }
+    }
+}
+
 impl Drop for Receiver<'_> {
-    /// An interrupted session keeps the files that arrived whole (they are placed) and
-    /// removes the partial one; the placer is waited for, so that nothing is still being
-    /// renamed once the session is reported over.
+    /// An interrupted session keeps the files that arrived whole (they are placed), and
+    /// the beginning of the one being received, out of the client folder, to resume it
+    /// next time (see [`RESUME_MIN`]); the placer is waited for, so that nothing is still
+    /// being renamed once the session is reported over.
     fn drop(&mut self) {
-        self.discard();
+        self.keep_partial();
         self.flush();
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
@@ -1126,6 +1254,66 @@ fn ensure_dir(p: &Path) -> io::Result<()> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(p),
         Err(e) => Err(e),
+    }
+}
+
+/// What an interrupted session must have received of a file for its beginning to be
+/// kept and resumed: below it, sending the file again costs less than the bookkeeping.
+pub const RESUME_MIN: u64 = 1 << 20;
+
+/// How long the beginning of an interrupted file is kept for a session to resume it.
+const PARTIAL_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// What a kept partial file is the beginning of.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PartialMeta {
+    path: RelPath,
+    size: u64,
+    mtime: MTime,
+    /// Bytes kept.
+    len: u64,
+}
+
+/// `<dir>/<key>.data` and `<dir>/<key>.meta` for the partial of `rel`, the key being a
+/// BLAKE3 hash of the path (names of any length and bytes map to one short name).
+fn partial_paths(dir: &Path, rel: &RelPath) -> (PathBuf, PathBuf) {
+    let key = hex::encode(&blake3::hash(rel.as_bytes()).as_bytes()[..16]);
+    (
+        dir.join(format!("{key}.data")),
+        dir.join(format!("{key}.meta")),
+    )
+}
+
+/// BLAKE3 of the first `len` bytes of the file at `path`; an error if it is shorter.
+fn hash_prefix(path: &Path, len: u64) -> io::Result<Hash> {
+    use std::io::Read;
+    let f = File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let n = io::copy(&mut f.take(len), &mut h)?;
+    if n != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the partial is shorter than recorded",
+        ));
+    }
+    Ok(Hash(*h.finalize().as_bytes()))
+}
+
+/// Removes partials older than [`PARTIAL_KEEP`]; a failure only costs space.
+fn purge_partials(partials: &Path) {
+    let old = |p: &Path| {
+        fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > PARTIAL_KEEP)
+    };
+    for client in fs::read_dir(partials).into_iter().flatten().flatten() {
+        for f in fs::read_dir(client.path()).into_iter().flatten().flatten() {
+            if old(&f.path()) {
+                let _ = fs::remove_file(f.path());
+            }
+        }
     }
 }
 

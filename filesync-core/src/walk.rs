@@ -400,6 +400,36 @@ impl Source {
         Ok(m)
     }
 
+    /// BLAKE3 of the file's first `len` bytes (positioned reads: the read position is not
+    /// moved). Fails if the file is shorter.
+    pub fn prefix_hash(&self, len: u64) -> io::Result<crate::messages::Hash> {
+        use std::os::unix::fs::FileExt;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < len {
+            let want = usize::try_from(len - off)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = self.file.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "shorter than the offset",
+                ));
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(crate::messages::Hash(*h.finalize().as_bytes()))
+    }
+
+    /// Continues from `offset` (of a resumed file): what comes before is not read.
+    pub fn skip_to(&mut self, offset: u64) {
+        self.read = offset.min(self.expect.size);
+        self.data_end = 0;
+    }
+
     /// The next chunk of at most `max` bytes, reading holes as zeros; `None` after
     /// exactly the listed size, once the file has been checked unchanged. For a protocol
     /// that cannot carry holes.

@@ -147,7 +147,10 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         })),
         any::<u32>().prop_map(|position| ServerMsg::Queued(Queued { position })),
         Just(ServerMsg::Ready(Ready {})),
-        paths().prop_map(|paths| ServerMsg::Tasks(Tasks { paths })),
+        paths().prop_map(|paths| ServerMsg::Tasks(Tasks {
+            paths,
+            resume: vec![]
+        })),
         paths().prop_map(|paths| ServerMsg::Deletions(Deletions { paths })),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, bytes, deletions)| {
             ServerMsg::PlanEnd(PlanEnd {
@@ -364,6 +367,7 @@ fn sample_server_frames() -> Vec<Frame<ServerMsg>> {
         Frame::Msg(ServerMsg::Ready(Ready {})),
         Frame::Msg(ServerMsg::Tasks(Tasks {
             paths: vec![p.clone()],
+            resume: vec![],
         })),
         Frame::Msg(ServerMsg::Deletions(Deletions {
             paths: vec![p.clone()],

@@ -274,7 +274,10 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             ),
         any::<u32>().prop_map(|position| ServerMsg::Queued(Queued { position })),
         Just(ServerMsg::Ready(Ready {})),
-        paths().prop_map(|paths| ServerMsg::Tasks(Tasks { paths })),
+        paths().prop_map(|paths| ServerMsg::Tasks(Tasks {
+            paths,
+            resume: vec![]
+        })),
         paths().prop_map(|paths| ServerMsg::Deletions(Deletions { paths })),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, bytes, deletions)| {
             ServerMsg::PlanEnd(PlanEnd {
@@ -1954,7 +1957,7 @@ proptest! {
                         })
                         .collect();
                     n += k;
-                    let tasks = ServerMsg::Tasks(Tasks { paths: entries.iter().map(|e| e.path.clone()).collect() });
+                    let tasks = ServerMsg::Tasks(Tasks { paths: entries.iter().map(|e| e.path.clone()).collect(), resume: vec![] });
                     let fits = native::encoded_len(enc, &tasks).unwrap() < MAX_FRAME_LEN;
                     let ok = fits && outstanding.len() + k <= MAX_OUTSTANDING;
                     match server.on_message(ClientMsg::Manifest(Manifest { entries }), &mut idx, &mut |_| {}) {

@@ -210,7 +210,12 @@ fn server_msg_variants() -> Vec<BoxedStrategy<ServerMsg>> {
             .boxed(),
         Just(ServerMsg::Ready(Ready {})).boxed(),
         paths()
-            .prop_map(|paths| ServerMsg::Tasks(Tasks { paths }))
+            .prop_map(|paths| {
+                ServerMsg::Tasks(Tasks {
+                    paths,
+                    resume: vec![],
+                })
+            })
             .boxed(),
         paths()
             .prop_map(|paths| ServerMsg::Deletions(Deletions { paths }))

@@ -879,6 +879,7 @@ fn client_refuses_tasks_it_did_not_ask_for() {
     let tasks = |paths: &[&str]| {
         ServerMsg::Tasks(Tasks {
             paths: paths.iter().map(|s| p(s)).collect(),
+            resume: vec![],
         })
     };
     let (client, _, _, mut wire) = ready(params(Encoding::Json, None, false), &[]);
@@ -923,6 +924,7 @@ fn client_refuses_messages_out_of_order() {
     let tasks = || {
         ServerMsg::Tasks(Tasks {
             paths: vec![p("d/a")],
+            resume: vec![],
         })
     };
     let plan_end = || {
@@ -1506,6 +1508,7 @@ fn plan_end_that_does_not_match_is_refused() {
             if answered {
                 let t = ServerMsg::Tasks(Tasks {
                     paths: vec![p("a")],
+                    resume: vec![],
                 });
                 client.on_message(wire.down(t)).unwrap();
             }

@@ -859,7 +859,7 @@ fn replay_client(path: &Path, enc: Encoding, steps: &[StepBytes], params: Client
                 state = Cli::Syncing(c);
                 client_frame(enc, &out)
             }
-            (Cli::Syncing(c), Frame::Msg(ClientMsg::FileHeader(h))) => {
+            (Cli::Syncing(mut c), Frame::Msg(ClientMsg::FileHeader(h))) => {
                 let FileHeader {
                     size, mtime, mode, ..
                 } = h;

@@ -430,6 +430,69 @@ pub struct ManifestEnd {
 pub struct Tasks {
     /// Files to send.
     pub paths: Vec<RelPath>,
+    /// Files of `paths` of which the server holds the beginning from an interrupted
+    /// session (only with the `resume` capability; empty otherwise), in `paths` order.
+    pub resume: Vec<ResumeAt>,
+}
+
+/// The capability for resuming interrupted files ([`ResumeAt`], `FILE_HEADER.offset`).
+pub const CAP_RESUME: &str = "resume";
+
+/// Capabilities this library supports, offered in `HELLO` and answered in `WELCOME`.
+pub const CAPABILITIES: &[&str] = &[CAP_RESUME];
+
+/// A requested file that can be resumed: the server holds its first `offset` bytes, as
+/// received from a version of the file of `size` bytes and mtime `mtime`. A client whose
+/// file still has that size and mtime, and whose first `offset` bytes have BLAKE3 hash
+/// `hash`, may send `FILE_HEADER` with this `offset` and only the bytes after it;
+/// otherwise it sends the file whole (offset 0) and the server drops what it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeAt {
+    /// Index of the file in `TASKS.paths`.
+    pub index: u32,
+    /// Bytes held.
+    pub offset: u64,
+    /// The file's size when those bytes were sent.
+    pub size: u64,
+    /// The file's mtime when those bytes were sent.
+    pub mtime: MTime,
+    /// BLAKE3 of the bytes held.
+    pub hash: Hash,
+}
+
+/// A BLAKE3 hash (32 bytes): raw bytes in postcard, lowercase hex in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hash(pub [u8; 32]);
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let bytes = if d.is_human_readable() {
+            hex::decode(String::deserialize(d)?).map_err(D::Error::custom)?
+        } else {
+            crate::paths::wire_name::deserialize(d)?
+        };
+        let arr: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            D::Error::custom(format!("a hash of {} bytes, not 32", b.len()))
+        })?;
+        Ok(Hash(arr))
+    }
 }
 
 /// `DELETIONS`: version 1 listed here the entries the server would delete. Version 2 does

@@ -311,8 +311,9 @@ async fn recv(
 
 /// What the file-reading thread hands the socket loop, in order.
 enum Read {
-    /// A file was opened and checked: send its header; its content follows.
-    Start(Task, Entry),
+    /// A file was opened and checked: send its header; its content follows, from this
+    /// offset (0, or where a resumed file starts).
+    Start(Task, Entry, u64),
     /// Content of the started file.
     Chunk(Bytes),
     /// A hole in the started file, this many bytes.
@@ -387,8 +388,8 @@ async fn drive(
                 };
                 for ev in batch {
                     let frame = match ev {
-                        Read::Start(task, e) => {
-                            let h = t.header(&task, &e);
+                        Read::Start(task, e, offset) => {
+                            let h = t.header_from(&task, &e, offset);
                             open = Some(task);
                             Frame::Msg(h)
                         }
@@ -495,7 +496,19 @@ fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> 
         Ok(s) => s,
         Err(err) => return batch.push(Read::Skip(task, err.to_string()), 0),
     };
-    if !batch.push(Read::Start(task, e), 0) {
+    // Resumed where the server holds the beginning of this very file: same size and
+    // mtime as when it was sent, and the same bytes (by BLAKE3) up to the offset.
+    let offset = match task.resume() {
+        Some(r) if r.size == e.size && r.mtime == e.mtime => match src.prefix_hash(r.offset) {
+            Ok(h) if h == r.hash => {
+                src.skip_to(r.offset);
+                r.offset
+            }
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if !batch.push(Read::Start(task, e, offset), 0) {
         return false;
     }
     let mut n = 0u64;

@@ -402,6 +402,8 @@ async fn session(
             .store
             .spool()
             .map_err(|e| Error::io("creating the plan's spool", e))?,
+        store: Arc::clone(&ctx.store),
+        id: id.clone(),
     };
     let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
     let (srv, ready) = srv.ready();
@@ -837,6 +839,9 @@ pub(super) fn spawn_writer(
 struct PlanIo {
     index: Index,
     spool: Spool,
+    /// For resume offers: the store and the client it files under.
+    store: Arc<Store>,
+    id: ClientId,
 }
 
 /// Where a session stands while files flow.
@@ -899,8 +904,21 @@ async fn step(
                     Error::io("planning", std::io::Error::other("the plan's I/O is gone"))
                 })?;
                 let (listed, mut io) = tokio::task::spawn_blocking(move || {
-                    let PlanIo { index, spool } = &mut io;
-                    let r = srv.on_message(msg, index, &mut |op| spool.push(&op));
+                    let PlanIo {
+                        index,
+                        spool,
+                        store,
+                        id,
+                    } = &mut io;
+                    let r = match srv.on_message(msg, index, &mut |op| spool.push(&op)) {
+                        // What the store holds of the requested files, offered to resume.
+                        Ok(Listed::Listing(mut s, ServerMsg::Tasks(t))) if s.resumes() => {
+                            let offers = store.resume_offers(id, &t.paths);
+                            let tasks = s.offer_resume(ServerMsg::Tasks(t), offers);
+                            Ok(Listed::Listing(s, tasks))
+                        }
+                        other => other,
+                    };
                     (r, io)
                 })
                 .await

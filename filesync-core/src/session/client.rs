@@ -9,8 +9,8 @@ use crate::error::{Error, ProtocolError};
 use crate::messages::seed::ServerStatus;
 use crate::messages::{
     ClientMsg, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader, Hello, Hole,
-    Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ServerMsg, TransferEnd, Welcome,
-    MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
+    Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ResumeAt, ServerMsg, TransferEnd, Welcome,
+    CAPABILITIES, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 
@@ -130,6 +130,8 @@ pub struct Report {
     pub excluded: u64,
     /// Entries the server did not delete because a deletion cap held them back.
     pub held_back: u64,
+    /// Files resumed from what an interrupted session had sent.
+    pub resumed: u64,
     /// Why, as the server put it; empty when nothing was held back.
     pub held_back_reason: String,
 }
@@ -232,7 +234,7 @@ impl Client<Discovered> {
             version: PROTOCOL_VERSION,
             agent: self.params.agent.clone(),
             client_id: self.params.client_id.clone(),
-            capabilities: Vec::new(),
+            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             allow_empty: self.params.allow_empty,
             max_delete: self.params.max_delete,
         });
@@ -320,12 +322,20 @@ pub struct Task {
     path: RelPath,
     /// The manifest batch that listed it.
     batch: u64,
+    /// What the server holds of it from an interrupted session, if it said.
+    resume: Option<ResumeAt>,
 }
 
 impl Task {
     /// The file to send.
     pub fn path(&self) -> &RelPath {
         &self.path
+    }
+
+    /// What the server holds of the file from an interrupted session: the client may
+    /// resume from there if its file is unchanged (same size, mtime and prefix hash).
+    pub fn resume(&self) -> Option<&ResumeAt> {
+        self.resume.as_ref()
     }
 }
 
@@ -370,7 +380,7 @@ impl Client<Syncing> {
         match msg {
             ServerMsg::Tasks(t) => {
                 let seq = st.front_seq;
-                let Some((i, batch)) = st
+                let Some((batch_no, batch)) = st
                     .open
                     .iter_mut()
                     .enumerate()
@@ -381,10 +391,11 @@ impl Client<Syncing> {
                     )));
                 };
                 let files = batch.files.take().expect("found with files");
+                let mut offers = t.resume.into_iter().peekable();
                 // Both in manifest order: one merge pass matches them.
                 let mut listed = files.into_iter();
                 let mut out = Vec::with_capacity(t.paths.len());
-                for p in t.paths {
+                for (i, p) in t.paths.into_iter().enumerate() {
                     let Some(e) = listed.by_ref().find(|e| e.path == p) else {
                         return Err(Error::Protocol(ProtocolError::Inconsistent(format!(
                             "the server asked for {p}, which is not a listed file of the batch \
@@ -393,13 +404,22 @@ impl Client<Syncing> {
                     };
                     st.requested.0 += 1;
                     st.requested.1 += e.size;
+                    let resume = offers
+                        .next_if(|o| o.index as usize == i)
+                        .filter(|o| o.offset > 0 && o.offset <= o.size);
                     out.push((
                         Task {
                             path: p,
-                            batch: seq + i as u64,
+                            batch: seq + batch_no as u64,
+                            resume,
                         },
                         e,
                     ));
+                }
+                if offers.next().is_some() {
+                    return Err(Error::Protocol(ProtocolError::Inconsistent(
+                        "TASKS offers to resume a file it does not ask for, or out of order".into(),
+                    )));
                 }
                 batch.pending = out.len();
                 st.close_done_batches();
@@ -454,13 +474,22 @@ impl Client<Syncing> {
 
     /// The header to send before a task's content: the size, mtime and mode of `e`, the
     /// file as it is read.
-    pub fn header(&self, task: &Task, e: &Entry) -> ClientMsg {
+    pub fn header(&mut self, task: &Task, e: &Entry) -> ClientMsg {
+        self.header_from(task, e, 0)
+    }
+
+    /// The header of a task resumed at `offset` (only an offset the server offered, see
+    /// [`Task::resume`]); the content that follows starts there.
+    pub fn header_from(&mut self, task: &Task, e: &Entry, offset: u64) -> ClientMsg {
+        if offset > 0 {
+            self.state.report.resumed += 1;
+        }
         ClientMsg::FileHeader(FileHeader {
             path: task.path.clone(),
             size: e.size,
             mtime: e.mtime,
             mode: e.mode,
-            offset: 0,
+            offset,
         })
     }
 
@@ -469,7 +498,8 @@ impl Client<Syncing> {
         ClientMsg::Hole(Hole { len })
     }
 
-    /// The message closing a task whose content was sent whole and unchanged.
+    /// The message closing a task whose content was sent whole and unchanged; `bytes`
+    /// counts what was sent (after the offset of a resumed file).
     pub fn file_end(&mut self, task: Task, bytes: u64) -> ClientMsg {
         let st = &mut self.state;
         st.report.sent += 1;

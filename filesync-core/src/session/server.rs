@@ -1,6 +1,6 @@
 //! The server's side of a native session.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{remote, sealed, unexpected, ServerState};
@@ -9,8 +9,8 @@ use crate::error::{Error, ProtocolError};
 use crate::messages::seed::{NativeOffer, ServerStatus, Status};
 use crate::messages::{
     ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, FileResult, NextSync, Outcome, PlanEnd,
-    Queued, Ready, ServerMsg, Tasks, Welcome, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, MAX_OUTSTANDING,
-    PROTOCOL_VERSION,
+    Queued, Ready, ResumeAt, ServerMsg, Tasks, Welcome, CAPABILITIES, CAP_RESUME,
+    MANIFEST_BATCH_MAX, MANIFEST_WINDOW, MAX_OUTSTANDING, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 use crate::planner::{DeleteBudget, DeleteCaps, Held, Planner, Rule, TailOp};
@@ -64,6 +64,7 @@ pub struct Welcomed {
     allow_empty: bool,
     encoding: Encoding,
     max_delete: Option<u64>,
+    resume: bool,
 }
 /// `READY` was sent; receiving the manifest, answering each batch with `TASKS`, and
 /// receiving the files already requested.
@@ -73,6 +74,8 @@ pub struct Listing {
     allow_empty: bool,
     encoding: Encoding,
     max_delete: Option<u64>,
+    /// Both sides speak [`CAP_RESUME`].
+    resume: bool,
     planner: Planner,
     entries: u64,
     files: Files,
@@ -122,6 +125,8 @@ struct Open {
 #[derive(Debug, Default)]
 struct Files {
     requested: HashSet<RelPath>,
+    /// Requested files offered for resuming, and the offset offered.
+    resumable: HashMap<RelPath, u64>,
     open: Option<Open>,
     tally: Tally,
 }
@@ -157,6 +162,9 @@ pub enum Receive {
 }
 
 /// Where a receiving server stands after a message.
+// The receiving state is the large variant and the common one; the driver boxes it in
+// its phase right away, so boxing it here too would only add an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Receipt {
     /// Files still flow; the driver acts on the [`Receive`].
@@ -277,9 +285,17 @@ impl Server<Greeted> {
         let client_id = hello
             .client_id
             .unwrap_or_else(|| ClientId::from_addr(self.peer));
+        // The capabilities both sides list, in the client's order; unknown ones ignored.
+        let capabilities: Vec<String> = hello
+            .capabilities
+            .iter()
+            .filter(|c| CAPABILITIES.contains(&c.as_str()))
+            .cloned()
+            .collect();
+        let resume = capabilities.iter().any(|c| c == CAP_RESUME);
         let welcome = ServerMsg::Welcome(Welcome {
             version: PROTOCOL_VERSION,
-            capabilities: Vec::new(),
+            capabilities,
             client_id: client_id.clone(),
         });
         Ok((
@@ -288,6 +304,7 @@ impl Server<Greeted> {
                 allow_empty: hello.allow_empty,
                 encoding,
                 max_delete: hello.max_delete,
+                resume,
             }),
             welcome,
         ))
@@ -312,12 +329,14 @@ impl Server<Welcomed> {
             allow_empty,
             encoding,
             max_delete,
+            resume,
         } = self.state;
         let listing = Listing {
             client_id,
             allow_empty,
             encoding,
             max_delete,
+            resume,
             planner: Planner::new(Rule::QuickCheck)
                 .keep_setid(self.params.keep_setid)
                 .mtime_window(self.params.mtime_window),
@@ -339,6 +358,38 @@ impl Server<Listing> {
     /// The id this session files under.
     pub fn client_id(&self) -> &ClientId {
         &self.state.client_id
+    }
+
+    /// Whether both sides speak [`CAP_RESUME`]: the driver may then look for what the
+    /// store holds of the files a `TASKS` asks for, and offer it with
+    /// [`offer_resume`](Self::offer_resume).
+    pub fn resumes(&self) -> bool {
+        self.state.resume
+    }
+
+    /// Adds resume offers to a `TASKS` this session just made, and remembers them: a
+    /// `FILE_HEADER` may then start at an offered offset. Offers for files the `TASKS`
+    /// does not ask for, out of order, or without the capability, are dropped.
+    pub fn offer_resume(&mut self, tasks: ServerMsg, offers: Vec<ResumeAt>) -> ServerMsg {
+        let ServerMsg::Tasks(mut t) = tasks else {
+            return tasks;
+        };
+        if !self.state.resume {
+            return ServerMsg::Tasks(t);
+        }
+        let mut last = None;
+        for o in offers {
+            let Some(p) = t.paths.get(o.index as usize) else {
+                continue;
+            };
+            if o.offset == 0 || o.offset > o.size || last.is_some_and(|l| l >= o.index) {
+                continue;
+            }
+            last = Some(o.index);
+            self.state.files.resumable.insert(p.clone(), o.offset);
+            t.resume.push(o);
+        }
+        ServerMsg::Tasks(t)
     }
 
     /// Call with each message until the manifest ends. `index` is the server's index of
@@ -364,7 +415,10 @@ impl Server<Listing> {
                 st.entries += m.entries.len() as u64;
                 let send = st.planner.batch(&m.entries, index, tail)?;
                 st.files.requested.extend(send.iter().cloned());
-                let tasks = ServerMsg::Tasks(Tasks { paths: send });
+                let tasks = ServerMsg::Tasks(Tasks {
+                    paths: send,
+                    resume: Vec::new(),
+                });
                 // TASKS repeats the requested paths whole, where the MANIFEST may have
                 // shared their prefixes: it must still fit in a frame.
                 let len = native::encoded_len(st.encoding, &tasks)?;
@@ -470,9 +524,10 @@ impl Files {
                         h.path, open.header.path
                     )));
                 }
-                if h.offset != 0 {
+                let offered = self.resumable.remove(&h.path);
+                if h.offset != 0 && offered != Some(h.offset) {
                     return Err(data_err(format!(
-                        "FILE_HEADER for {} starts at offset {} without the resume capability",
+                        "FILE_HEADER for {} starts at offset {}, which was not offered",
                         h.path, h.offset
                     )));
                 }
@@ -484,7 +539,7 @@ impl Files {
                 }
                 self.open = Some(Open {
                     header: h.clone(),
-                    received: 0,
+                    received: h.offset,
                 });
                 Ok(Receive::Open(h))
             }
@@ -504,6 +559,7 @@ impl Files {
                 None => Err(unexpected("FILE_HEADER", "FILE_END")),
             },
             ClientMsg::FileAbort(a) => {
+                self.resumable.remove(&a.path);
                 let ok = match self.open.take() {
                     Some(o) => o.header.path == a.path,
                     None => self.requested.remove(&a.path),
