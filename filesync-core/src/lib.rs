@@ -28,6 +28,7 @@
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
 pub mod codec;
+pub mod delta;
 pub mod discovery;
 pub mod error;
 pub mod exclude;

@@ -1,0 +1,207 @@
+//! The old file's signature: per block, a weak and a strong checksum.
+
+use std::io::{self, ErrorKind, Read};
+
+use serde::{Deserialize, Serialize};
+
+use super::weak::weak_checksum;
+use super::{block_count, block_size, MAX_BLOCK_SIZE, STRONG_LEN};
+
+/// The checksums of one block of the old file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockSig {
+    /// The weak rolling checksum ([`weak_checksum`](super::weak_checksum)). Encoded as 4
+    /// little-endian bytes, not a varint (random values would take 5).
+    #[serde(with = "weak_le")]
+    pub weak: u32,
+    /// The first [`STRONG_LEN`] bytes of the block's BLAKE3 ([`strong_checksum`]).
+    pub strong: [u8; STRONG_LEN],
+}
+
+/// How a file is cut into blocks: all that [`Applier`](super::Applier) needs of a
+/// [`Signature`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockLayout {
+    /// The block size in bytes, 1 to [`MAX_BLOCK_SIZE`].
+    pub block_size: u32,
+    /// The file's length in bytes; the last block holds the remainder
+    /// (`file_len % block_size` bytes, when that is not 0).
+    pub file_len: u64,
+}
+
+impl BlockLayout {
+    /// The number of blocks, ⌈file_len / block_size⌉.
+    pub fn block_count(&self) -> u64 {
+        block_count(self.file_len, self.block_size)
+    }
+
+    /// The byte range `(offset, len)` of the old file covered by `count` blocks from
+    /// `block`, or `None` when the range is empty or goes past the last block.
+    pub fn range(&self, block: u32, count: u32) -> Option<(u64, u64)> {
+        let end = u64::from(block) + u64::from(count);
+        if count == 0 || end > self.block_count() {
+            return None;
+        }
+        let bs = u64::from(self.block_size);
+        let offset = u64::from(block) * bs;
+        Some((offset, (end * bs).min(self.file_len) - offset))
+    }
+
+    /// Checks that the block size is in 1..=[`MAX_BLOCK_SIZE`] and that the block count
+    /// fits a `u32`.
+    pub fn validate(&self) -> io::Result<()> {
+        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
+            return Err(invalid(format!(
+                "block size {} outside 1..={MAX_BLOCK_SIZE}",
+                self.block_size
+            )));
+        }
+        if self.block_count() > u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "{} bytes in blocks of {} is more than 2^32 blocks",
+                self.file_len, self.block_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The signature of the old file: its layout and the checksums of its blocks, in order.
+///
+/// ~[`BLOCK_SIG_WIRE_LEN`](super::BLOCK_SIG_WIRE_LEN) bytes a block in postcard; see
+/// [`signature_wire_len`](super::signature_wire_len). A signature received from a peer
+/// is checked by [`Signature::validate`] (which [`Matcher::new`](super::Matcher::new)
+/// calls).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signature {
+    /// The block size in bytes, 1 to [`MAX_BLOCK_SIZE`]; normally
+    /// [`block_size`]`(file_len)`.
+    pub block_size: u32,
+    /// The signed file's length in bytes.
+    pub file_len: u64,
+    /// One entry per block, ⌈file_len / block_size⌉ of them.
+    pub blocks: Vec<BlockSig>,
+}
+
+impl Signature {
+    /// Signs the first `len` bytes of `reader` with blocks of [`block_size`]`(len)`.
+    ///
+    /// Streams: reads about 1 MiB at a time, never the whole file. Errors: those of the
+    /// reader, `UnexpectedEof` if it ends before `len` bytes (bytes past `len` are not
+    /// read), `InvalidInput` if `len` needs more than 2³² blocks (over 512 TiB).
+    pub fn compute(reader: impl Read, len: u64) -> io::Result<Signature> {
+        Signature::compute_with_block_size(reader, len, block_size(len))
+    }
+
+    /// [`Signature::compute`] with a given block size, 1 to [`MAX_BLOCK_SIZE`] bytes
+    /// (`InvalidInput` otherwise). Small block sizes are for tests.
+    pub fn compute_with_block_size(
+        mut reader: impl Read,
+        len: u64,
+        block_size: u32,
+    ) -> io::Result<Signature> {
+        let layout = BlockLayout {
+            block_size,
+            file_len: len,
+        };
+        layout
+            .validate()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        let bs = block_size as usize;
+        let count = layout.block_count() as usize;
+        // Capacity is trusted: `len` is the caller's own file size.
+        let mut blocks = Vec::with_capacity(count);
+        let per_read = (1 << 20) / bs + 1;
+        let mut buf = vec![0u8; per_read * bs];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            reader.read_exact(&mut buf[..want]).map_err(|e| {
+                if e.kind() == ErrorKind::UnexpectedEof {
+                    io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        format!("file ended {} bytes before its expected length {len}", left),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            for block in buf[..want].chunks(bs) {
+                blocks.push(BlockSig {
+                    weak: weak_checksum(block),
+                    strong: strong_checksum(block),
+                });
+            }
+            left -= want as u64;
+        }
+        Ok(Signature {
+            block_size,
+            file_len: len,
+            blocks,
+        })
+    }
+
+    /// The layout: block size and file length.
+    pub fn layout(&self) -> BlockLayout {
+        BlockLayout {
+            block_size: self.block_size,
+            file_len: self.file_len,
+        }
+    }
+
+    /// Checks a signature from a peer: a valid [`BlockLayout`] and exactly
+    /// ⌈file_len / block_size⌉ blocks. `InvalidData` otherwise.
+    pub fn validate(&self) -> io::Result<()> {
+        self.layout().validate()?;
+        let want = self.layout().block_count();
+        if self.blocks.len() as u64 != want {
+            return Err(invalid(format!(
+                "signature of {} bytes in blocks of {} has {} blocks, not {want}",
+                self.file_len,
+                self.block_size,
+                self.blocks.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The last block and its length, if it is shorter than the block size.
+    pub(super) fn short_last_block(&self) -> Option<(u32, usize)> {
+        let rem = self.file_len % u64::from(self.block_size);
+        (rem != 0).then(|| ((self.blocks.len() - 1) as u32, rem as usize))
+    }
+}
+
+/// A block's strong checksum: the first [`STRONG_LEN`] bytes of its BLAKE3 hash.
+pub fn strong_checksum(block: &[u8]) -> [u8; STRONG_LEN] {
+    let full = blake3::hash(block);
+    let mut out = [0u8; STRONG_LEN];
+    out.copy_from_slice(&full.as_bytes()[..STRONG_LEN]);
+    out
+}
+
+/// The BLAKE3 hash (32 bytes) of everything `reader` yields, read in bounded chunks.
+/// The same hash as [`DeltaSummary::new_hash`](super::DeltaSummary::new_hash) and
+/// [`Applied::hash`](super::Applied::hash). Errors: the reader's.
+pub fn file_hash(reader: impl Read) -> io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(reader)?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+pub(super) fn invalid(msg: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, msg)
+}
+
+/// A `u32` as 4 little-endian bytes, so that postcard does not varint-encode it.
+mod weak_le {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        v.to_le_bytes().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        <[u8; 4]>::deserialize(d).map(u32::from_le_bytes)
+    }
+}

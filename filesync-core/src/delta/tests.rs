@@ -1,0 +1,551 @@
+//! Tests of the whole engine: signature, matcher and applier together.
+
+use std::io::{self, Cursor, ErrorKind, Read};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A reader that returns at most `step` bytes per read and, every third read,
+/// `Interrupted` first: the matcher must not care how its input is cut.
+struct Choppy<'a> {
+    data: &'a [u8],
+    step: usize,
+    calls: u32,
+}
+
+impl Read for Choppy<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.calls += 1;
+        if self.calls.is_multiple_of(3) {
+            return Err(io::Error::new(ErrorKind::Interrupted, "again"));
+        }
+        let n = buf.len().min(self.step).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Signs `old` with blocks of `bs`, matches `new` (read in pieces of `step` bytes), checks
+/// the ops' invariants, rebuilds `new` and checks it and its hash.
+fn roundtrip_with(old: &[u8], new: &[u8], bs: u32, step: usize) -> (Vec<DeltaOp>, DeltaSummary) {
+    let sig = Signature::compute_with_block_size(old, old.len() as u64, bs).unwrap();
+    sig.validate().unwrap();
+    let reader = Choppy {
+        data: new,
+        step,
+        calls: 0,
+    };
+    let mut seen = Vec::new();
+    let summary = Matcher::new(&sig)
+        .unwrap()
+        .run(reader, |op, progress| {
+            seen.push((op, *progress));
+            Ok(())
+        })
+        .unwrap();
+    let ops: Vec<DeltaOp> = seen.iter().map(|(op, _)| op.clone()).collect();
+
+    // Invariants of the op stream.
+    let layout = sig.layout();
+    let mut progress = DeltaProgress::default();
+    let mut prev_copy: Option<(u32, u32)> = None;
+    for (op, reported) in &seen {
+        match op {
+            DeltaOp::Copy { block, count } => {
+                let (_, len) = layout.range(*block, *count).expect("copy in range");
+                if let Some((b, c)) = prev_copy {
+                    assert_ne!(b + c, *block, "uncoalesced copies in {ops:?}");
+                }
+                prev_copy = Some((*block, *count));
+                progress.copied += len;
+            }
+            DeltaOp::Literal(bytes) => {
+                assert!(!bytes.is_empty() && bytes.len() <= MAX_LITERAL);
+                prev_copy = None;
+                progress.literal += bytes.len() as u64;
+            }
+        }
+        assert_eq!(*reported, progress, "progress includes the op");
+    }
+    assert_eq!(summary.progress, progress);
+    assert_eq!(progress.scanned(), new.len() as u64);
+    assert_eq!(summary.new_len, new.len() as u64);
+    assert_eq!(summary.ops, ops.len() as u64);
+    let hash = file_hash(new).unwrap();
+    assert_eq!(summary.new_hash, hash);
+    assert_eq!(hash, *blake3::hash(new).as_bytes());
+
+    // Rebuild.
+    let mut out = Vec::new();
+    let applied = apply(Cursor::new(old), layout, ops.iter().cloned(), &mut out).unwrap();
+    assert!(out == new, "rebuilt file differs");
+    assert_eq!(
+        applied,
+        Applied {
+            len: new.len() as u64,
+            hash
+        }
+    );
+    (ops, summary)
+}
+
+fn roundtrip(old: &[u8], new: &[u8], bs: u32) -> (Vec<DeltaOp>, DeltaSummary) {
+    roundtrip_with(old, new, bs, usize::MAX)
+}
+
+fn literal_bytes(s: &DeltaSummary) -> u64 {
+    s.progress.literal
+}
+
+#[test]
+fn block_size_follows_rsync() {
+    assert_eq!(block_size(0), 700);
+    assert_eq!(block_size(490_000), 700);
+    assert_eq!(block_size(490_001), 700);
+    assert_eq!(block_size(704 * 704 - 1), 700);
+    assert_eq!(block_size(704 * 704), 704);
+    assert_eq!(block_size(1 << 20), 1024);
+    assert_eq!(block_size(8 << 20), 2896);
+    assert_eq!(block_size(512 << 20), 23_168);
+    assert_eq!(block_size(1 << 30), 32_768);
+    assert_eq!(block_size((1 << 34) - 1), 131_064);
+    assert_eq!(block_size(1 << 34), MAX_BLOCK_SIZE);
+    assert_eq!(block_size(u64::MAX), MAX_BLOCK_SIZE);
+}
+
+#[test]
+fn signature_sizes() {
+    // (file, blocks, upper bound of the postcard size)
+    let cases: [(u64, u64, u64); 4] = [
+        (1 << 20, 1024, 20 * 1024 + 20),
+        (512 << 20, 23_173, 23_173 * 20 + 20),
+        (1 << 30, 32_768, 32_768 * 20 + 20),
+        (16 << 30, 131_072, 131_072 * 20 + 20),
+    ];
+    for (len, blocks, wire) in cases {
+        assert_eq!(block_count(len, block_size(len)), blocks, "{len}");
+        assert_eq!(signature_wire_len(len), wire, "{len}");
+    }
+    // At most 0.1 % of the file from 512 MiB on.
+    for len in [512u64 << 20, 1 << 30, 16 << 30, 1 << 40] {
+        assert!(signature_wire_len(len) * 1000 <= len, "{len}");
+    }
+    // The real encoding of a 1 MiB file's signature.
+    let data = noise(1, 1 << 20);
+    let sig = Signature::compute(&data[..], data.len() as u64).unwrap();
+    let bytes = postcard::to_allocvec(&sig).unwrap();
+    assert!(bytes.len() as u64 <= signature_wire_len(data.len() as u64));
+    assert!(bytes.len() as u64 >= 1024 * BLOCK_SIG_WIRE_LEN);
+    let back: Signature = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, sig);
+}
+
+#[test]
+fn identical_files_are_one_copy() {
+    let data = noise(2, 1 << 20);
+    let bs = block_size(data.len() as u64);
+    let (ops, s) = roundtrip(&data, &data, bs);
+    assert_eq!(literal_bytes(&s), 0);
+    assert_eq!(
+        ops,
+        vec![DeltaOp::Copy {
+            block: 0,
+            count: 1024
+        }]
+    );
+    // With a short last block too.
+    let data = &data[..data.len() - 100];
+    let (ops, s) = roundtrip(data, data, bs);
+    assert_eq!(literal_bytes(&s), 0);
+    assert_eq!(
+        ops,
+        vec![DeltaOp::Copy {
+            block: 0,
+            count: 1024
+        }]
+    );
+}
+
+#[test]
+fn four_kib_changed_in_the_middle_of_8_mib() {
+    let old = noise(3, 8 << 20);
+    let bs = block_size(old.len() as u64);
+    let mut new = old.clone();
+    let mid = old.len() / 2 + 123;
+    new[mid..mid + 4096].copy_from_slice(&noise(4, 4096));
+    let (ops, s) = roundtrip(&old, &new, bs);
+    assert!(literal_bytes(&s) <= 4096 + 2 * u64::from(bs), "{s:?}");
+    assert_eq!(ops.len(), 3, "copy, literal, copy");
+    assert_eq!(s.false_alarms, 0);
+
+    // 4 KiB inserted instead: everything after shifts.
+    let mut new = old[..mid].to_vec();
+    new.extend_from_slice(&noise(5, 4096));
+    new.extend_from_slice(&old[mid..]);
+    let (_, s) = roundtrip(&old, &new, bs);
+    assert!(literal_bytes(&s) <= 4096 + 2 * u64::from(bs), "{s:?}");
+
+    // 4 KiB deleted.
+    let mut new = old[..mid].to_vec();
+    new.extend_from_slice(&old[mid + 4096..]);
+    let (_, s) = roundtrip(&old, &new, bs);
+    assert!(literal_bytes(&s) <= 2 * u64::from(bs), "{s:?}");
+}
+
+#[test]
+fn one_byte_shift_costs_one_byte() {
+    let old = noise(6, 200_000);
+    let mut new = vec![0x55];
+    new.extend_from_slice(&old);
+    let (ops, s) = roundtrip(&old, &new, 700);
+    assert_eq!(literal_bytes(&s), 1);
+    assert_eq!(ops.len(), 2);
+    // And one byte removed at the start: the first block is lost, nothing more.
+    let (_, s) = roundtrip(&old, &old[1..], 700);
+    assert!(literal_bytes(&s) < 700);
+}
+
+#[test]
+fn appended_data_costs_only_the_appended_bytes() {
+    // 100_000 = 142 × 700 + 600: a short last block, which must match in place.
+    let old = noise(7, 100_000);
+    let mut new = old.clone();
+    new.extend_from_slice(&noise(8, 5000));
+    let (ops, s) = roundtrip(&old, &new, 700);
+    assert_eq!(literal_bytes(&s), 5000);
+    assert_eq!(
+        ops[0],
+        DeltaOp::Copy {
+            block: 0,
+            count: 143
+        }
+    );
+    assert_eq!(ops.len(), 2);
+    // The resume case: the server holds the first part of the file.
+    let (_, s) = roundtrip(&new[..77_777], &new, 700);
+    assert_eq!(literal_bytes(&s), new.len() as u64 - 77_777);
+}
+
+#[test]
+fn truncated_new_file() {
+    let old = noise(9, 100_000);
+    let (ops, s) = roundtrip(&old, &old[..49_750], 700);
+    assert_eq!(literal_bytes(&s), 50);
+    assert_eq!(
+        ops[0],
+        DeltaOp::Copy {
+            block: 0,
+            count: 71
+        }
+    );
+}
+
+#[test]
+fn empty_and_tiny_files() {
+    let data = noise(10, 3000);
+    let (ops, s) = roundtrip(b"", &data, 700);
+    assert_eq!((ops.len(), literal_bytes(&s)), (1, 3000));
+    let (ops, _) = roundtrip(&data, b"", 700);
+    assert!(ops.is_empty());
+    let (ops, s) = roundtrip(b"", b"", 700);
+    assert!(ops.is_empty());
+    assert_eq!(s.new_hash, *blake3::hash(b"").as_bytes());
+
+    // Old shorter than one block: its one short block matches at the start…
+    let old = &data[..100];
+    let (ops, s) = roundtrip(old, &data, 700);
+    assert_eq!(ops[0], DeltaOp::Copy { block: 0, count: 1 });
+    assert_eq!(literal_bytes(&s), 2900);
+    // …and at the end.
+    let mut new = noise(11, 500);
+    new.extend_from_slice(old);
+    let (ops, s) = roundtrip(old, &new, 700);
+    assert_eq!(ops[1], DeltaOp::Copy { block: 0, count: 1 });
+    assert_eq!(literal_bytes(&s), 500);
+    // Old equal to new, shorter than a block.
+    let (ops, _) = roundtrip(old, old, 700);
+    assert_eq!(ops, vec![DeltaOp::Copy { block: 0, count: 1 }]);
+}
+
+#[test]
+fn unrelated_data_is_literal_in_bounded_chunks() {
+    let old = noise(12, 1 << 20);
+    let new = noise(13, (1 << 20) + 12345);
+    let (ops, s) = roundtrip_with(&old, &new, 1024, 7777);
+    assert_eq!(literal_bytes(&s), new.len() as u64);
+    assert_eq!(ops.len(), 5);
+    assert!(ops
+        .iter()
+        .all(|op| matches!(op, DeltaOp::Literal(b) if b.len() <= MAX_LITERAL)));
+}
+
+#[test]
+fn long_literals_between_matches_and_choppy_reads() {
+    // old A B C; new A X(600 KiB) B C: literal runs past MAX_LITERAL between matches, and
+    // the buffer is compacted while reads come in odd pieces.
+    let old = noise(14, 300_000);
+    let mut new = old[..100_000].to_vec();
+    new.extend_from_slice(&noise(15, 600 * 1024));
+    new.extend_from_slice(&old[100_000..]);
+    for step in [1 << 20, 4093, 700, 1] {
+        let (_, s) = roundtrip_with(&old, &new, 1000, step);
+        assert_eq!(literal_bytes(&s), 600 * 1024, "step {step}");
+    }
+}
+
+#[test]
+fn repeated_blocks_coalesce() {
+    // All zeros: every block has the same checksums; the run must still be one op.
+    let old = vec![0u8; 100_000];
+    let new = vec![0u8; 150_000];
+    let (ops, _) = roundtrip(&old, &new, 700);
+    // 150_000 = 100_000 + 71 × 700 + 300, and 300 bytes are too few for the short block.
+    assert_eq!(
+        ops,
+        vec![
+            DeltaOp::Copy {
+                block: 0,
+                count: 143
+            },
+            DeltaOp::Copy {
+                block: 0,
+                count: 71
+            },
+            DeltaOp::Literal(vec![0; 300]),
+        ]
+    );
+}
+
+#[test]
+fn emit_error_stops_the_run() {
+    let old = noise(16, 100_000);
+    let new = noise(17, 100_000);
+    let sig = Signature::compute(&old[..], old.len() as u64).unwrap();
+    let mut calls = 0;
+    let err = Matcher::new(&sig)
+        .unwrap()
+        .run(&new[..], |_, _| {
+            calls += 1;
+            Err(io::Error::other("enough"))
+        })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "enough");
+    assert_eq!(calls, 1);
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let old = noise(18, 10_000);
+    // The reader ends early.
+    let e = Signature::compute(&old[..], 10_001).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+    // Bad block sizes.
+    for bs in [0, MAX_BLOCK_SIZE + 1] {
+        let e = Signature::compute_with_block_size(&old[..], 10_000, bs).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+    // A signature from a peer with the wrong block count.
+    let mut sig = Signature::compute(&old[..], old.len() as u64).unwrap();
+    sig.blocks.pop();
+    assert_eq!(
+        Matcher::new(&sig).unwrap_err().kind(),
+        ErrorKind::InvalidData
+    );
+    sig.file_len = 0;
+    sig.block_size = 0;
+    assert_eq!(sig.validate().unwrap_err().kind(), ErrorKind::InvalidData);
+
+    // Copies out of range, and an old file shorter than its layout.
+    let layout = BlockLayout {
+        block_size: 700,
+        file_len: 10_000,
+    };
+    for (block, count) in [(15, 1), (0, 0), (14, 2), (u32::MAX, u32::MAX)] {
+        let e = apply(
+            Cursor::new(&old),
+            layout,
+            [DeltaOp::Copy { block, count }],
+            io::sink(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{block} {count}");
+    }
+    let e = apply(
+        Cursor::new(&old[..5000]),
+        layout,
+        [DeltaOp::Copy {
+            block: 0,
+            count: 15,
+        }],
+        io::sink(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+    // The last (short) block alone.
+    let mut out = Vec::new();
+    apply(
+        Cursor::new(&old),
+        layout,
+        [DeltaOp::Copy {
+            block: 14,
+            count: 1,
+        }],
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, &old[9800..]);
+}
+
+#[test]
+fn cost_model() {
+    let rt = DEFAULT_ROUND_TRIP_BYTES;
+    assert!(!delta_worthwhile(10_000, 10_000, rt));
+    assert!(!delta_worthwhile(1 << 30, 1000, rt));
+    assert!(delta_worthwhile(1 << 20, 1 << 20, rt));
+    assert!(delta_worthwhile(1 << 30, 1 << 30, rt));
+    // A small old file can save little against a large new one's round trip.
+    assert!(!delta_worthwhile(100 << 10, 1 << 30, rt));
+    // A slow-to-answer link (4 MiB per round trip) needs larger files.
+    assert!(!delta_worthwhile(8 << 20, 8 << 20, 4 << 20));
+    assert!(delta_worthwhile(64 << 20, 64 << 20, 4 << 20));
+
+    let p = |copied, literal| DeltaProgress { copied, literal };
+    assert!(!should_fall_back(&p(0, 1 << 20)));
+    assert!(should_fall_back(&p(0, 16 << 20)));
+    assert!(should_fall_back(&p(1 << 20, 15 << 20)));
+    assert!(!should_fall_back(&p(4 << 20, 12 << 20)));
+}
+
+/// An edit of a file, positions taken modulo its length at the time.
+#[derive(Debug, Clone)]
+enum Edit {
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+    Replace(usize, Vec<u8>),
+    Append(Vec<u8>),
+    Truncate(usize),
+    ShiftByOne(u8),
+}
+
+fn edit(mut data: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for e in edits {
+        let at = |p: usize| {
+            if data.is_empty() {
+                0
+            } else {
+                p % (data.len() + 1)
+            }
+        };
+        match e {
+            Edit::Insert(p, bytes) => {
+                let p = at(*p);
+                data.splice(p..p, bytes.iter().copied());
+            }
+            Edit::Delete(p, n) => {
+                let p = at(*p);
+                let end = (p + n).min(data.len());
+                data.drain(p..end);
+            }
+            Edit::Replace(p, bytes) => {
+                let p = at(*p);
+                let end = (p + bytes.len()).min(data.len());
+                data.splice(p..end, bytes.iter().copied());
+            }
+            Edit::Append(bytes) => data.extend_from_slice(bytes),
+            Edit::Truncate(n) => {
+                let keep = at(*n);
+                data.truncate(keep);
+            }
+            Edit::ShiftByOne(b) => data.insert(0, *b),
+        }
+    }
+    data
+}
+
+/// Bytes of either full entropy or two values only (many equal blocks, weak collisions).
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..max),
+        proptest::collection::vec(0u8..2, 0..max),
+    ]
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let e = prop_oneof![
+        (any::<usize>(), bytes(200)).prop_map(|(p, b)| Edit::Insert(p, b)),
+        (any::<usize>(), 0usize..300).prop_map(|(p, n)| Edit::Delete(p, n)),
+        (any::<usize>(), bytes(200)).prop_map(|(p, b)| Edit::Replace(p, b)),
+        bytes(300).prop_map(Edit::Append),
+        any::<usize>().prop_map(Edit::Truncate),
+        any::<u8>().prop_map(Edit::ShiftByOne),
+    ];
+    proptest::collection::vec(e, 0..5)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn edited_files_rebuild(
+        old in bytes(4000),
+        edits in edits(),
+        bs in prop_oneof![1u32..8, 8u32..200, Just(700)],
+        step in prop_oneof![Just(usize::MAX), 1usize..300],
+    ) {
+        let new = edit(old.clone(), &edits);
+        let (_, s) = roundtrip_with(&old, &new, bs, step);
+        if edits.is_empty() {
+            prop_assert_eq!(s.progress.literal, 0);
+        }
+    }
+
+    #[test]
+    fn unrelated_files_rebuild(
+        old in bytes(3000),
+        new in bytes(3000),
+        bs in 1u32..100,
+    ) {
+        roundtrip(&old, &new, bs);
+    }
+
+    #[test]
+    fn identical_files_have_no_literal(old in bytes(5000), bs in 1u32..1000) {
+        let (ops, s) = roundtrip(&old, &old, bs);
+        prop_assert_eq!(s.progress.literal, 0);
+        // Unique blocks (or equal ones, preferring the next) give a single run.
+        if !old.is_empty() {
+            prop_assert_eq!(ops.len(), 1);
+        }
+    }
+
+    #[test]
+    fn block_size_is_monotone_and_bounded(a in any::<u64>(), b in any::<u64>()) {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let (x, y) = (block_size(lo), block_size(hi));
+        prop_assert!(x <= y);
+        for s in [x, y] {
+            prop_assert!((MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&s));
+            prop_assert!(s == MIN_BLOCK_SIZE || s % 8 == 0);
+        }
+        // ⌊√len⌋ rounded down to 8, between the bounds.
+        if hi < 1 << 34 {
+            prop_assert_eq!(u64::from(y), (hi.isqrt() & !7).max(700));
+        }
+    }
+}
