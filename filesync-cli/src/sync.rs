@@ -253,6 +253,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "deleted": r.deleted,
             "deletions_held_back": r.held_back,
             "files_resumed": r.resumed,
+            "files_delta": r.deltas,
             "excluded": r.excluded,
             "skipped_sockets": r.sockets,
             "skipped_devices": r.devices,

@@ -381,6 +381,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 size: 2048,
                 mtime: t(T0, 123_456_789),
                 mode: 0o644,
+                delta: false,
                 offset: 0,
             }),
         )?,
@@ -393,6 +394,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 size: 1 << 30,
                 mtime: t(T0, 0),
                 mode: 0o600,
+                delta: false,
                 offset: 0,
             }),
         )?,
@@ -406,7 +408,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
         client(
             "file-end",
             "FILE_END: the open file is complete and was unchanged while read.",
-            ClientMsg::FileEnd(FileEnd {}),
+            ClientMsg::FileEnd(FileEnd { hash: None }),
         )?,
         client(
             "file-abort",
@@ -1267,7 +1269,7 @@ fn session_vector() -> Res<(String, String)> {
             server.on_data(content.len())?;
             let end = client.file_end(task, content.len() as u64);
             push("client", end.kind(), frame_hex(&end)?);
-            let Listed::File(mut s, Receive::Commit(done)) =
+            let Listed::File(mut s, Receive::Commit(done, _)) =
                 server.on_message(end, &mut index, &mut |op| ops.push(op))?
             else {
                 return Err("server did not commit notes.txt".into());
@@ -1481,7 +1483,7 @@ fn sparse_session_vector() -> Res<(String, String)> {
         };
         let end = client.file_end(task, sent as u64);
         push("client", end.kind(), frame_hex(&end)?);
-        let Receipt::Receiving(mut s, Receive::Commit(done)) = server.on_message(end)? else {
+        let Receipt::Receiving(mut s, Receive::Commit(done, _)) = server.on_message(end)? else {
             return Err("server did not commit a file".into());
         };
         let r = s.file_result(done, Outcome::Stored);

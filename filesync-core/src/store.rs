@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
+use crate::delta::{self, Applier, BlockLayout, Signature};
 use crate::messages::{
     stored_mode_bits, EntryKind, ErrorCode, FileHeader, Hash, Outcome, ResumeAt, MODE_BITS,
     SETID_BITS,
@@ -59,6 +60,9 @@ pub struct Store {
     /// Where the beginnings of files an interrupted session was receiving are kept, to
     /// be resumed (see [`Store::resume_offers`]).
     partials: PathBuf,
+    /// Where block signatures of stored files are cached, for deltas (see
+    /// [`Store::delta_bases`]).
+    sigs: PathBuf,
     seq: AtomicU64,
     /// This process's id, naming its temporary files.
     pid: u32,
@@ -106,6 +110,8 @@ impl Store {
         let partials = root.join(".filesync").join("partial");
         fs::create_dir_all(&partials)?;
         purge_partials(&partials);
+        let sigs = root.join(".filesync").join("sigs");
+        fs::create_dir_all(&sigs)?;
         // Probed in the temporary directory, on the root's filesystem (temporary files are
         // renamed into client folders, which only works on one filesystem).
         let mtime_precision = match crate::precision::detect(&tmp) {
@@ -125,6 +131,7 @@ impl Store {
             tmp,
             spools,
             partials,
+            sigs,
             seq: AtomicU64::new(0),
             pid: std::process::id(),
             slow_disk: std::env::var(SLOW_DISK_ENV)
@@ -269,6 +276,37 @@ impl Store {
         out
     }
 
+    /// Block signatures of the copies the store holds of `paths` (the files a `TASKS`
+    /// asks for), for the client to send deltas against: for regular files of at least
+    /// [`SIGN_MIN`] bytes whose signature fits a frame, at most [`BASES_PER_TASKS`]. A
+    /// signature comes from the cache written when the file was stored, or, if that is
+    /// missing or stale (a file stored before, or changed by hand), is computed now and
+    /// cached.
+    pub fn delta_bases(&self, id: &ClientId, paths: &[RelPath]) -> Vec<(RelPath, Signature)> {
+        let dir = self.client_dir(id);
+        let cache = self.sigs.join(id.folder_name());
+        let mut out = Vec::new();
+        for p in paths {
+            if out.len() == BASES_PER_TASKS {
+                break;
+            }
+            let real = std::iter::once(dir.clone())
+                .chain(p.ancestors().map(|a| a.to_path(&dir)))
+                .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
+            let Ok(m) = fs::symlink_metadata(p.to_path(&dir)) else {
+                continue;
+            };
+            if !real || !m.is_file() || m.len() < SIGN_MIN || !signature_fits(m.len()) {
+                continue;
+            }
+            match signature_of(&cache, &dir, p) {
+                Ok(sig) => out.push((p.clone(), sig)),
+                Err(e) => tracing::debug!(path = %p, error = %e, "no signature; sent whole"),
+            }
+        }
+        out
+    }
+
     /// A writer for one session of `id`. `report` is called, from another thread, with
     /// the outcome of every file once it is settled: stored (durable and in place) or
     /// rejected.
@@ -299,6 +337,7 @@ impl Store {
             mode_mask: self.mode_mask,
             checked: !rustix::process::geteuid().is_root(),
             loosened: Vec::new(),
+            sigs: self.sigs.join(id.folder_name()),
         };
         let thread = std::thread::Builder::new()
             .name("filesync-placer".into())
@@ -317,6 +356,7 @@ impl Store {
             })?;
         Ok(Receiver {
             store: self,
+            id: id.clone(),
             partials: self.partials.join(id.folder_name()),
             open: None,
             staged: Vec::new(),
@@ -487,7 +527,7 @@ enum Open {
         mode: Option<u32>,
         size: u64,
         temp: PathBuf,
-        file: File,
+        file: Sink,
         /// A hole was skipped: the file is given its full size at the end, so a trailing
         /// hole exists too.
         sparse: bool,
@@ -496,6 +536,24 @@ enum Open {
     },
     /// Opening or writing failed; the rest of the content is dropped and the file rejected.
     Failed { path: RelPath, error: String },
+}
+
+/// Where the content of the open file goes.
+#[derive(Debug)]
+enum Sink {
+    /// Straight into the temporary file.
+    Plain(File),
+    /// Rebuilt from the server's copy and the delta's literal bytes (hashed as written).
+    Delta(Box<Applier<File, File>>),
+}
+
+impl Sink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(f) => f.write_all(data),
+            Sink::Delta(a) => a.literal(data),
+        }
+    }
 }
 
 /// A written, closed temporary file waiting for its batch's sync and rename.
@@ -535,6 +593,7 @@ type JobSender = std::sync::mpsc::SyncSender<Job>;
 #[derive(Debug)]
 pub struct Receiver<'a> {
     store: &'a Store,
+    id: ClientId,
     /// `<root>/.filesync/partial/client_<id>`.
     partials: PathBuf,
     open: Option<Open>,
@@ -577,6 +636,8 @@ struct Placer {
     checked: bool,
     /// Directories opened up (see [`Placer::loosen`]) and the modes to give back.
     loosened: Vec<(PathBuf, u32)>,
+    /// `<root>/.filesync/sigs/client_<id>`: the signatures of stored files.
+    sigs: PathBuf,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> Outcome {
@@ -594,20 +655,39 @@ impl Receiver<'_> {
         self.discard();
         let temp = self.store.temp_path();
         let (data, meta) = partial_paths(&self.partials, &h.path);
-        let opened = if h.offset > 0 {
+        let opened = if h.delta {
+            // A delta: the file is rebuilt from the copy held now and what the client sends.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .and_then(|out| {
+                    let base = self.base(&h.path)?;
+                    let len = base.metadata()?.len();
+                    let layout = BlockLayout {
+                        block_size: delta::block_size(len),
+                        file_len: len,
+                    };
+                    Ok(Sink::Delta(Box::new(Applier::new(base, layout, out)?)))
+                })
+        } else if h.offset > 0 {
             // Resumed: what an interrupted session received becomes the temporary file.
             let _ = fs::remove_file(&meta);
             fs::rename(&data, &temp).and_then(|()| {
                 let mut f = OpenOptions::new().write(true).open(&temp)?;
                 f.set_len(h.offset)?;
                 io::Seek::seek(&mut f, io::SeekFrom::Start(h.offset))?;
-                Ok(f)
+                Ok(Sink::Plain(f))
             })
         } else {
             // Sent whole: whatever was held of an older version is of no use.
             let _ = fs::remove_file(&meta);
             let _ = fs::remove_file(&data);
-            OpenOptions::new().write(true).create_new(true).open(&temp)
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map(Sink::Plain)
         };
         self.open = Some(match opened {
             Ok(file) => Open::Writing {
@@ -669,9 +749,12 @@ impl Receiver<'_> {
         }) = &mut self.open
         {
             *pos += len;
-            let r = i64::try_from(len)
-                .map_err(io::Error::other)
-                .and_then(|n| file.seek(io::SeekFrom::Current(n)));
+            let r = match file {
+                Sink::Plain(f) => i64::try_from(len)
+                    .map_err(io::Error::other)
+                    .and_then(|n| f.seek(io::SeekFrom::Current(n))),
+                Sink::Delta(_) => Err(io::Error::other("a hole in a delta")),
+            };
             *sparse = true;
             if let Err(e) = r {
                 let path = path.clone();
@@ -684,6 +767,54 @@ impl Receiver<'_> {
         }
     }
 
+    /// In a delta, copies `count` blocks from `block` of the server's copy into the open
+    /// file.
+    pub fn copy(&mut self, block: u32, count: u32) {
+        if let Some(Open::Writing {
+            path,
+            temp,
+            file,
+            pos,
+            ..
+        }) = &mut self.open
+        {
+            let r = match file {
+                Sink::Delta(a) => {
+                    let before = a.written();
+                    let r = a.copy(block, count);
+                    *pos += a.written() - before;
+                    r
+                }
+                Sink::Plain(_) => Err(io::Error::other("COPY outside a delta")),
+            };
+            if let Err(e) = r {
+                let path = path.clone();
+                let _ = fs::remove_file(&*temp);
+                self.open = Some(Open::Failed {
+                    path,
+                    error: format!("copying blocks of the stored copy: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The copy of `rel` the store holds now, opened for reading: the base of a delta.
+    /// Never through a symlink.
+    fn base(&self, rel: &RelPath) -> io::Result<File> {
+        let dir = self.store.client_dir(&self.id);
+        let real = std::iter::once(dir.clone())
+            .chain(rel.ancestors().map(|a| a.to_path(&dir)))
+            .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
+        if !real {
+            return Err(io::Error::other("no stored copy to apply a delta to"));
+        }
+        let f = walk::open_nofollow(&rel.to_path(&dir))?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other("the stored copy is not a regular file"));
+        }
+        Ok(f)
+    }
+
     /// Drops the open file, if any.
     pub fn discard(&mut self) {
         if let Some(Open::Writing { temp, .. }) = self.open.take() {
@@ -693,7 +824,7 @@ impl Receiver<'_> {
 
     /// Completes the open file: gives it its mtime and stages it; a full batch goes to the
     /// placer. A file that failed is returned rejected at once.
-    pub fn commit(&mut self) -> Vec<(RelPath, Outcome)> {
+    pub fn commit(&mut self, hash: Option<Hash>) -> Vec<(RelPath, Outcome)> {
         match self.open.take() {
             None => Vec::new(),
             Some(Open::Failed { path, error }) => vec![(path, rejected(ErrorCode::STORAGE, error))],
@@ -707,6 +838,29 @@ impl Receiver<'_> {
                 sparse,
                 ..
             }) => {
+                let file = match file {
+                    Sink::Plain(f) => Ok(f),
+                    // A rebuilt file is kept only if it is the client's, byte for byte.
+                    Sink::Delta(a) => a
+                        .finish()
+                        .map_err(|e| format!("rebuilding from the delta: {e}"))
+                        .and_then(|(applied, f)| {
+                            if hash == Some(Hash(applied.hash)) && applied.len == size {
+                                Ok(f)
+                            } else {
+                                Err("the file rebuilt from the delta differs from the client's \
+                                     (its hash does not match); it will be sent whole next sync"
+                                    .to_owned())
+                            }
+                        }),
+                };
+                let file = match file {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = fs::remove_file(&temp);
+                        return vec![(path, rejected(ErrorCode::STORAGE, e))];
+                    }
+                };
                 let t = filetime::FileTime::from_unix_time(mtime.secs, mtime.nanos);
                 let done = (if sparse { file.set_len(size) } else { Ok(()) })
                     .map_err(|e| format!("sizing: {e}"))
@@ -788,7 +942,14 @@ impl Placer {
                         rejected(ErrorCode::STORAGE, format!("syncing: {e}"))
                     }
                     Ok(()) => match self.place(&s.temp, &s.path) {
-                        Ok(()) => Outcome::Stored,
+                        Ok(()) => {
+                            // Signed now, while the file is in the page cache, so that a
+                            // delta against it later need not read it whole again.
+                            if let Err(e) = signature_of(&self.sigs, &self.dir, &s.path) {
+                                tracing::debug!(path = %s.path, error = %e, "cannot sign");
+                            }
+                            Outcome::Stored
+                        }
                         Err(e) => {
                             let _ = fs::remove_file(&s.temp);
                             rejected(ErrorCode::STORAGE, format!("moving into place: {e}"))
@@ -1177,6 +1338,11 @@ impl Receiver<'_> {
         else {
             return;
         };
+        let Sink::Plain(file) = file else {
+            // A half-rebuilt delta is no beginning of the file to resume.
+            let _ = fs::remove_file(&temp);
+            return;
+        };
         if pos < RESUME_MIN {
             let _ = fs::remove_file(&temp);
             return;
@@ -1255,6 +1421,60 @@ fn ensure_dir(p: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(p),
         Err(e) => Err(e),
     }
+}
+
+/// Files smaller than this get no block signature and are always sent whole: below it a
+/// delta saves less than its round trip and signature cost.
+pub const SIGN_MIN: u64 = 1 << 20;
+
+/// Signatures sent with one `TASKS`, at most (a client holds a bounded number at once).
+pub const BASES_PER_TASKS: usize = 8;
+
+/// Whether the signature of a file of `len` bytes fits in one frame with room to spare.
+fn signature_fits(len: u64) -> bool {
+    delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
+}
+
+/// What a cached signature is of: the stored file's size and mtime when signed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedSig {
+    size: u64,
+    mtime: MTime,
+    signature: Signature,
+}
+
+/// The signature of the stored file `rel` under `dir`: from the cache in `cache` if it
+/// matches the file's size and mtime, otherwise computed (reading the file once) and
+/// cached. Files too small or too large to sign are an error.
+fn signature_of(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<Signature> {
+    let f = walk::open_nofollow(&rel.to_path(dir))?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.len() < SIGN_MIN || !signature_fits(m.len()) {
+        return Err(io::Error::other("not a file to sign"));
+    }
+    let mtime = walk::mtime_of(&m);
+    let key = hex::encode(&blake3::hash(rel.as_bytes()).as_bytes()[..16]);
+    let path = cache.join(format!("{key}.sig"));
+    if let Ok(c) = fs::read(&path)
+        .map_err(|_| ())
+        .and_then(|b| postcard::from_bytes::<CachedSig>(&b).map_err(|_| ()))
+    {
+        if c.size == m.len() && c.mtime == mtime && c.signature.validate().is_ok() {
+            return Ok(c.signature);
+        }
+    }
+    let signature = Signature::compute(&f, m.len())?;
+    let bytes = postcard::to_stdvec(&CachedSig {
+        size: m.len(),
+        mtime,
+        signature: signature.clone(),
+    })
+    .map_err(io::Error::other)?;
+    fs::create_dir_all(cache)?;
+    let tmp = path.with_extension("sig.tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(tmp, &path)?;
+    Ok(signature)
 }
 
 /// What an interrupted session must have received of a file for its beginning to be
@@ -1368,6 +1588,7 @@ mod tests {
             size,
             mtime: MTime::new(1_600_000_000, 123_456_789).unwrap(),
             mode: 0o644,
+            delta: false,
             offset: 0,
         }
     }
@@ -1384,7 +1605,7 @@ mod tests {
         let dest = root.path().join("client_a/d/x.txt");
         assert!(!dest.exists(), "nothing under the final name before commit");
         r.write(b"lo");
-        assert!(r.commit().is_empty(), "staged, not yet placed");
+        assert!(r.commit(None).is_empty(), "staged, not yet placed");
         assert!(!dest.exists());
         r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert_eq!(
@@ -1415,7 +1636,7 @@ mod tests {
         let mut r = store.receiver(&id, report).unwrap();
         r.open_default(&header("whole", 1));
         r.write(b"1");
-        r.commit();
+        r.commit(None);
         r.open_default(&header("partial", 10));
         r.write(b"12");
         drop(r);
@@ -1443,7 +1664,7 @@ mod tests {
         let mut r = store.receiver(&id, report).unwrap();
         r.open_default(&header("d/x.txt", 1));
         r.write(b"!");
-        r.commit();
+        r.commit(None);
         let tail = Tail {
             delete: vec![RelPath::parse("d/victim").unwrap()],
             ..Tail::default()
@@ -1469,7 +1690,7 @@ mod tests {
         let mut r = store.receiver(&id, |_| {}).unwrap();
         r.open_default(&header("d/f", 1));
         r.write(b"1");
-        r.commit();
+        r.commit(None);
         let when = MTime::new(1_500_000_000, 42).unwrap();
         let tail = Tail {
             make_dirs: vec![RelPath::parse("d/empty").unwrap()],
@@ -1509,7 +1730,7 @@ mod tests {
         let mut r = store.receiver(&id, report).unwrap();
         r.open_default(&header("a", 2));
         r.write(b"hi");
-        r.commit();
+        r.commit(None);
         let Applied { errors, .. } = r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert_eq!(seen.lock().unwrap()[0].1, Outcome::Stored);
         assert!(errors.is_empty());
@@ -1554,7 +1775,7 @@ mod tests {
             for (name, mode) in [("key", 0o600), ("script", 0o755), ("suid", 0o4755)] {
                 r.open(&header(name, 1), Some(mode));
                 r.write(b"x");
-                r.commit();
+                r.commit(None);
             }
             let tail = Tail {
                 specials: vec![TailOp::Fifo(p("fifo"), 0o2640, MTime::EPOCH)],
@@ -1642,7 +1863,7 @@ mod tests {
         r.skip(size / 2);
         r.write(b"data");
         r.skip(size / 2 - 4);
-        r.commit();
+        r.commit(None);
         let Applied { errors, .. } = r.finish(spool(&store, Tail::default()), &DeleteBudget::All);
         assert!(errors.is_empty(), "{errors:?}");
         let m = fs::metadata(root.path().join("client_a/sparse")).unwrap();

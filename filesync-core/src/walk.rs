@@ -5,7 +5,7 @@
 //! sockets and device files are skipped and counted, since a file copy cannot hold them.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -272,7 +272,7 @@ pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
 
 /// Opens for reading without following a symlink in the last component: a link that
 /// replaced a listed file after the listing must not be read through.
-fn open_nofollow(path: &Path) -> io::Result<File> {
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
     let fd = rustix::fs::open(
         path,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
@@ -298,6 +298,31 @@ pub(crate) fn mtime_of(m: &std::fs::Metadata) -> MTime {
         .ok()
         .and_then(MTime::from_system)
         .unwrap_or(MTime::EPOCH)
+}
+
+/// [`Source::reader`].
+struct SourceReader<'a> {
+    src: &'a mut Source,
+}
+
+impl Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.src.expect.size - self.src.read;
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.src.file.read_at(&mut buf[..want], self.src.read)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "shrank while being read",
+            ));
+        }
+        self.src.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// Why a file could not be sent as listed.
@@ -403,8 +428,15 @@ impl Source {
     /// BLAKE3 of the file's first `len` bytes (positioned reads: the read position is not
     /// moved). Fails if the file is shorter.
     pub fn prefix_hash(&self, len: u64) -> io::Result<crate::messages::Hash> {
-        use std::os::unix::fs::FileExt;
         let mut h = blake3::Hasher::new();
+        self.hash_into(len, &mut h)?;
+        Ok(crate::messages::Hash(*h.finalize().as_bytes()))
+    }
+
+    /// Feeds the file's first `len` bytes to `h` (positioned reads). Fails if the file is
+    /// shorter.
+    pub fn hash_into(&self, len: u64, h: &mut blake3::Hasher) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;
         while off < len {
@@ -421,7 +453,30 @@ impl Source {
             h.update(&buf[..n]);
             off += n as u64;
         }
-        Ok(crate::messages::Hash(*h.finalize().as_bytes()))
+        Ok(())
+    }
+
+    /// Whether the file may have holes (it is then read as data and holes, never as a
+    /// delta).
+    pub fn may_be_sparse(&self) -> bool {
+        self.sparse
+    }
+
+    /// The bytes from the read position to the listed size, read in order (positioned
+    /// reads); ends early with `UnexpectedEof` if the file shrank. Moves the read
+    /// position. Check the file with [`check_unchanged`](Self::check_unchanged) after.
+    pub fn reader(&mut self) -> impl Read + '_ {
+        SourceReader { src: self }
+    }
+
+    /// Checks that the file still has its listed size and mtime, after reading it.
+    pub fn check_unchanged(&self) -> Result<(), ReadError> {
+        self.check("after reading").map(drop)
+    }
+
+    /// The read position: bytes of the file read or skipped so far.
+    pub fn position(&self) -> u64 {
+        self.read
     }
 
     /// Continues from `offset` (of a resumed file): what comes before is not read.

@@ -10,9 +10,9 @@ use filesync_core::codec::native::{ClientCodec, NativeCodec, ServerCodec};
 use filesync_core::codec::{CodecError, Frame, DATA_CHUNK, MAX_FRAME_LEN};
 use filesync_core::messages::seed;
 use filesync_core::messages::{
-    ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
-    FileHeader, FileResult, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
-    Ready, ServerMsg, Tasks, TransferEnd, Welcome,
+    ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort,
+    FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome,
+    PlanEnd, Queued, Ready, ServerMsg, Tasks, TransferEnd, Welcome,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::time::{MTime, SeedTime};
@@ -119,17 +119,30 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop::collection::vec(entry, 0..6)
             .prop_map(|entries| ClientMsg::Manifest(Manifest { entries })),
         any::<u64>().prop_map(|entries| ClientMsg::ManifestEnd(ManifestEnd { entries })),
-        (byte_path(), any::<u64>(), mtime(), any::<u32>()).prop_map(|(path, size, mtime, mode)| {
-            ClientMsg::FileHeader(FileHeader {
-                path,
-                size,
-                mtime,
-                mode,
-                offset: 0,
-            })
-        }),
+        (
+            byte_path(),
+            any::<u64>(),
+            mtime(),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(|(path, size, mtime, mode, delta)| {
+                ClientMsg::FileHeader(FileHeader {
+                    path,
+                    size,
+                    mtime,
+                    mode,
+                    delta,
+                    offset: 0,
+                })
+            }),
         (1u64..).prop_map(|len| ClientMsg::Hole(Hole { len })),
-        Just(ClientMsg::FileEnd(FileEnd {})),
+        (any::<u32>(), 1u32..)
+            .prop_map(|(block, count)| ClientMsg::Copy(CopyBlocks { block, count })),
+        Just(ClientMsg::FileEnd(FileEnd { hash: None })),
+        any::<[u8; 32]>().prop_map(|h| ClientMsg::FileEnd(FileEnd {
+            hash: Some(Hash(h))
+        })),
         (rel_path(), text())
             .prop_map(|(path, reason)| ClientMsg::FileAbort(FileAbort { path, reason })),
         Just(ClientMsg::TransferEnd(TransferEnd {})),
@@ -337,12 +350,13 @@ fn sample_client_frames() -> Vec<Frame<ClientMsg>> {
             size: 5,
             mtime: t,
             mode: 0o644,
+            delta: false,
             offset: 0,
         })),
         Frame::Data(Bytes::from_static(b"he")),
         Frame::Data(Bytes::new()),
         Frame::Data(Bytes::from_static(b"\0\0\x01\xff")),
-        Frame::Msg(ClientMsg::FileEnd(FileEnd {})),
+        Frame::Msg(ClientMsg::FileEnd(FileEnd { hash: None })),
         Frame::Msg(ClientMsg::FileAbort(FileAbort {
             path: p,
             reason: "vanished".into(),

@@ -245,11 +245,12 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                     size,
                     mtime,
                     mode,
+                    delta: false,
                     offset,
                 })
             }),
         any::<u64>().prop_map(|len| ClientMsg::Hole(Hole { len })),
-        Just(ClientMsg::FileEnd(FileEnd {})),
+        Just(ClientMsg::FileEnd(FileEnd { hash: None })),
         (rel_path(), text())
             .prop_map(|(path, reason)| ClientMsg::FileAbort(FileAbort { path, reason })),
         Just(ClientMsg::TransferEnd(TransferEnd {})),
@@ -1492,7 +1493,7 @@ impl Model {
             ClientMsg::FileEnd(_) => match self.open.take() {
                 Some((p, size, got)) if size == got => {
                     self.committed.push(p.clone());
-                    Some(Receive::Commit(p))
+                    Some(Receive::Commit(p, None))
                 }
                 _ => None,
             },
@@ -1534,6 +1535,7 @@ enum Expect {
     Received,
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Session {
     Listing(Box<Server<Listing>>),
     Receiving(Server<Receiving>),
@@ -1668,6 +1670,7 @@ fn drive_session(
                     size: *size,
                     mtime: t0(),
                     mode: 0o644,
+                    delta: false,
                     offset: if *zero { 0 } else { 1 },
                 }))
             }
@@ -1678,7 +1681,7 @@ fn drive_session(
                 };
                 Some(ClientMsg::Hole(Hole { len }))
             }
-            Step::FileEnd => Some(ClientMsg::FileEnd(FileEnd {})),
+            Step::FileEnd => Some(ClientMsg::FileEnd(FileEnd { hash: None })),
             Step::Abort(i, open, raw) => {
                 let path = match (raw, &model.open, model.requested.is_empty()) {
                     (Some(p), _, _) => p.clone(),
@@ -1985,9 +1988,9 @@ proptest! {
                             vec![ClientMsg::FileAbort(FileAbort { path, reason: String::new() })]
                         } else {
                             vec![
-                                ClientMsg::FileHeader(FileHeader { path, size: 1, mtime: t0(), mode: 0o644, offset: 0 }),
+                                ClientMsg::FileHeader(FileHeader { path, size: 1, mtime: t0(), mode: 0o644, delta: false, offset: 0 }),
                                 ClientMsg::Hole(Hole { len: 1 }),
-                                ClientMsg::FileEnd(FileEnd {}),
+                                ClientMsg::FileEnd(FileEnd { hash: None }),
                             ]
                         };
                         for m in msgs {
@@ -2388,6 +2391,7 @@ fn store_sessions(
                         size: content.len() as u64,
                         mtime: *mtime,
                         mode: mode.unwrap_or(0o644),
+                        delta: false,
                         offset: 0,
                     };
                     r.open(&h, *mode);
@@ -2399,7 +2403,7 @@ fn store_sessions(
                     }
                     match close {
                         Close::Commit => {
-                            at_once.extend(r.commit());
+                            at_once.extend(r.commit(None));
                             committed.push((path.clone(), content, *mtime, *mode));
                         }
                         Close::Discard => r.discard(),

@@ -131,7 +131,7 @@ prop_compose! {
 prop_compose! {
     fn file_header()(path in rel_path(), size in any::<u64>(), mtime in mtime(), mode in any::<u32>(), offset in any::<u64>())
         -> FileHeader {
-        FileHeader { path, size, mtime, mode, offset }
+        FileHeader { path, size, mtime, mode, delta: false, offset }
     }
 }
 
@@ -186,7 +186,7 @@ fn client_msg_variants() -> Vec<BoxedStrategy<ClientMsg>> {
             .prop_map(|entries| ClientMsg::ManifestEnd(ManifestEnd { entries }))
             .boxed(),
         file_header().prop_map(ClientMsg::FileHeader).boxed(),
-        Just(ClientMsg::FileEnd(FileEnd {})).boxed(),
+        Just(ClientMsg::FileEnd(FileEnd { hash: None })).boxed(),
         (rel_path(), text())
             .prop_map(|(path, reason)| ClientMsg::FileAbort(FileAbort { path, reason }))
             .boxed(),

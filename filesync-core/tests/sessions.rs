@@ -567,7 +567,7 @@ fn full_session(enc: Encoding, id: Option<&str>) {
         let end = wire.up(client.file_end(task, e.size));
         let (s, r) = recv(server, end);
         server = s;
-        assert_eq!(r, Receive::Commit(path.clone()));
+        assert_eq!(r, Receive::Commit(path.clone(), None));
         let (name, bytes) = store.open.take().unwrap();
         let outcome = if path == rejected {
             Outcome::Rejected {
@@ -727,7 +727,7 @@ fn files_aborted_by_the_client_alone_and_after_a_header() {
         let (mut server, _) = recv(server, wire.up(client.header(&c, &file("-", 3, t0()))));
         server.on_data(wire.up_data(b"abc").len()).unwrap();
         let (mut server, r) = recv(server, wire.up(client.file_end(c, 3)));
-        assert_eq!(r, Receive::Commit(p("c")));
+        assert_eq!(r, Receive::Commit(p("c"), None));
         client
             .on_message(wire.down(server.file_result(p("c"), Outcome::Stored)))
             .unwrap();
@@ -832,7 +832,7 @@ fn the_manifest_window_interleaves_listing_and_files() {
             let server::Listed::File(s, r) = plan.feed(server, end).unwrap() else {
                 panic!()
             };
-            assert!(matches!(r, Receive::Commit(_)));
+            assert!(matches!(r, Receive::Commit(..)));
             server = s;
             sent += 1;
         }
@@ -1003,6 +1003,7 @@ fn server_refuses_messages_out_of_order() {
             size: 5,
             mtime: t0(),
             mode: 0o644,
+            delta: false,
             offset: 0,
         })
     };
@@ -1042,7 +1043,7 @@ fn server_refuses_messages_out_of_order() {
         assert!(data_error(plan.feed(server, wire.up(header()))).contains("not requested"));
         let (_, server, mut plan, mut wire) = ready(params(enc, None, false), &[]);
         assert_eq!(
-            unexpected(plan.feed(server, wire.up(ClientMsg::FileEnd(FileEnd {})))),
+            unexpected(plan.feed(server, wire.up(ClientMsg::FileEnd(FileEnd { hash: None })))),
             ("FILE_HEADER", "FILE_END")
         );
         // Receiving: only files.
@@ -1067,7 +1068,7 @@ fn server_refuses_messages_out_of_order() {
         let Planned {
             server, mut wire, ..
         } = small_planned(enc);
-        let msg = wire.up(ClientMsg::FileEnd(FileEnd {}));
+        let msg = wire.up(ClientMsg::FileEnd(FileEnd { hash: None }));
         assert_eq!(
             unexpected(server.on_message(msg)),
             ("FILE_HEADER", "FILE_END")
@@ -1124,6 +1125,7 @@ fn with_open_file(enc: Encoding) -> (Server<Receiving>, Wire) {
         size: 5,
         mtime: t0(),
         mode: 0o644,
+        delta: false,
         offset: 0,
     }));
     let (server, r) = recv(server, h);
@@ -1137,6 +1139,7 @@ fn header(path: &str, size: u64) -> ClientMsg {
         size,
         mtime: t0(),
         mode: 0o644,
+        delta: false,
         offset: 0,
     })
 }
@@ -1165,8 +1168,8 @@ fn data_with_no_open_file_is_refused() {
     // Nor after the file was committed.
     let (mut server, mut wire) = with_open_file(Encoding::Postcard);
     server.on_data(wire.up_data(b"abcde").len()).unwrap();
-    let (mut server, r) = recv(server, wire.up(ClientMsg::FileEnd(FileEnd {})));
-    assert_eq!(r, Receive::Commit(p("d/a")));
+    let (mut server, r) = recv(server, wire.up(ClientMsg::FileEnd(FileEnd { hash: None })));
+    assert_eq!(r, Receive::Commit(p("d/a"), None));
     data_error(server.on_data(wire.up_data(b"f").len()));
 }
 
@@ -1175,7 +1178,8 @@ fn file_end_short_of_the_size_is_refused() {
     for enc in ENCODINGS {
         let (mut server, mut wire) = with_open_file(enc);
         server.on_data(wire.up_data(b"abcd").len()).unwrap();
-        let err = data_error(server.on_message(wire.up(ClientMsg::FileEnd(FileEnd {}))));
+        let err =
+            data_error(server.on_message(wire.up(ClientMsg::FileEnd(FileEnd { hash: None }))));
         assert!(err.contains("4 of 5"), "{err}");
     }
 }
@@ -1199,7 +1203,7 @@ fn header_for_a_file_sent_twice_is_refused() {
     for enc in ENCODINGS {
         let (mut server, mut wire) = with_open_file(enc);
         server.on_data(wire.up_data(b"abcde").len()).unwrap();
-        let (server, _) = recv(server, wire.up(ClientMsg::FileEnd(FileEnd {})));
+        let (server, _) = recv(server, wire.up(ClientMsg::FileEnd(FileEnd { hash: None })));
         data_error(server.on_message(wire.up(header("d/a", 5))));
         // After an abort as well.
         let Planned {
@@ -1231,6 +1235,7 @@ fn other_framing_faults_are_refused() {
         size: 5,
         mtime: t0(),
         mode: 0o644,
+        delta: false,
         offset: 2,
     });
     data_error(server.on_message(wire.up(h)));

@@ -718,14 +718,18 @@ fn replay_server(
                         pending.push_back(server_frame(enc, &out));
                         Srv::Listing(l)
                     }
-                    Listed::File(mut l, Receive::Commit(p)) => {
+                    Listed::File(mut l, Receive::Commit(p, _)) => {
                         let out = l.file_result(p, Outcome::Stored);
                         pending.push_back(server_frame(enc, &out));
                         Srv::Listing(l)
                     }
-                    Listed::File(l, Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..)) => {
-                        Srv::Listing(l)
-                    }
+                    Listed::File(
+                        l,
+                        Receive::Open(_)
+                        | Receive::Hole(_)
+                        | Receive::Copy { .. }
+                        | Receive::Discard(..),
+                    ) => Srv::Listing(l),
                     Listed::Receiving(r, out) => {
                         if let ServerMsg::PlanEnd(e) = &out {
                             deletions = e.deletions;
@@ -740,7 +744,7 @@ fn replay_server(
                 Srv::Listing(l)
             }
             (Srv::Receiving(r), Frame::Msg(m)) => match r.on_message(m).unwrap() {
-                Receipt::Receiving(mut r, Receive::Commit(p)) => {
+                Receipt::Receiving(mut r, Receive::Commit(p, _)) => {
                     // The store succeeded.
                     let out = r.file_result(p, Outcome::Stored);
                     pending.push_back(server_frame(enc, &out));
@@ -748,7 +752,10 @@ fn replay_server(
                 }
                 Receipt::Receiving(
                     r,
-                    Receive::Open(_) | Receive::Hole(_) | Receive::Discard(..),
+                    Receive::Open(_)
+                    | Receive::Hole(_)
+                    | Receive::Copy { .. }
+                    | Receive::Discard(..),
                 ) => Srv::Receiving(r),
                 Receipt::Received(r) => Srv::Received(r),
             },

@@ -439,7 +439,7 @@ pub struct Tasks {
 pub const CAP_RESUME: &str = "resume";
 
 /// Capabilities this library supports, offered in `HELLO` and answered in `WELCOME`.
-pub const CAPABILITIES: &[&str] = &[CAP_RESUME];
+pub const CAPABILITIES: &[&str] = &[CAP_RESUME, CAP_DELTA];
 
 /// A requested file that can be resumed: the server holds its first `offset` bytes, as
 /// received from a version of the file of `size` bytes and mtime `mtime`. A client whose
@@ -529,6 +529,9 @@ pub struct FileHeader {
     pub mtime: MTime,
     /// Permission bits the server gives the stored file ([`Entry::mode`]).
     pub mode: u32,
+    /// The content is a delta against the server's copy, whose `SIGNATURE` the server
+    /// sent: `COPY` and `DATA` follow, and `FILE_END` carries the file's hash.
+    pub delta: bool,
     /// Where the content starts. Always 0 unless both sides list the `resume` capability.
     pub offset: u64,
 }
@@ -545,7 +548,37 @@ pub struct Hole {
 
 /// `FILE_END`: the file's content is complete and was unchanged while it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct FileEnd {}
+pub struct FileEnd {
+    /// BLAKE3 of the whole file as sent. Required after a delta (`FILE_HEADER.delta`):
+    /// the server stores the rebuilt file only if its hash is this one.
+    pub hash: Option<Hash>,
+}
+
+/// `COPY`: in a delta (`FILE_HEADER.delta`), the next bytes of the file are `count`
+/// blocks of the server's copy starting at block `block`, as its `SIGNATURE` cut them.
+/// Counts toward the `FILE_HEADER`'s size like `DATA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyBlocks {
+    /// First block, counted from 0.
+    pub block: u32,
+    /// Blocks, at least 1.
+    pub count: u32,
+}
+
+/// `SIGNATURE`: with the `delta` capability, sent just before the `TASKS` that asks for
+/// `path`, when the server holds an older version of that file: the block signature of
+/// that version (block size, length, and per block a rolling weak checksum and a BLAKE3
+/// strong one; see [`crate::delta`]). The client may then send the file as a delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureMsg {
+    /// Which file.
+    pub path: RelPath,
+    /// The signature of the server's copy.
+    pub signature: crate::delta::Signature,
+}
+
+/// The capability for block deltas (`SIGNATURE`, `FILE_HEADER.delta`, `COPY`).
+pub const CAP_DELTA: &str = "delta";
 
 /// `FILE_ABORT`: the file changed or vanished while being read; the server discards it and
 /// the client retries on its next sync. Sent after the file's `FILE_HEADER` (its `DATA`
@@ -629,6 +662,8 @@ wire_enum! {
         Error(ErrorMsg) = "ERROR",
         /// See [`Hole`].
         Hole(Hole) = "HOLE",
+        /// See [`CopyBlocks`].
+        Copy(CopyBlocks) = "COPY",
     }
 }
 
@@ -654,6 +689,8 @@ wire_enum! {
         NextSync(NextSync) = "NEXT_SYNC",
         /// See [`ErrorMsg`].
         Error(ErrorMsg) = "ERROR",
+        /// See [`SignatureMsg`].
+        Signature(SignatureMsg) = "SIGNATURE",
     }
 }
 

@@ -23,7 +23,9 @@ use crate::codec::json_stream::JsonCodec;
 use crate::codec::native::ClientCodec;
 use crate::codec::preamble::Dialect;
 use crate::codec::{Frame, DATA_CHUNK};
+use crate::delta;
 use crate::error::{Error, ProtocolError};
+use crate::messages::Hash;
 use crate::messages::{seed, ClientMsg, Entry, ErrorCode, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
 use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
@@ -312,14 +314,18 @@ async fn recv(
 /// What the file-reading thread hands the socket loop, in order.
 enum Read {
     /// A file was opened and checked: send its header; its content follows, from this
-    /// offset (0, or where a resumed file starts).
-    Start(Task, Entry, u64),
+    /// offset (0, or where a resumed file starts), or as a delta.
+    Start(Task, Entry, HowSent),
     /// Content of the started file.
     Chunk(Bytes),
     /// A hole in the started file, this many bytes.
     Hole(u64),
     /// The started file was sent whole, this many bytes.
     End(u64),
+    /// Blocks of the server's copy, in a delta.
+    Copy(u32, u32),
+    /// The started delta is complete: this many literal bytes, and the file's hash.
+    EndDelta(u64, Hash),
     /// The started file changed or failed while being read.
     Abort(String),
     /// A file that could not even be opened.
@@ -388,10 +394,19 @@ async fn drive(
                 };
                 for ev in batch {
                     let frame = match ev {
-                        Read::Start(task, e, offset) => {
-                            let h = t.header_from(&task, &e, offset);
+                        Read::Start(task, e, how) => {
+                            let h = match how {
+                                HowSent::From(offset) => t.header_from(&task, &e, offset),
+                                HowSent::Delta => t.header_delta(&task, &e),
+                            };
                             open = Some(task);
                             Frame::Msg(h)
+                        }
+                        Read::Copy(block, count) => Frame::Msg(t.copy(block, count)),
+                        Read::EndDelta(n, hash) => {
+                            progress.file_done();
+                            let task = open.take().expect("the reader ends only a started file");
+                            Frame::Msg(t.file_end_hashed(task, n, Some(hash)))
                         }
                         Read::Chunk(b) => {
                             progress.sent(b.len() as u64);
@@ -490,12 +505,32 @@ fn read_files(
     batch.send();
 }
 
+/// How a file's content is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HowSent {
+    /// From this offset (0: whole; more: resumed).
+    From(u64),
+    /// As a delta against the server's copy.
+    Delta,
+}
+
 /// Reads one file into `batch`; `false` once the socket loop has gone away.
-fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> bool {
+fn read_one(root: &std::path::Path, mut task: Task, e: Entry, batch: &mut Batch) -> bool {
     let mut src = match Source::open(root, &e) {
         Ok(s) => s,
         Err(err) => return batch.push(Read::Skip(task, err.to_string()), 0),
     };
+    // A delta where the server holds an older copy and it can pay; never for a file with
+    // holes, which the plain path sends as data ranges.
+    if let Some(sig) = task.take_base().filter(|s| {
+        !src.may_be_sparse()
+            && delta::delta_worthwhile(s.file_len, e.size, delta::DEFAULT_ROUND_TRIP_BYTES)
+    }) {
+        if !batch.push(Read::Start(task, e, HowSent::Delta), 0) {
+            return false;
+        }
+        return send_delta(&mut src, &sig, batch);
+    }
     // Resumed where the server holds the beginning of this very file: same size and
     // mtime as when it was sent, and the same bytes (by BLAKE3) up to the offset.
     let offset = match task.resume() {
@@ -508,7 +543,7 @@ fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> 
         },
         _ => 0,
     };
-    if !batch.push(Read::Start(task, e, offset), 0) {
+    if !batch.push(Read::Start(task, e, HowSent::From(offset)), 0) {
         return false;
     }
     let mut n = 0u64;
@@ -533,6 +568,83 @@ fn read_one(root: &std::path::Path, task: Task, e: Entry, batch: &mut Batch) -> 
         }
     };
     batch.push(last, 0)
+}
+
+/// Sends the started file as a delta against `sig` (rsync's algorithm, [`crate::delta`]):
+/// `COPY` for blocks the server holds, literal bytes as `DATA`, then the file's hash. If
+/// the first 16 MiB turn out to be almost all literal ([`delta::should_fall_back`]), the
+/// rest is sent as plain data, which costs the same on the wire and far less CPU.
+/// `false` once the socket loop has gone away.
+fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bool {
+    /// Why the matcher was stopped from the callback.
+    #[derive(Debug)]
+    enum Stop {
+        FallBack,
+        Gone,
+    }
+    let matcher = match delta::Matcher::new(sig) {
+        Ok(m) => m,
+        Err(e) => return batch.push(Read::Abort(format!("the server's signature: {e}")), 0),
+    };
+    let mut literal = 0u64;
+    let mut covered = 0u64;
+    let run = matcher.run(src.reader(), |op, progress| {
+        covered = progress.scanned();
+        let ok = match op {
+            delta::DeltaOp::Copy { block, count } => batch.push(Read::Copy(block, count), 0),
+            delta::DeltaOp::Literal(bytes) => {
+                literal += bytes.len() as u64;
+                let len = bytes.len();
+                batch.push(Read::Chunk(Bytes::from(bytes)), len)
+            }
+        };
+        if !ok {
+            return Err(std::io::Error::other(Stop::Gone.as_str()));
+        }
+        if delta::should_fall_back(progress) {
+            return Err(std::io::Error::other(Stop::FallBack.as_str()));
+        }
+        Ok(())
+    });
+    impl Stop {
+        fn as_str(&self) -> &'static str {
+            match self {
+                Stop::FallBack => "filesync: delta fall back",
+                Stop::Gone => "filesync: reader gone",
+            }
+        }
+    }
+    let hash = match run {
+        Ok(summary) => Hash(summary.new_hash),
+        Err(e) if e.to_string() == Stop::Gone.as_str() => return false,
+        Err(e) if e.to_string() == Stop::FallBack.as_str() => {
+            // The rest as plain data; the hash covers the bytes already sent too.
+            let mut h = blake3::Hasher::new();
+            if let Err(e) = src.hash_into(covered, &mut h) {
+                return batch.push(Read::Abort(e.to_string()), 0);
+            }
+            src.skip_to(covered);
+            loop {
+                match src.next_chunk(DATA_CHUNK) {
+                    Ok(Some(c)) => {
+                        h.update(&c);
+                        literal += c.len() as u64;
+                        let len = c.len();
+                        if !batch.push(Read::Chunk(c), len) {
+                            return false;
+                        }
+                    }
+                    Ok(None) => break Hash(*h.finalize().as_bytes()),
+                    Err(e) => return batch.push(Read::Abort(e.to_string()), 0),
+                }
+            }
+        }
+        Err(e) => return batch.push(Read::Abort(e.to_string()), 0),
+    };
+    match src.check_unchanged() {
+        Ok(()) => batch.push(Read::EndDelta(literal, hash), 0),
+        Err(e) => batch.push(Read::Abort(e.to_string()), 0),
+    }
 }
 
 /// Read events gathered before they cross to the socket loop: one channel hand-off and

@@ -170,13 +170,14 @@ pub(super) async fn session(
                         size: h.size,
                         mtime: h.last_mod.to_mtime(&chrono::Local),
                         mode: 0,
+                        delta: false,
                         offset: 0,
                     };
                     // The original sends no modes: new files get the default.
                     batch.push(Op::Open(header, None), 0).await?;
                     left = h.size;
                     if left == 0 {
-                        batch.push(Op::Commit, 0).await?;
+                        batch.push(Op::Commit(None), 0).await?;
                     }
                 }
                 Frame::Data(b) => {
@@ -185,7 +186,7 @@ pub(super) async fn session(
                     let len = b.len();
                     batch.push(Op::Data(b), len).await?;
                     if left == 0 {
-                        batch.push(Op::Commit, 0).await?;
+                        batch.push(Op::Commit(None), 0).await?;
                     }
                 }
                 Frame::Msg(other) => {

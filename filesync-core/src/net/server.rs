@@ -723,7 +723,10 @@ pub(super) enum Op {
     Open(FileHeader, Option<u32>),
     Data(Bytes),
     Hole(u64),
-    Commit,
+    /// Blocks of the stored copy, in a delta.
+    Copy(u32, u32),
+    /// The open file is complete (after a delta, with the client's hash of it).
+    Commit(Option<crate::messages::Hash>),
     Discard,
     /// Apply the tail, deleting what the budget allows.
     Finish(Spool, DeleteBudget),
@@ -815,8 +818,9 @@ pub(super) fn spawn_writer(
                     Op::Data(b) => r.write(&b),
                     Op::Hole(n) => r.skip(n),
                     Op::Discard => r.discard(),
-                    Op::Commit => {
-                        let out = r.commit();
+                    Op::Copy(block, count) => r.copy(block, count),
+                    Op::Commit(hash) => {
+                        let out = r.commit(hash);
                         if !out.is_empty() {
                             let _ = res_tx.send(Written::Results(out));
                         }
@@ -871,8 +875,8 @@ impl Phase {
 
 /// What one frame did to a session.
 enum Step {
-    /// Files still flow; send this, if anything, now.
-    Going(Phase, Option<ServerMsg>),
+    /// Files still flow; send these, in order, now.
+    Going(Phase, Vec<ServerMsg>),
     /// `TRANSFER_END`: every file was sent.
     Received(Server<Received>),
 }
@@ -891,7 +895,7 @@ async fn step(
             phase.on_data(b.len())?;
             let len = b.len();
             batch.push(Op::Data(b), len).await?;
-            return Ok(Step::Going(phase, None));
+            return Ok(Step::Going(phase, Vec::new()));
         }
         Frame::Msg(m) => m,
     };
@@ -912,12 +916,24 @@ async fn step(
                     } = &mut io;
                     let r = match srv.on_message(msg, index, &mut |op| spool.push(&op)) {
                         // What the store holds of the requested files, offered to resume.
-                        Ok(Listed::Listing(mut s, ServerMsg::Tasks(t))) if s.resumes() => {
-                            let offers = store.resume_offers(id, &t.paths);
+                        Ok(Listed::Listing(mut s, ServerMsg::Tasks(t))) => {
+                            let offers = if s.resumes() {
+                                store.resume_offers(id, &t.paths)
+                            } else {
+                                Vec::new()
+                            };
                             let tasks = s.offer_resume(ServerMsg::Tasks(t), offers);
-                            Ok(Listed::Listing(s, tasks))
+                            // Signatures of older copies go just before their TASKS.
+                            let sigs = match &tasks {
+                                ServerMsg::Tasks(t) if s.deltas() => {
+                                    let bases = store.delta_bases(id, &t.paths);
+                                    s.offer_bases(&tasks, bases)
+                                }
+                                _ => Vec::new(),
+                            };
+                            Ok((Listed::Listing(s, tasks), sigs))
                         }
-                        other => other,
+                        other => other.map(|l| (l, Vec::new())),
                     };
                     (r, io)
                 })
@@ -932,16 +948,20 @@ async fn step(
                 *plan = Some(io);
                 listed?
             } else {
-                srv.on_message(msg, &mut std::iter::empty(), &mut |_| {})?
+                (
+                    srv.on_message(msg, &mut std::iter::empty(), &mut |_| {})?,
+                    Vec::new(),
+                )
             };
             match listed {
-                Listed::Listing(s, tasks) => {
-                    return Ok(Step::Going(Phase::Listing(Box::new(s)), Some(tasks)))
+                (Listed::Listing(s, tasks), mut replies) => {
+                    replies.push(tasks);
+                    return Ok(Step::Going(Phase::Listing(Box::new(s)), replies));
                 }
-                Listed::Receiving(s, end) => {
-                    return Ok(Step::Going(Phase::Receiving(Box::new(s)), Some(end)))
+                (Listed::Receiving(s, end), _) => {
+                    return Ok(Step::Going(Phase::Receiving(Box::new(s)), vec![end]))
                 }
-                Listed::File(s, act) => (act, Phase::Listing(Box::new(s))),
+                (Listed::File(s, act), _) => (act, Phase::Listing(Box::new(s))),
             }
         }
         Phase::Receiving(srv) => match srv.on_message(msg)? {
@@ -955,14 +975,15 @@ async fn step(
             Op::Open(h, Some(mode))
         }
         Receive::Hole(n) => Op::Hole(n),
-        Receive::Commit(_) => Op::Commit,
+        Receive::Commit(_, hash) => Op::Commit(hash),
+        Receive::Copy { block, count } => Op::Copy(block, count),
         Receive::Discard(p, reason) => {
             tracing::info!(path = %p, reason, "client dropped a file");
             Op::Discard
         }
     };
     batch.push(op, 0).await?;
-    Ok(Step::Going(phase, None))
+    Ok(Step::Going(phase, Vec::new()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1005,7 +1026,7 @@ async fn receive(
                     match stepped {
                         Ok(Step::Going(s, reply)) => {
                             going = Some(s);
-                            if let Some(m) = reply {
+                            for m in reply {
                                 within(idle, framed.feed(Frame::Msg(m))).await??;
                                 replies = true;
                             }

@@ -5,12 +5,13 @@ use std::marker::PhantomData;
 
 use super::{remote, sealed, unexpected, ClientState};
 use crate::codec::preamble;
+use crate::delta::Signature;
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::ServerStatus;
 use crate::messages::{
-    ClientMsg, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader, Hello, Hole,
-    Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ResumeAt, ServerMsg, TransferEnd, Welcome,
-    CAPABILITIES, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
+    ClientMsg, CopyBlocks, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader,
+    Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ResumeAt, ServerMsg,
+    TransferEnd, Welcome, CAPABILITIES, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 
@@ -67,7 +68,19 @@ pub struct Syncing {
     end: Option<PlanEnd>,
     awaiting: Awaiting,
     report: Report,
+    /// Signatures received for the next `TASKS`, by path.
+    bases: std::collections::HashMap<RelPath, Signature>,
+    /// Tasks handed out with a signature and not yet ended.
+    bases_in_flight: usize,
 }
+
+/// Signatures a client keeps for the next `TASKS`, at most.
+const MAX_PENDING_BASES: usize = 16;
+/// Signatures a client holds at once, at most, waiting and with tasks in flight: with
+/// signatures of at most a frame each, this bounds their memory (64 MiB) whatever the
+/// server sends. Past it, files are sent whole.
+const MAX_BASES_IN_FLIGHT: usize = 64;
+
 /// `TRANSFER_END` was sent; waiting for the last results and `NEXT_SYNC`.
 #[derive(Debug)]
 pub struct Finishing {
@@ -132,6 +145,8 @@ pub struct Report {
     pub held_back: u64,
     /// Files resumed from what an interrupted session had sent.
     pub resumed: u64,
+    /// Files sent as a delta against the server's older copy.
+    pub deltas: u64,
     /// Why, as the server put it; empty when nothing was held back.
     pub held_back_reason: String,
 }
@@ -303,6 +318,8 @@ impl Client<Ready> {
             end: None,
             awaiting: Awaiting::default(),
             report: Report::default(),
+            bases: std::collections::HashMap::new(),
+            bases_in_flight: 0,
         })
     }
 
@@ -324,6 +341,10 @@ pub struct Task {
     batch: u64,
     /// What the server holds of it from an interrupted session, if it said.
     resume: Option<ResumeAt>,
+    /// The signature of the server's older copy, if it sent one (`delta`).
+    base: Option<Signature>,
+    /// It came with a signature (counted in flight until the task ends).
+    had_base: bool,
 }
 
 impl Task {
@@ -336,6 +357,12 @@ impl Task {
     /// resume from there if its file is unchanged (same size, mtime and prefix hash).
     pub fn resume(&self) -> Option<&ResumeAt> {
         self.resume.as_ref()
+    }
+
+    /// Takes the signature of the server's older copy, if it sent one: the file may be
+    /// sent as a delta against it ([`Client::header_delta`]).
+    pub fn take_base(&mut self) -> Option<Signature> {
+        self.base.take()
     }
 }
 
@@ -407,11 +434,15 @@ impl Client<Syncing> {
                     let resume = offers
                         .next_if(|o| o.index as usize == i)
                         .filter(|o| o.offset > 0 && o.offset <= o.size);
+                    let base = st.bases.remove(&p);
+                    st.bases_in_flight += usize::from(base.is_some());
                     out.push((
                         Task {
+                            had_base: base.is_some(),
                             path: p,
                             batch: seq + batch_no as u64,
                             resume,
+                            base,
                         },
                         e,
                     ));
@@ -423,7 +454,26 @@ impl Client<Syncing> {
                 }
                 batch.pending = out.len();
                 st.close_done_batches();
+                // A signature for a file this TASKS did not ask for is of no use.
+                st.bases.clear();
                 Ok(out)
+            }
+            ServerMsg::Signature(sig) => {
+                if st.bases.len() >= MAX_PENDING_BASES
+                    || st.bases_in_flight + st.bases.len() >= MAX_BASES_IN_FLIGHT
+                {
+                    // Past the bound the file is simply sent whole: memory stays bounded
+                    // whatever the server sends.
+                    return Ok(Vec::new());
+                }
+                sig.signature.validate().map_err(|e| {
+                    Error::Protocol(ProtocolError::Inconsistent(format!(
+                        "SIGNATURE for {}: {e}",
+                        sig.path
+                    )))
+                })?;
+                st.bases.insert(sig.path, sig.signature);
+                Ok(Vec::new())
             }
             ServerMsg::PlanEnd(end) => {
                 if st.end.is_some() {
@@ -478,6 +528,28 @@ impl Client<Syncing> {
         self.header_from(task, e, 0)
     }
 
+    /// The header of a task sent as a delta against the signature the server sent for
+    /// it ([`Task::take_base`]): `COPY` and `DATA` follow, then [`file_end_hashed`]
+    /// with the file's hash.
+    ///
+    /// [`file_end_hashed`]: Self::file_end_hashed
+    pub fn header_delta(&mut self, task: &Task, e: &Entry) -> ClientMsg {
+        self.state.report.deltas += 1;
+        ClientMsg::FileHeader(FileHeader {
+            path: task.path.clone(),
+            size: e.size,
+            mtime: e.mtime,
+            mode: e.mode,
+            delta: true,
+            offset: 0,
+        })
+    }
+
+    /// `COPY`: `count` blocks of the server's copy from `block`, in a delta.
+    pub fn copy(&self, block: u32, count: u32) -> ClientMsg {
+        ClientMsg::Copy(CopyBlocks { block, count })
+    }
+
     /// The header of a task resumed at `offset` (only an offset the server offered, see
     /// [`Task::resume`]); the content that follows starts there.
     pub fn header_from(&mut self, task: &Task, e: &Entry, offset: u64) -> ClientMsg {
@@ -489,6 +561,7 @@ impl Client<Syncing> {
             size: e.size,
             mtime: e.mtime,
             mode: e.mode,
+            delta: false,
             offset,
         })
     }
@@ -501,12 +574,18 @@ impl Client<Syncing> {
     /// The message closing a task whose content was sent whole and unchanged; `bytes`
     /// counts what was sent (after the offset of a resumed file).
     pub fn file_end(&mut self, task: Task, bytes: u64) -> ClientMsg {
+        self.file_end_hashed(task, bytes, None)
+    }
+
+    /// [`file_end`](Self::file_end) with the file's BLAKE3 hash, which a delta needs.
+    pub fn file_end_hashed(&mut self, task: Task, bytes: u64, hash: Option<Hash>) -> ClientMsg {
         let st = &mut self.state;
         st.report.sent += 1;
         st.report.bytes_sent += bytes;
+        st.bases_in_flight -= usize::from(task.had_base);
         st.task_done(task.batch);
         st.awaiting.insert(&task.path);
-        ClientMsg::FileEnd(FileEnd {})
+        ClientMsg::FileEnd(FileEnd { hash })
     }
 
     /// The message dropping a task whose file changed, vanished or could not be read;
@@ -514,6 +593,7 @@ impl Client<Syncing> {
     /// sync.
     pub fn abort(&mut self, task: Task, reason: String) -> ClientMsg {
         let st = &mut self.state;
+        st.bases_in_flight -= usize::from(task.had_base);
         st.task_done(task.batch);
         let path = task.path;
         st.report

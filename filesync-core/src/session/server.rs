@@ -5,12 +5,13 @@ use std::net::IpAddr;
 
 use super::{remote, sealed, unexpected, ServerState};
 use crate::codec::native;
+use crate::delta::{BlockLayout, Signature};
 use crate::error::{Error, ProtocolError};
 use crate::messages::seed::{NativeOffer, ServerStatus, Status};
 use crate::messages::{
-    ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, FileResult, NextSync, Outcome, PlanEnd,
-    Queued, Ready, ResumeAt, ServerMsg, Tasks, Welcome, CAPABILITIES, CAP_RESUME,
-    MANIFEST_BATCH_MAX, MANIFEST_WINDOW, MAX_OUTSTANDING, PROTOCOL_VERSION,
+    ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, FileResult, Hash, NextSync, Outcome,
+    PlanEnd, Queued, Ready, ResumeAt, ServerMsg, SignatureMsg, Tasks, Welcome, CAPABILITIES,
+    CAP_DELTA, CAP_RESUME, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, MAX_OUTSTANDING, PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 use crate::planner::{DeleteBudget, DeleteCaps, Held, Planner, Rule, TailOp};
@@ -65,6 +66,7 @@ pub struct Welcomed {
     encoding: Encoding,
     max_delete: Option<u64>,
     resume: bool,
+    delta: bool,
 }
 /// `READY` was sent; receiving the manifest, answering each batch with `TASKS`, and
 /// receiving the files already requested.
@@ -76,6 +78,8 @@ pub struct Listing {
     max_delete: Option<u64>,
     /// Both sides speak [`CAP_RESUME`].
     resume: bool,
+    /// Both sides speak [`CAP_DELTA`].
+    delta: bool,
     planner: Planner,
     entries: u64,
     files: Files,
@@ -118,6 +122,8 @@ server_states!(Accepted, Greeted, Welcomed, Listing, Receiving, Received, Done);
 struct Open {
     header: FileHeader,
     received: u64,
+    /// A delta: the layout of the server's copy it copies blocks from.
+    base: Option<BlockLayout>,
 }
 
 /// The files of a session: requested and not yet received (at most
@@ -127,6 +133,8 @@ struct Files {
     requested: HashSet<RelPath>,
     /// Requested files offered for resuming, and the offset offered.
     resumable: HashMap<RelPath, u64>,
+    /// Requested files whose signature was sent, and its block layout.
+    bases: HashMap<RelPath, BlockLayout>,
     open: Option<Open>,
     tally: Tally,
 }
@@ -155,8 +163,16 @@ pub enum Receive {
     Open(FileHeader),
     /// Skip this many bytes of the open file, leaving a hole.
     Hole(u64),
-    /// The open file is complete: make it durable and move it into place.
-    Commit(RelPath),
+    /// The open file is complete: make it durable and move it into place (after a delta,
+    /// only if the rebuilt file has this BLAKE3 hash).
+    Commit(RelPath, Option<Hash>),
+    /// Copy these blocks of the server's copy into the open file (a delta).
+    Copy {
+        /// First block.
+        block: u32,
+        /// Blocks.
+        count: u32,
+    },
     /// Drop the open file (or a file never opened): the client could not send it.
     Discard(RelPath, String),
 }
@@ -293,6 +309,7 @@ impl Server<Greeted> {
             .cloned()
             .collect();
         let resume = capabilities.iter().any(|c| c == CAP_RESUME);
+        let delta = capabilities.iter().any(|c| c == CAP_DELTA);
         let welcome = ServerMsg::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             capabilities,
@@ -305,6 +322,7 @@ impl Server<Greeted> {
                 encoding,
                 max_delete: hello.max_delete,
                 resume,
+                delta,
             }),
             welcome,
         ))
@@ -330,6 +348,7 @@ impl Server<Welcomed> {
             encoding,
             max_delete,
             resume,
+            delta,
         } = self.state;
         let listing = Listing {
             client_id,
@@ -337,6 +356,7 @@ impl Server<Welcomed> {
             encoding,
             max_delete,
             resume,
+            delta,
             planner: Planner::new(Rule::QuickCheck)
                 .keep_setid(self.params.keep_setid)
                 .mtime_window(self.params.mtime_window),
@@ -365,6 +385,41 @@ impl Server<Listing> {
     /// [`offer_resume`](Self::offer_resume).
     pub fn resumes(&self) -> bool {
         self.state.resume
+    }
+
+    /// Whether both sides speak [`CAP_DELTA`]: the driver may then send the signatures
+    /// of the server's copies of files a `TASKS` asks for, with
+    /// [`offer_bases`](Self::offer_bases).
+    pub fn deltas(&self) -> bool {
+        self.state.delta
+    }
+
+    /// The `SIGNATURE` messages to send just before a `TASKS` this session just made, for
+    /// the files of it whose older copy the store holds; remembers their layouts so that a
+    /// `FILE_HEADER` may be a delta and `COPY` may name their blocks. Signatures for files
+    /// the `TASKS` does not ask for are dropped.
+    pub fn offer_bases(
+        &mut self,
+        tasks: &ServerMsg,
+        bases: Vec<(RelPath, Signature)>,
+    ) -> Vec<ServerMsg> {
+        let ServerMsg::Tasks(t) = tasks else {
+            return Vec::new();
+        };
+        if !self.state.delta {
+            return Vec::new();
+        }
+        bases
+            .into_iter()
+            .filter(|(p, _)| t.paths.contains(p))
+            .map(|(path, signature)| {
+                self.state
+                    .files
+                    .bases
+                    .insert(path.clone(), signature.layout());
+                ServerMsg::Signature(SignatureMsg { path, signature })
+            })
+            .collect()
     }
 
     /// Adds resume offers to a `TASKS` this session just made, and remembers them: a
@@ -531,6 +586,13 @@ impl Files {
                         h.path, h.offset
                     )));
                 }
+                let base = self.bases.remove(&h.path);
+                if h.delta && (base.is_none() || h.offset != 0) {
+                    return Err(data_err(format!(
+                        "FILE_HEADER for {} is a delta without a SIGNATURE sent for it",
+                        h.path
+                    )));
+                }
                 if !self.requested.remove(&h.path) {
                     return Err(data_err(format!(
                         "FILE_HEADER for {}, which was not requested or was already sent",
@@ -540,6 +602,7 @@ impl Files {
                 self.open = Some(Open {
                     header: h.clone(),
                     received: h.offset,
+                    base: base.filter(|_| h.delta),
                 });
                 Ok(Receive::Open(h))
             }
@@ -550,8 +613,32 @@ impl Files {
                 self.advance(h.len, "HOLE")?;
                 Ok(Receive::Hole(h.len))
             }
-            ClientMsg::FileEnd(_) => match self.open.take() {
-                Some(o) if o.received == o.header.size => Ok(Receive::Commit(o.header.path)),
+            ClientMsg::Copy(c) => {
+                let range = self
+                    .open
+                    .as_ref()
+                    .and_then(|o| o.base)
+                    .and_then(|b| b.range(c.block, c.count));
+                let Some((_, len)) = range else {
+                    return Err(data_err(format!(
+                        "COPY of blocks {}+{} outside a delta or its base",
+                        c.block, c.count
+                    )));
+                };
+                self.advance(len, "COPY")?;
+                Ok(Receive::Copy {
+                    block: c.block,
+                    count: c.count,
+                })
+            }
+            ClientMsg::FileEnd(end) => match self.open.take() {
+                Some(o) if o.base.is_some() && end.hash.is_none() => Err(data_err(format!(
+                    "FILE_END for the delta of {} without the file's hash",
+                    o.header.path
+                ))),
+                Some(o) if o.received == o.header.size => {
+                    Ok(Receive::Commit(o.header.path, end.hash))
+                }
                 Some(o) => Err(data_err(format!(
                     "FILE_END for {} after {} of {} bytes",
                     o.header.path, o.received, o.header.size
@@ -560,6 +647,7 @@ impl Files {
             },
             ClientMsg::FileAbort(a) => {
                 self.resumable.remove(&a.path);
+                self.bases.remove(&a.path);
                 let ok = match self.open.take() {
                     Some(o) => o.header.path == a.path,
                     None => self.requested.remove(&a.path),
