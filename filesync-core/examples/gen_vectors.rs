@@ -23,9 +23,9 @@ use filesync_core::codec::native::{self, ClientCodec};
 use filesync_core::codec::preamble;
 use filesync_core::messages::seed::{self, NativeOffer, ServerStatus, Status};
 use filesync_core::messages::{
-    ClientMsg, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort, FileEnd,
-    FileHeader, FileResult, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, Queued,
-    Ready, ServerMsg, Tasks, TransferEnd, Welcome, PROTOCOL_VERSION,
+    ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort,
+    FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome,
+    PlanEnd, Queued, Ready, ServerMsg, SignatureMsg, Tasks, TransferEnd, Welcome, PROTOCOL_VERSION,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::planner::Held;
@@ -406,6 +406,37 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
             ClientMsg::Hole(Hole { len: 1 << 20 }),
         )?,
         client(
+            "file-header-delta",
+            "FILE_HEADER with delta: the content follows as COPY (blocks of the server's \
+             copy, whose SIGNATURE it sent) and DATA (literal bytes), and FILE_END carries \
+             the file's BLAKE3 hash.",
+            ClientMsg::FileHeader(FileHeader {
+                path: p("data/run.bin"),
+                size: 3 << 20,
+                mtime: t(T0 + 90, 0),
+                mode: 0o644,
+                delta: true,
+                offset: 0,
+            }),
+        )?,
+        client(
+            "copy",
+            "COPY (variant 9): the next bytes are 40 blocks of the server's copy from block \
+             12, as its SIGNATURE cut them.",
+            ClientMsg::Copy(CopyBlocks {
+                block: 12,
+                count: 40,
+            }),
+        )?,
+        client(
+            "file-end-hash",
+            "FILE_END after a delta: the BLAKE3 hash of the whole file (hex in JSON, 32 raw \
+             bytes in postcard); the server stores the rebuilt file only if it matches.",
+            ClientMsg::FileEnd(FileEnd {
+                hash: Some(Hash(*blake3::hash(b"the whole file").as_bytes())),
+            }),
+        )?,
+        client(
             "file-end",
             "FILE_END: the open file is complete and was unchanged while read.",
             ClientMsg::FileEnd(FileEnd { hash: None }),
@@ -516,6 +547,19 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                 deleted: 3,
                 held_back: 0,
                 held_back_reason: String::new(),
+            }),
+        )?,
+        server(
+            "signature",
+            "SIGNATURE (variant 9): the block signature of the server's copy of a file the \
+             next TASKS asks for; here a 2,100-byte copy in 700-byte blocks, each with its \
+             rolling weak checksum and 16 bytes of BLAKE3.",
+            ServerMsg::Signature(SignatureMsg {
+                path: p("data/small.bin"),
+                signature: filesync_core::delta::Signature::compute(
+                    &(0..2100u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>()[..],
+                    2100,
+                )?,
             }),
         )?,
         server(

@@ -34,7 +34,7 @@ use filesync_core::session::{Client, Server};
 const MIN_VECTORS: usize = 50;
 
 /// The postcard variant index of every native message, as `spec/PROTOCOL.md` lists them.
-const CLIENT_VARIANTS: [(&str, u32); 9] = [
+const CLIENT_VARIANTS: [(&str, u32); 10] = [
     ("HELLO", 0),
     ("MANIFEST", 1),
     ("MANIFEST_END", 2),
@@ -44,9 +44,10 @@ const CLIENT_VARIANTS: [(&str, u32); 9] = [
     ("TRANSFER_END", 6),
     ("ERROR", 7),
     ("HOLE", 8),
+    ("COPY", 9),
 ];
 /// As [`CLIENT_VARIANTS`], server to client.
-const SERVER_VARIANTS: [(&str, u32); 9] = [
+const SERVER_VARIANTS: [(&str, u32); 10] = [
     ("WELCOME", 0),
     ("QUEUED", 1),
     ("READY", 2),
@@ -56,6 +57,7 @@ const SERVER_VARIANTS: [(&str, u32); 9] = [
     ("FILE_RESULT", 6),
     ("NEXT_SYNC", 7),
     ("ERROR", 8),
+    ("SIGNATURE", 9),
 ];
 
 #[test]
