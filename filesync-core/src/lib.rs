@@ -15,6 +15,8 @@
 //! - [`session`]: the typestate session machines of both sides.
 //! - [`discovery`]: DISCOVER/OFFER datagrams and the retry schedule, as data.
 //! - [`schedule`]: when a client comes back (`NEXT_SYNC`), spread to avoid a herd.
+//! - [`delta`]: block signatures, the rolling-checksum matcher and reconstruction
+//!   (rsync's algorithm), for sending only the changed blocks of a large file.
 //!
 //! The modules that touch the OS are few and named for it:
 //!
@@ -24,6 +26,8 @@
 //! - [`exclude`]: which entries a walk leaves out (`--exclude`, `.filesyncignore` files).
 //! - [`sparse`]: a file's data ranges (`SEEK_DATA`/`SEEK_HOLE`), so holes are not sent.
 //! - [`precision`]: the mtime step a filesystem keeps, probed once at server start.
+//! - [`versions`]: what syncs replaced or deleted, kept under `.filesync/versions`.
+//! - [`restore`]: a client's folder as it was at a time, written out of the archive.
 //!
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
