@@ -34,6 +34,11 @@ use crate::session::{batches, entry_weight};
 use crate::walk;
 use crate::walk::{ListOptions, ListStats, Piece, ReadError, Source};
 
+// Writes are bounded by the idle timeout as reads are: a server that stops reading (a hung
+// peer, a path that drops everything) is as gone as one that stops talking, and a write
+// into a full socket would otherwise wait forever.
+use super::server::within;
+
 /// Progress callbacks, for a progress bar or log lines. All methods have empty defaults.
 pub trait Progress: Send + Sync {
     /// The server queued us at `position`.
@@ -251,9 +256,8 @@ pub async fn sync(
     if let Some(p) = greeting.queue_position {
         progress.queued(p);
     }
-    stream
-        .write_all(&greeting.preamble)
-        .await
+    within(idle, stream.write_all(&greeting.preamble))
+        .await?
         .map_err(|e| Error::io("sending the preamble", e))?;
     let mut parts =
         FramedParts::new::<Frame<ClientMsg>>(stream, ClientCodec::new(cfg.params.encoding));
@@ -272,8 +276,8 @@ pub async fn sync(
             }
         }
     });
-    let result = match sink.send(Frame::Msg(greeting.hello)).await {
-        Ok(()) => {
+    let result = match within(idle, sink.send(Frame::Msg(greeting.hello))).await {
+        Ok(Ok(())) => {
             drive(
                 client,
                 &mut sink,
@@ -285,14 +289,19 @@ pub async fn sync(
             )
             .await
         }
-        Err(e) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(e),
     };
     let result = result.map(|mut synced| {
         book_listing(&mut synced.report, &listing.stats());
         synced
     });
     reader.abort();
-    let _ = sink.close().await;
+    // After a failure what is still buffered may never go (a stalled peer): the socket is
+    // just dropped.
+    if result.is_ok() {
+        let _ = within(idle, sink.close()).await;
+    }
     result
 }
 
@@ -372,14 +381,16 @@ async fn drive(
         let mut wrote = false;
         while t.can_list() {
             match unsent.pop_front() {
-                Some(b) => sink.feed(Frame::Msg(t.list(b))).await?,
-                None if listed_all => sink.feed(Frame::Msg(t.end_manifest())).await?,
+                Some(b) => within(idle, sink.feed(Frame::Msg(t.list(b)))).await??,
+                None if listed_all => {
+                    within(idle, sink.feed(Frame::Msg(t.end_manifest()))).await??
+                }
                 None => break,
             }
             wrote = true;
         }
         if wrote {
-            sink.flush().await?;
+            within(idle, sink.flush()).await??;
         }
         tokio::select! {
             chunk = listing.recv(), if t.can_list() && unsent.is_empty() && !listed_all => {
@@ -428,9 +439,9 @@ async fn drive(
                             Frame::Msg(t.abort(task, why))
                         }
                     };
-                    sink.feed(frame).await?;
+                    within(idle, sink.feed(frame)).await??;
                 }
-                sink.flush().await?;
+                within(idle, sink.flush()).await??;
             }
             m = recv(rx, idle) => {
                 let m = m?;
@@ -449,11 +460,11 @@ async fn drive(
         }
     }
     drop(work_tx);
-    sink.flush().await?;
+    within(idle, sink.flush()).await??;
     let _ = reader.await;
 
     let (mut fin, end) = t.finish()?;
-    sink.send(Frame::Msg(end)).await?;
+    within(idle, sink.send(Frame::Msg(end))).await??;
     // After TRANSFER_END the server applies deletions and syncs its disk, saying nothing
     // until NEXT_SYNC: allow that more than an ordinary silence.
     let finish_wait = idle.saturating_mul(5);

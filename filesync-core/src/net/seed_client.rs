@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedParts};
 
 use super::client::{Progress, SyncConfig, Synced};
+use super::server::within;
 use crate::codec::json_stream::{encode_seed, JsonCodec};
 use crate::codec::preamble::Dialect;
 use crate::codec::DATA_CHUNK;
@@ -91,10 +92,8 @@ pub(super) async fn sync(
             ),
         });
     }
-    framed
-        .get_mut()
-        .write_all(&out)
-        .await
+    within(cfg.idle_timeout, framed.get_mut().write_all(&out))
+        .await?
         .map_err(|e| Error::io("sending the file list", e))?;
 
     let tasks = match next(&mut framed, cfg, "TASKS").await? {
@@ -156,10 +155,8 @@ pub(super) async fn sync(
                 }
             }
             if out.len() >= WRITE_BATCH {
-                framed
-                    .get_mut()
-                    .write_all(&out)
-                    .await
+                within(cfg.idle_timeout, framed.get_mut().write_all(&out))
+                    .await?
                     .map_err(|e| Error::io("sending", e))?;
                 out.clear();
             }
@@ -168,10 +165,8 @@ pub(super) async fn sync(
         report.bytes_sent += e.size;
         progress.file_done();
     }
-    framed
-        .get_mut()
-        .write_all(&out)
-        .await
+    within(cfg.idle_timeout, framed.get_mut().write_all(&out))
+        .await?
         .map_err(|e| Error::io("sending", e))?;
 
     let time = match next(&mut framed, cfg, "NEXT_SYNC").await? {
