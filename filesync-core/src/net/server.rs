@@ -422,7 +422,11 @@ async fn session(
             )
             .await
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // The writer ends when its channel closes: close it before waiting for it.
+            drop(ops);
+            Err(e)
+        }
     };
     // Whatever happened, wait for the writer: it keeps complete files and removes partial
     // ones, and must be done before the session is reported over.
