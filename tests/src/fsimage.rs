@@ -1,5 +1,6 @@
-//! A filesystem that keeps modification times in whole seconds, for tests of what the
-//! sync does when the server's filesystem is coarser than the client's.
+//! Filesystems made for a test: one that keeps modification times in whole seconds, for
+//! tests of what the sync does when the server's filesystem is coarser than the client's,
+//! and a small one that fills up.
 //!
 //! [`CoarseFs`] is a small ext4 image made with 128-byte inodes (which have no room for
 //! nanoseconds: the kernel truncates every timestamp to the second when it is set),
@@ -7,6 +8,9 @@
 //! needs root, `mkfs.ext4` (Debian package `e2fsprogs`) and loop devices; without them
 //! [`coarse_fs_or_skip`] prints `SKIPPED` and the test passes, unless it runs in CI
 //! (`CI` set, or `FILESYNC_REQUIRE_MOUNT=1`), where it fails instead.
+//!
+//! [`Tmpfs`] is a small tmpfs of a fixed size, for tests of a full disk, with the same
+//! rules ([`tmpfs_or_skip`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -178,6 +182,79 @@ pub fn coarse_fs_or_skip(test: &str) -> Option<CoarseFs> {
             let msg = format!(
                 "\n!!!!!!!!\nSKIPPED: {test}: cannot mount a coarse-timestamp filesystem \
                  (needs root, mkfs.ext4 from e2fsprogs and loop devices): {e}\n!!!!!!!!\n"
+            );
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            None
+        }
+    }
+}
+
+/// A small tmpfs, for tests of a full disk: mounted on a new temporary directory with a
+/// fixed size, unmounted and removed when dropped. Needs root.
+#[derive(Debug)]
+pub struct Tmpfs {
+    mount: PathBuf,
+    /// Holds `mount`; removed after the unmount.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `16m`). Fails, saying
+    /// why, when not root or when `mount` fails.
+    pub fn create(size: &str) -> Result<Tmpfs, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("not root (mounting a tmpfs needs root)".into());
+        }
+        sweep_stale_mounts();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| format!("creating a temporary directory: {e}"))?;
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).map_err(|e| format!("creating {}: {e}", mount.display()))?;
+        let mut mnt = Command::new("mount");
+        mnt.args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ])
+        .arg(&mount);
+        run(mnt)?;
+        Ok(Tmpfs {
+            mount,
+            dir: Some(dir),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !unmount(&self.mount) {
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+/// Creates a [`Tmpfs`]; if that fails, prints a loud `SKIPPED` line and returns `None`,
+/// or panics when [`mount_required`].
+pub fn tmpfs_or_skip(test: &str, size: &str) -> Option<Tmpfs> {
+    match Tmpfs::create(size) {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            if mount_required() {
+                panic!("{test}: cannot mount a tmpfs ({e}) in CI");
+            }
+            let msg = format!(
+                "\n!!!!!!!!\nSKIPPED: {test}: cannot mount a small tmpfs (needs root): {e}\n!!!!!!!!\n"
             );
             let _ = std::io::stderr().write_all(msg.as_bytes());
             None

@@ -15,6 +15,8 @@
 //!   [`open_fds`] counts a process's descriptors.
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
 //!   leaves the test.
+//! - [`Relay`] forwards TCP connections with a [`Fault`]: cut, or stalled with both
+//!   sockets held open; [`free_port`] gives a port a restarted server can listen on again.
 //!
 //! Every wait is bounded, and every child process is killed when its handle is dropped,
 //! including when a test panics.
@@ -297,7 +299,8 @@ pub fn strip_ansi(s: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// How to start `filesync serve`. Defaults: `--port 0 --bind 127.0.0.1 --no-discovery
-/// --interval 30 --max-sessions 1 --idle-timeout 60`.
+/// --interval 30 --max-sessions 1 --idle-timeout 60` (see [`ServeCmd::port`],
+/// [`ServeCmd::interval`], [`ServeCmd::idle_timeout`]).
 #[derive(Debug, Clone)]
 pub struct ServeCmd {
     root: PathBuf,
@@ -309,6 +312,9 @@ pub struct ServeCmd {
     nofile: Option<u64>,
     netns: Option<String>,
     user: Option<(u32, u32)>,
+    port: u16,
+    interval: String,
+    idle_timeout: String,
 }
 
 impl ServeCmd {
@@ -324,7 +330,29 @@ impl ServeCmd {
             nofile: None,
             netns: None,
             user: None,
+            port: 0,
+            interval: "30".into(),
+            idle_timeout: "60".into(),
         }
+    }
+
+    /// Listens on this port instead of a free one (0), so that a restarted server is
+    /// found where the last one was.
+    pub fn port(mut self, port: u16) -> ServeCmd {
+        self.port = port;
+        self
+    }
+
+    /// Sets `--interval` (default `30`).
+    pub fn interval(mut self, d: &str) -> ServeCmd {
+        self.interval = d.into();
+        self
+    }
+
+    /// Sets `--idle-timeout` (default `60`).
+    pub fn idle_timeout(mut self, d: &str) -> ServeCmd {
+        self.idle_timeout = d.into();
+        self
     }
 
     /// Runs the server as this user and group (the test must be root to switch), so that
@@ -390,10 +418,11 @@ impl ServeCmd {
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg("serve")
-            .args(["--port", "0", "--bind", &self.bind])
+            .args(["--port", &self.port.to_string(), "--bind", &self.bind])
             .arg("--root")
             .arg(&self.root)
-            .args(["--interval", "30", "--idle-timeout", "60"])
+            .args(["--interval", &self.interval])
+            .args(["--idle-timeout", &self.idle_timeout])
             .args(["--max-sessions", &self.max_sessions.to_string()]);
         match &self.group {
             Some(g) => cmd.args(["--group", g]),
@@ -495,6 +524,13 @@ impl Server {
         self.stop_with(rustix::process::Signal::INT, timeout)
     }
 
+    /// Kills the server with SIGKILL (a crash, a power cut of the process: nothing of it
+    /// runs any more) and waits for it to be gone.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.stop_with(rustix::process::Signal::KILL, Duration::from_secs(10))
+            .expect("a process killed with SIGKILL is gone within 10 s")
+    }
+
     fn stop_with(&mut self, sig: rustix::process::Signal, timeout: Duration) -> Option<ExitStatus> {
         self.proc.signal(sig);
         let s = self.proc.wait_timeout(timeout);
@@ -588,6 +624,13 @@ impl SyncCmd {
             envs: Vec::new(),
             via: Vec::new(),
         }
+    }
+
+    /// Without `--once`: the client syncs in a loop on the server's schedule, retrying
+    /// on failure, until it is stopped (with `--json`, one summary line per sync).
+    pub fn looping(mut self) -> SyncCmd {
+        self.args.retain(|a| a != "--once");
+        self
     }
 
     /// Without `--json`: the client prints its text summary.
@@ -703,9 +746,26 @@ impl RunningSync {
         strip_ansi(&self.proc.stderr())
     }
 
+    /// Its stdout so far.
+    pub fn stdout(&self) -> String {
+        self.proc.stdout()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&mut self) {
         self.proc.signal_term();
+    }
+
+    /// Kills it with SIGKILL (nothing of it runs any more: no cleanup, no goodbye to the
+    /// server) and waits for it to be gone. False if it had already exited by itself.
+    pub fn kill(&mut self) -> bool {
+        let running = self.proc.try_wait().is_none();
+        self.proc.signal(rustix::process::Signal::KILL);
+        assert!(
+            self.proc.wait_timeout(Duration::from_secs(10)).is_some(),
+            "a process killed with SIGKILL is gone within 10 s"
+        );
+        running
     }
 
     /// Stops the process (SIGSTOP), freezing it mid-transfer, and returns once every one
@@ -1334,4 +1394,279 @@ pub fn hold_slot(addr: &str, id: &str) -> std::net::TcpStream {
             _ => panic!("holding a slot: unexpected {msg}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A faulty network: a TCP relay
+// ---------------------------------------------------------------------------------------
+
+/// What a [`Relay`] does to each connection once `after` bytes have gone from the client
+/// to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    None,
+    /// Cut the connection: both sockets are shut down and closed, as when a cable is
+    /// pulled and the peers learn it (a reset or an end of stream).
+    Cut {
+        /// Bytes forwarded from the client before the cut.
+        after: u64,
+    },
+    /// Stop forwarding in both directions and stop reading, but keep both sockets open,
+    /// as a peer that hangs or a path that silently drops everything: neither side hears
+    /// anything, ever, until it gives up by itself.
+    Stall {
+        /// Bytes forwarded from the client before the stall.
+        after: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct RelayShared {
+    stop: std::sync::atomic::AtomicBool,
+    /// Bytes forwarded client → server, over all connections.
+    upstream: std::sync::atomic::AtomicU64,
+    /// Connections on which the fault happened.
+    faulted: AtomicU32,
+}
+
+/// The receive buffer of the relay's client-facing sockets.
+const RELAY_RCVBUF: usize = 64 << 10;
+
+/// How often the relay's threads look at the stop flag.
+const RELAY_POLL: Duration = Duration::from_millis(50);
+
+/// A TCP relay on `127.0.0.1:<free port>` forwarding each connection to a target, with a
+/// [`Fault`] applied to every connection. Threads only, each polling a stop flag, so that
+/// dropping the relay ends them and closes every socket.
+#[derive(Debug)]
+pub struct Relay {
+    addr: std::net::SocketAddr,
+    shared: Arc<RelayShared>,
+    acceptor: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    /// Starts a relay to `target` (`HOST:PORT`).
+    pub fn start(target: &str, fault: Fault) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
+        // A small receive buffer, inherited by every accepted socket (and fixed: no
+        // autotuning): what a client has in flight is bounded by its own send buffer, so
+        // that a stall stops its writes too, whatever the machine's tcp_rmem.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&listener, RELAY_RCVBUF)
+            .expect("setting the relay's receive buffer");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("the relay's address");
+        let target: std::net::SocketAddr = target.parse().expect("a HOST:PORT target");
+        let shared = Arc::new(RelayShared::default());
+        let sh = Arc::clone(&shared);
+        let acceptor = thread::spawn(move || {
+            let mut threads = Vec::new();
+            while !sh.stop.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(RELAY_POLL));
+                    // A peer that stops reading must not hold the relay's threads
+                    // forever when it is dropped.
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+                }
+                let conn = Arc::new(Conn {
+                    shared: Arc::clone(&sh),
+                    fault,
+                    stalled: std::sync::atomic::AtomicBool::new(false),
+                });
+                let (c2, s2) = (
+                    client.try_clone().expect("cloning a socket"),
+                    server.try_clone().expect("cloning a socket"),
+                );
+                let c = Arc::clone(&conn);
+                threads.push(thread::spawn(move || c.pump_up(client, server)));
+                threads.push(thread::spawn(move || conn.pump_down(s2, c2)));
+            }
+            threads
+        });
+        Relay {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `127.0.0.1:PORT`, for the client's `--server`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Bytes forwarded from clients to the server so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.shared.upstream.load(Ordering::SeqCst)
+    }
+
+    /// How many connections the fault has happened to.
+    pub fn faulted(&self) -> u32 {
+        self.shared.faulted.load(Ordering::SeqCst)
+    }
+}
+
+/// One relayed connection.
+struct Conn {
+    shared: Arc<RelayShared>,
+    fault: Fault,
+    /// The stall has happened: nothing more is read or forwarded either way.
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+/// What a read with the relay's poll timeout gave.
+enum Got {
+    Data(usize),
+    Nothing,
+    End,
+}
+
+fn read_polling(from: &mut std::net::TcpStream, buf: &mut [u8]) -> Got {
+    match from.read(buf) {
+        Ok(0) => Got::End,
+        Ok(n) => Got::Data(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Got::Nothing
+        }
+        Err(_) => Got::End,
+    }
+}
+
+impl Conn {
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Holds the sockets open, reading and forwarding nothing, until the relay stops.
+    fn hang(&self) {
+        while !self.stopping() {
+            thread::sleep(RELAY_POLL);
+        }
+    }
+
+    /// Client → server, counting bytes and applying the fault.
+    fn pump_up(&self, mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+        let limit = match self.fault {
+            Fault::None => u64::MAX,
+            Fault::Cut { after } | Fault::Stall { after } => after,
+        };
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        while !self.stopping() {
+            let room = usize::try_from(limit - sent)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            if room == 0 {
+                self.shared.faulted.fetch_add(1, Ordering::SeqCst);
+                if let Fault::Stall { .. } = self.fault {
+                    self.stalled.store(true, Ordering::SeqCst);
+                    self.hang();
+                    return;
+                }
+                // The cut: both peers hear the end now, and any further byte from either
+                // is answered with a reset once the sockets are closed (dropped below and
+                // in `pump_down`, which stops when its read ends).
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            let n = match read_polling(&mut from, &mut buf[..room]) {
+                Got::Data(n) => n,
+                Got::Nothing => continue,
+                Got::End => break,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+            self.shared.upstream.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Server → client, until the stall.
+    fn pump_down(&self, mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+        let mut buf = vec![0u8; 64 << 10];
+        while !self.stopping() {
+            if self.stalled.load(Ordering::SeqCst) {
+                self.hang();
+                return;
+            }
+            let n = match read_polling(&mut from, &mut buf) {
+                Got::Data(n) => n,
+                Got::Nothing => continue,
+                Got::End => break,
+            };
+            // Read just before the stall: held, the client never gets it.
+            if self.stalled.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            for t in a.join().unwrap_or_default() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that is free and outside the kernel's ephemeral range
+/// (`ip_local_port_range`), for a server that must be restarted on the same port: no
+/// `--port 0` of another test and no outgoing connection takes it in between.
+pub fn free_port() -> u16 {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (61_000, 65_000)
+    };
+    // Spread by the process id and a counter, so that parallel tests try different ports.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(to - from);
+    for _ in 0..span {
+        let n = std::process::id()
+            .wrapping_mul(7919)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+        let port = from + (n % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
