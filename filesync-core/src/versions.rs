@@ -174,8 +174,27 @@ impl SessionRecord {
     pub fn version_path(&mut self, rel: &RelPath) -> io::Result<PathBuf> {
         let tree = self.dir()?.join("tree");
         let p = rel.to_path(&tree);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)?;
+        // The folders leading to it are made one by one, never through a symlink: an
+        // entry kept earlier in this session may be a symlink (to anywhere) standing
+        // where a later path needs a folder.
+        let mut d = tree.clone();
+        for c in std::iter::once(None).chain(rel.ancestors().map(Some)) {
+            if let Some(a) = c {
+                d = a.to_path(&tree);
+            }
+            match fs::symlink_metadata(&d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{rel} cannot be kept under an entry kept earlier that is not a folder"
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&d)?,
+                Err(e) => return Err(e),
+            }
         }
         if fs::symlink_metadata(&p).is_ok() {
             return Err(io::Error::new(
@@ -514,6 +533,13 @@ mod tests {
         let v = r.version_path(&p("a/old")).unwrap();
         fs::write(&v, b"old").unwrap();
         assert!(r.version_path(&p("a/old")).is_err(), "once per session");
+        // A symlink kept earlier is never gone through to keep what is under its name.
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let v = r.version_path(&p("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, &v).unwrap();
+        assert!(r.version_path(&p("link/x")).is_err());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         r.flush().unwrap();
         let s = Session {
             at,
