@@ -8,8 +8,10 @@
 #   --fs tmpfs|ext4     filesystem made for the run (default tmpfs)
 #   --fs-size SIZE      size of the tmpfs / ext4 image (default 8G; 16G tmpfs or
 #                       24G ext4 when the full million tree is among the cases)
-#   --cases LIST        comma-separated trees: small,large,many,million
-#                       (default small,large)
+#   --cases LIST        comma-separated trees: small,large,many,million,delta
+#                       (default small,large; delta: a 512 MiB file with 4 KiB
+#                       changed and rewritten, and a 1 GiB file cut at 90% and
+#                       resumed; see bench/README.md)
 #   --only TOOL         rsync | filesync | both (default both)
 #   --no-limit          skip the durable-limit row (tar | tar, then sync -f) that
 #                       the initial case of every tree gets
@@ -38,6 +40,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
 GEN="$BENCH_DIR/gen_tree.py"
+DTOOL="$BENCH_DIR/delta_tool.py"
 TASKSTATS="$BENCH_DIR/taskstats.py"
 
 RUNS=""
@@ -98,8 +101,8 @@ TREES=()
 IFS=, read -r -a _cases <<<"$CASES"
 for c in "${_cases[@]}"; do
     case $c in
-        small | large | many | million) TREES+=("$c") ;;
-        *) die "unknown case '$c' (expected small,large,many,million)" ;;
+        small | large | many | million | delta) TREES+=("$c") ;;
+        *) die "unknown case '$c' (expected small,large,many,million,delta)" ;;
     esac
 done
 ((${#TREES[@]})) || die "no cases selected"
@@ -117,11 +120,13 @@ if ((QUICK)); then
     LARGE_MIB=64
     MANY_FILES=20000 MANY_DIRS=6000
     MILLION_FILES=100000 MILLION_DIRS=30000
+    DELTA_MIB=64 RESUME_MIB=128
 else
     SMALL_FILES=20000
     LARGE_MIB=512
     MANY_FILES=200000 MANY_DIRS=60000
     MILLION_FILES=1000000 MILLION_DIRS=300000
+    DELTA_MIB=512 RESUME_MIB=1024
 fi
 LARGE_COUNT=2
 SEED=42
@@ -129,6 +134,15 @@ SMALL_ARGS=(--files "$SMALL_FILES" --seed "$SEED")
 LARGE_ARGS=(--count "$LARGE_COUNT" --size-mib "$LARGE_MIB" --seed "$SEED")
 MANY_ARGS=(--files "$MANY_FILES" --dirs "$MANY_DIRS" --seed "$SEED")
 MILLION_ARGS=(--files "$MILLION_FILES" --dirs "$MILLION_DIRS" --seed "$SEED")
+# The delta case: one file of DELTA_MIB (gen_tree.py's large tree with one file), and
+# later one of RESUME_MIB (another seed), each alone in the source.
+DELTA_ARGS=(--count 1 --size-mib "$DELTA_MIB" --seed "$SEED")
+RESUME_ARGS=(--count 1 --size-mib "$RESUME_MIB" --seed "$((SEED + 1))")
+DELTA_REL=large_0.bin
+DELTA_BYTES=$((DELTA_MIB << 20))
+RESUME_BYTES=$((RESUME_MIB << 20))
+POKE_LEN=4096
+POKE_OFFSET=$((DELTA_BYTES / 2 + 12345)) # the middle, not aligned to any block size
 
 # Room on the filesystem. At most three copies of a tree exist at once (source and
 # the two tools' destinations; the initial case keeps only the source and the copy
@@ -367,15 +381,18 @@ with open(sys.argv[2], "ab") as log:
 print("%.6f %d %d" % (t1 - t0, rc, p.pid))
 '
 
+# Extra client flags: the delta case adds --stats (rsync) and --json (filesync), whose
+# byte counts it reports, and --partial for rsync's resume runs.
+RSYNC_EXTRA=() FS_EXTRA=()
 sync_cmd() { # sync_cmd TOOL -> sets CMD array
     case $1 in
         rsync)
             CMD=(rsync -a --delete)
             if ((RSYNC_FSYNC)); then CMD+=(--fsync); fi
-            CMD+=("$SRC/" "rsync://127.0.0.1:$RSYNC_PORT/mod/")
+            CMD+=("${RSYNC_EXTRA[@]}" "$SRC/" "rsync://127.0.0.1:$RSYNC_PORT/mod/")
             ;;
         filesync)
-            CMD=("$FILESYNC_BIN" sync --once --id bench --server "127.0.0.1:$FS_PORT" --dir "$SRC")
+            CMD=("$FILESYNC_BIN" sync --once --id bench --server "127.0.0.1:$FS_PORT" --dir "$SRC" "${FS_EXTRA[@]}")
             ;;
         limit) # the durable limit: a local copy that is on disk when it ends
             CMD=(bash -c 'set -eo pipefail; tar -C "$1" -cf - . | tar -C "$2" -xf -; sync -f "$2"' limit "$SRC" "$LIMIT_DST")
@@ -394,7 +411,11 @@ dest_of() {
 clear_dest() {
     case $1 in
         rsync) rm -rf "$RSYNC_DST" && mkdir -p "$RSYNC_DST" ;;
-        filesync) rm -rf "$FS_DST" ;;
+        # The server's block signatures of the client's files (cached when a file is
+        # stored, checked against its size and mtime) and kept partial files go too: a
+        # sync to an empty destination must not find a signature of the same file made
+        # by an earlier run, which would spare it the signing a real first sync does.
+        filesync) rm -rf "$FS_DST" "$FS_ROOT/.filesync/sigs/client_bench" "$FS_ROOT/.filesync/partial"/* ;;
         limit) rm -rf "$LIMIT_DST" && mkdir -p "$LIMIT_DST" ;;
     esac
 }
@@ -421,9 +442,9 @@ wait_daemon_idle() {
 # run_sync TOOL TAG: one sync; sets ELAPSED, CLIENT_KIB, SERVER_KIB (peak RSS of
 # the client and of the server side during this sync) and WIRE (bytes on the
 # loopback during it); dies loudly on failure.
-ELAPSED="" CLIENT_KIB="" SERVER_KIB="" WIRE=""
+ELAPSED="" CLIENT_KIB="" SERVER_KIB="" WIRE="" SENT="" RECV="" NDELTA="" NRESUMED=""
 run_sync() {
-    local tool=$1 tag=$2 out secs rc cpid logf lo0 lo1 ts0 ts1 procs cprocs sums
+    local tool=$1 tag=$2 out secs rc cpid logf lo0 lo1 ts0 ts1 procs cprocs sums off
     logf="$LOGS/$tool.log"
     sync_cmd "$tool"
     sync -f "$MNT" # flush dirty data now, not during the timed command
@@ -436,6 +457,7 @@ run_sync() {
     fi
     lo0=$(lo_bytes)
     printf '\n=== %s %s: %s\n' "$(date +%T)" "$tag" "${CMD[*]}" >>"$logf"
+    off=$(stat -c %s "$logf")
     out=$("${NS[@]}" python3 -c "$TIMER_PY" "$TIMEOUT" "$logf" "${CMD[@]}")
     read -r secs rc cpid <<<"$out"
     printf '=== exit %s after %s s\n' "$rc" "$secs" >>"$logf"
@@ -471,7 +493,32 @@ run_sync() {
         die "$tool sync failed with exit code $rc ($tag); log: $logf"
     fi
     ELAPSED=$secs
+    SENT="" RECV="" NDELTA="" NRESUMED=""
+    if [[ $tool != limit ]]; then
+        read -r SENT RECV NDELTA NRESUMED <<<"$(tail -c +$((off + 1)) "$logf" | python3 -c "$STATS_PY" "$tool")"
+    fi
 }
+
+# Byte counts a client printed (filesync --json, rsync --stats), from its output on
+# stdin: "<sent> <received> <files_delta> <files_resumed>", nan where not printed.
+# filesync's bytes_sent counts the literal file data it sent; rsync's "Total bytes
+# sent" everything the client wrote to the socket, "received" what it read.
+STATS_PY='
+import json, re, sys
+text = sys.stdin.read()
+out = ["nan"] * 4
+if sys.argv[1] == "filesync":
+    js = [l for l in text.splitlines() if l.startswith("{")]
+    if js:
+        v = json.loads(js[-1])
+        out = [str(v.get("bytes_sent", "nan")), "nan", str(v.get("files_delta", "nan")), str(v.get("files_resumed", "nan"))]
+else:
+    for i, what in enumerate(("sent", "received")):
+        m = re.search(r"Total bytes %s: ([0-9,.]+)" % what, text)
+        if m:
+            out[i] = m.group(1).replace(",", "").replace(".", "")
+print(" ".join(out))
+'
 
 EXCLUDES=()
 read -r -a EXCLUDES <<<"${FILESYNC_VERIFY_EXCLUDE:-}"
@@ -528,6 +575,10 @@ tools_for_run() { # tools_for_run RUN [TOOL...]
 }
 
 declare -A TIMES=() CLIENT_RSS=() SERVER_RSS=() WIRE_BYTES=()
+# The delta case's extra figures, per run: client byte counts, and for the resume runs
+# the size of the server's temporary file when the client was killed and the bytes the
+# server kept.
+declare -A SENT_BYTES=() RECV_BYTES=() DELTA_FILES=() RESUMED_FILES=() CUT_SEEN=() CUT_KEPT=()
 CASE_KEYS=()
 declare -A CASE_LABEL=()
 
@@ -537,6 +588,10 @@ record() { # record CASEKEY TOOL: the figures of the last run_sync
         CLIENT_RSS["$1|$2"]="${CLIENT_RSS["$1|$2"]:-} ${CLIENT_KIB:-nan}"
         SERVER_RSS["$1|$2"]="${SERVER_RSS["$1|$2"]:-} ${SERVER_KIB:-nan}"
         WIRE_BYTES["$1|$2"]="${WIRE_BYTES["$1|$2"]:-} $WIRE"
+        SENT_BYTES["$1|$2"]="${SENT_BYTES["$1|$2"]:-} ${SENT:-nan}"
+        RECV_BYTES["$1|$2"]="${RECV_BYTES["$1|$2"]:-} ${RECV:-nan}"
+        DELTA_FILES["$1|$2"]="${DELTA_FILES["$1|$2"]:-} ${NDELTA:-nan}"
+        RESUMED_FILES["$1|$2"]="${RESUMED_FILES["$1|$2"]:-} ${NRESUMED:-nan}"
     fi
 }
 
@@ -558,6 +613,7 @@ gen_args() { # gen_args TREE -> GARGS
         large) GARGS=("${LARGE_ARGS[@]}") ;;
         many) GARGS=("${MANY_ARGS[@]}") ;;
         million) GARGS=("${MILLION_ARGS[@]}") ;;
+        delta) GARGS=("${DELTA_ARGS[@]}") ;;
     esac
 }
 
@@ -565,7 +621,11 @@ run_note() { # run_note TOOL: the log line of a run
     if [[ $1 == limit ]]; then
         echo "${ELAPSED}s"
     else
-        echo "${ELAPSED}s, RSS client $((${CLIENT_KIB:-0} / 1024)) MiB, server $((${SERVER_KIB:-0} / 1024)) MiB, wire $((WIRE / 1024)) KiB"
+        local extra=""
+        if [[ ${SENT:-nan} != nan ]]; then extra+=", bytes sent $SENT"; fi
+        if [[ ${RECV:-nan} != nan ]]; then extra+=", received $RECV"; fi
+        if [[ ${NDELTA:-nan} != nan ]]; then extra+=", files_delta $NDELTA, files_resumed $NRESUMED"; fi
+        echo "${ELAPSED}s, RSS client $((${CLIENT_KIB:-0} / 1024)) MiB, server $((${SERVER_KIB:-0} / 1024)) MiB, wire $((WIRE / 1024)) KiB$extra"
     fi
 }
 
@@ -639,6 +699,124 @@ case_nochange() {
                 log "  run $r $tool: $(run_note "$tool")"
                 record "$key" "$tool"
                 verify "$tool" "$key run $r" $((r == 1))
+            fi
+        done
+    done
+}
+
+# ------------------------------------------------------- the delta case's cases
+
+# timed_run KEY R TOOL [CHANGED_LIST]: one sync of run R (0 = warm-up), recorded and checked.
+timed_run() {
+    local key=$1 r=$2 tool=$3 changed=${4:-}
+    run_sync "$tool" "$key run $r"
+    if ((r == 0)); then
+        log "  warm-up $tool: $(run_note "$tool")"
+        verify "$tool" "$key warm-up" 0 "$changed"
+    else
+        log "  run $r $tool: $(run_note "$tool")"
+        record "$key" "$tool"
+        verify "$tool" "$key run $r" $((r == 1)) "$changed"
+    fi
+}
+
+# prune_versions: the filesync server keeps what a sync replaces (serve
+# --keep-versions, 30 days by default) under .filesync/versions; every run of the
+# delta case replaces a whole 512 MiB file, so the records are deleted between runs,
+# untimed, to bound the space they take.
+prune_versions() {
+    if has_tool filesync && [[ -d $FS_ROOT/.filesync/versions ]]; then
+        find "$FS_ROOT/.filesync/versions" -mindepth 2 -maxdepth 2 -exec rm -rf {} +
+    fi
+}
+
+# case_delta_edit KIND LABEL: KIND poke (POKE_LEN bytes of new content at POKE_OFFSET)
+# or rewrite (the whole file new, same size), applied before every run; both tools
+# then sync the same change. The tools start in sync (after case_initial).
+case_delta_edit() {
+    local kind=$1 key="delta-$1" r tool changed="$MNT/tmp/changed.txt"
+    new_case "$key" "$2"
+    echo "$DELTA_REL" >"$changed"
+    for tool in "${TOOLS[@]}"; do # make sure both start in sync
+        run_sync "$tool" "$key prepare"
+    done
+    for ((r = 0; r <= RUNS; r++)); do
+        prune_versions
+        next_mtime
+        case $kind in
+            poke) python3 "$DTOOL" poke "$SRC/$DELTA_REL" --offset "$POKE_OFFSET" --length "$POKE_LEN" \
+                --seed "$SEED" --variant "$r" --mtime "$MTIME_SEQ" ;;
+            rewrite) python3 "$DTOOL" rewrite "$SRC/$DELTA_REL" --seed "$SEED" --variant "$r" --mtime "$MTIME_SEQ" ;;
+        esac
+        for tool in $(tools_for_run "$r"); do
+            timed_run "$key" "$r" "$tool" "$changed"
+        done
+    done
+    prune_versions
+}
+
+# interrupt_sync TOOL TAG AT: a sync of the (empty-destination) resume file, killed
+# (SIGKILL) once the server's temporary file holds AT bytes: filesync's newest file in
+# <root>/.filesync/tmp, rsync's temporary .NAME.XXXXXX in the module (rsync gets
+# --partial, so its daemon keeps what it received in place of the file). Waits until
+# the server has kept its partial file; sets CUT_AT (size seen) and KEPT (bytes kept).
+CUT_AT="" KEPT=""
+interrupt_sync() {
+    local tool=$1 tag=$2 at=$3 logf="$LOGS/$1.log" watch out n0 i line
+    sync_cmd "$tool"
+    sync -f "$MNT"
+    case $tool in
+        filesync)
+            watch="$FS_ROOT/.filesync/tmp"
+            n0=$(grep -c 'kept the beginning of an interrupted file' "$LOGS/filesync-serve.log" || true)
+            ;;
+        rsync)
+            watch="$RSYNC_DST"
+            wait_daemon_idle
+            ;;
+    esac
+    printf '\n=== %s %s (killed at %s bytes in %s): %s\n' "$(date +%T)" "$tag" "$at" "$watch" "${CMD[*]}" >>"$logf"
+    out=$("${NS[@]}" python3 "$DTOOL" interrupt --watch "$watch" --at "$at" --log "$logf" --timeout "$TIMEOUT" -- "${CMD[@]}") ||
+        die "$tool: the sync to be interrupted ($tag) did not reach $at bytes (log: $logf)"
+    read -r CUT_AT secs <<<"$out"
+    printf '=== killed (SIGKILL) after %s s, temporary file at %s bytes\n' "$secs" "$CUT_AT" >>"$logf"
+    KEPT=""
+    case $tool in
+        filesync)
+            for ((i = 0; i < 1200; i++)); do
+                if (($(grep -c 'kept the beginning of an interrupted file' "$LOGS/filesync-serve.log" || true) > n0)); then
+                    line=$(grep 'kept the beginning of an interrupted file' "$LOGS/filesync-serve.log" | tail -n 1 | sed 's/\x1b\[[0-9;]*m//g')
+                    KEPT=$(sed -nE 's/.*bytes=([0-9]+).*/\1/p' <<<"$line")
+                    break
+                fi
+                sleep 0.05
+            done
+            [[ -n $KEPT ]] || die "filesync: the server did not log that it kept the interrupted file within 60 s ($LOGS/filesync-serve.log)"
+            ;;
+        rsync)
+            wait_daemon_idle
+            KEPT=$(stat -c %s "$RSYNC_DST/$DELTA_REL" 2>/dev/null || echo 0)
+            ;;
+    esac
+    log "  $tag $tool: killed at $CUT_AT bytes ($(python3 -c "print(f'{$CUT_AT*100/$RESUME_BYTES:.1f}')") %) after ${secs}s; the server kept $KEPT bytes"
+}
+
+# case_resume LABEL: for each run and tool, from an empty destination: a sync killed at
+# 90 % of the file, then the timed sync that finishes it.
+case_resume() {
+    local key="delta-resume" r tool changed="$MNT/tmp/changed.txt" at=$((RESUME_BYTES * 9 / 10))
+    new_case "$key" "$1"
+    echo "$DELTA_REL" >"$changed"
+    for ((r = 0; r <= RUNS; r++)); do
+        for tool in $(tools_for_run "$r"); do
+            clear_dest "$tool"
+            if [[ $tool == rsync ]]; then RSYNC_EXTRA=(--stats --partial); fi
+            interrupt_sync "$tool" "$key run $r" "$at"
+            timed_run "$key" "$r" "$tool" "$changed"
+            RSYNC_EXTRA=(--stats)
+            if ((r > 0)); then
+                CUT_SEEN["$key|$tool"]="${CUT_SEEN["$key|$tool"]:-} $CUT_AT"
+                CUT_KEPT["$key|$tool"]="${CUT_KEPT["$key|$tool"]:-} $KEPT"
             fi
         done
     done
@@ -737,7 +915,9 @@ for tree in "${TREES[@]}"; do
     gen_args "$tree"
     log "generating the $tree tree"
     t0=$(date +%s.%N)
-    python3 "$GEN" "$tree" "$SRC" "${GARGS[@]}" 2>"$LOGS/gen-$tree.txt" || { cat "$LOGS/gen-$tree.txt" >&2; die "gen_tree.py $tree failed"; }
+    gtree=$tree
+    if [[ $tree == delta ]]; then gtree=large; fi
+    python3 "$GEN" "$gtree" "$SRC" "${GARGS[@]}" 2>"$LOGS/gen-$tree.txt" || { cat "$LOGS/gen-$tree.txt" >&2; die "gen_tree.py $tree failed"; }
     t1=$(date +%s.%N)
     GEN_NOTES+=("$(head -n 1 "$LOGS/gen-$tree.txt")")
     log "  $(head -n 1 "$LOGS/gen-$tree.txt") ($(python3 -c "print(f'{$t1-$t0:.1f}')") s)"
@@ -767,6 +947,21 @@ for tree in "${TREES[@]}"; do
             mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
             case_initial million "million: initial ($(fmt_int "$MILLION_FILES") files, $mb MB, $(fmt_int "$MILLION_DIRS") dirs)"
             case_nochange million "million: no change"
+            ;;
+        delta)
+            RSYNC_EXTRA=(--stats) FS_EXTRA=(--json)
+            case_initial delta "delta: initial (1 × $DELTA_MIB MiB; baseline of the rewrite)"
+            case_delta_edit poke "delta: 4 KiB changed in the middle of $DELTA_MIB MiB"
+            case_delta_edit rewrite "delta: $DELTA_MIB MiB rewritten (new content, same size)"
+            # The resume file replaces the first one, alone in the source.
+            rm -rf "$SRC"
+            for tool in "${TOOLS[@]}" limit; do clear_dest "$tool"; done
+            prune_versions
+            log "generating the resume file"
+            python3 "$GEN" large "$SRC" "${RESUME_ARGS[@]}" 2>>"$LOGS/gen-$tree.txt" || die "gen_tree.py large (resume file) failed"
+            GEN_NOTES+=("resume file: $(tail -n 2 "$LOGS/gen-$tree.txt" | head -n 1) (seed $((SEED + 1)))")
+            case_resume "delta: $RESUME_MIB MiB cut at 90 %, then finished"
+            RSYNC_EXTRA=() FS_EXTRA=()
             ;;
     esac
     stop_servers
@@ -837,6 +1032,94 @@ for key in "${CASE_KEYS[@]}"; do
     done
 done
 tables=$(python3 -c "$REPORT_PY" <"$MEAS") || die "report failed ($MEAS)"
+
+# The delta case: its figures against the targets of the issue "Large files: resume an
+# interrupted transfer, send only the changed blocks", and the byte counts of every run.
+# Input lines: key TAB tool TAB times TAB wire TAB sent TAB received TAB files_delta TAB
+# files_resumed TAB cut-at TAB kept (space-separated values, one per timed run).
+DELTA_PY='
+import statistics, sys
+delta_bytes, resume_bytes, poke_len = (int(x) for x in sys.argv[1:4])
+rows = {}
+for line in sys.stdin.read().splitlines():
+    f = (line.split("\t") + [""] * 10)[:10]
+    vals = lambda s: [float(x) for x in s.split() if x != "nan"]
+    rows[(f[0], f[1])] = dict(zip(("t", "w", "sent", "recv", "nd", "nr", "cut", "kept"), map(vals, f[2:])))
+def med(key, tool, what):
+    v = rows.get((key, tool), {}).get(what)
+    return statistics.median(v) if v else None
+def b(v):
+    if v is None:
+        return "–"
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if v >= div:
+            return "%.2f %s" % (v / div, unit)
+    return "%d B" % v
+def s(v): return "–" if v is None else "%.3f s" % v
+def line(what, fs, ref, ratio, target, op=lambda r, t: r <= t):
+    met = "–" if ratio is None else ("yes" if op(ratio, target) else "**no**")
+    return "| %s | %s | %s | %s | ≤ %s | %s |" % (what, fs, ref, "–" if ratio is None else "%.2f" % ratio, target, met)
+R = lambda a, b_: None if a is None or not b_ else a / b_
+out = ["| target (filesync) | filesync | against | ratio | target | met |", "|---|---:|---:|---:|---:|---|"]
+fw, rw = med("delta-poke", "filesync", "w"), med("delta-poke", "rsync", "w")
+out.append(line("%s changed in %s: bytes on the wire vs rsync" % (b(poke_len), b(delta_bytes)), b(fw), "rsync " + b(rw), R(fw, rw), 1.5))
+ft, rt = med("delta-poke", "filesync", "t"), med("delta-poke", "rsync", "t")
+out.append(line("%s changed in %s: time vs rsync" % (b(poke_len), b(delta_bytes)), s(ft), "rsync " + s(rt), R(ft, rt), 0.5))
+ft, it = med("delta-rewrite", "filesync", "t"), med("delta-initial", "filesync", "t")
+out.append(line("%s rewritten: time vs its whole-file send (initial sync)" % b(delta_bytes), s(ft), "filesync initial " + s(it), R(ft, it), 1.0))
+fs_ = med("delta-resume", "filesync", "sent")
+out.append(line("%s cut at 90 %%: bytes sent to finish, share of the file" % b(resume_bytes), b(fs_), "file " + b(resume_bytes), R(fs_, resume_bytes), 0.15))
+print("\n".join(out))
+print("----")
+det = ["| case | tool | client bytes sent | client bytes received | files_delta | files_resumed | killed at | server kept | wire |",
+       "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+names = {"delta-initial": "initial", "delta-poke": "%s changed" % b(poke_len), "delta-rewrite": "rewritten", "delta-resume": "resume after cut at 90 %"}
+for key in ("delta-initial", "delta-poke", "delta-rewrite", "delta-resume"):
+    for tool in ("rsync", "filesync"):
+        if (key, tool) not in rows:
+            continue
+        g = lambda w: med(key, tool, w)
+        i = lambda v: "–" if v is None else "%d" % v
+        det.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (names[key], tool, b(g("sent")), b(g("recv")),
+                   i(g("nd")), i(g("nr")), b(g("cut")), b(g("kept")), b(g("w"))))
+print("\n".join(det))
+'
+DELTA_REPORT=""
+if has_tree delta; then
+    DMEAS="$LOGS/delta.tsv"
+    : >"$DMEAS"
+    for key in delta-initial delta-poke delta-rewrite delta-resume; do
+        for tool in "${TOOLS[@]}"; do
+            [[ -n ${TIMES["$key|$tool"]:-} ]] || continue
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$tool" "${TIMES["$key|$tool"]}" \
+                "${WIRE_BYTES["$key|$tool"]:-}" "${SENT_BYTES["$key|$tool"]:-}" "${RECV_BYTES["$key|$tool"]:-}" \
+                "${DELTA_FILES["$key|$tool"]:-}" "${RESUMED_FILES["$key|$tool"]:-}" \
+                "${CUT_SEEN["$key|$tool"]:-}" "${CUT_KEPT["$key|$tool"]:-}" >>"$DMEAS"
+        done
+    done
+    dtables=$(python3 -c "$DELTA_PY" "$DELTA_BYTES" "$RESUME_BYTES" "$POKE_LEN" <"$DMEAS") || die "delta report failed ($DMEAS)"
+    DELTA_REPORT="
+## Large files: deltas and resume
+
+${dtables%%$'\n'----$'\n'*}
+
+Medians over the runs. In this case the clients also get \`--stats\` (rsync) and
+\`--json\` (filesync), for their byte counts. Wire: bytes on the loopback, both directions, headers included
+(as in the table above). The rewrite's baseline is filesync's own initial sync of the
+same file (a whole-file send to an empty server), in the same run. Resume: the client
+was killed (SIGKILL) when the server's temporary file reached 90 % of the file; the
+figure is filesync's \`--json\` \`bytes_sent\` (literal file data) of the sync that
+finished it. rsync's resume runs use \`--partial\` (without it the daemon deletes
+what it received).
+
+Byte counts of the clients (medians): filesync's \`--json\` \`bytes_sent\` (file data
+sent as literal bytes), rsync's \`--stats\` \`Total bytes sent\` / \`received\` (all it
+wrote to and read from the socket); \`killed at\`: the server's temporary file when the
+client was killed; \`server kept\`: what the server kept to resume from.
+
+${dtables#*$'\n'----$'\n'}
+"
+fi
 TABLE=${tables%%$'\n'----$'\n'*}
 DETAILS=${tables#*$'\n'----$'\n'}
 
@@ -895,6 +1178,7 @@ $(printf -- '  - %s\n' "${GEN_NOTES[@]}")
 - The page cache was not dropped between runs: every run after the warm-up reads a warm cache.
 - Verification: every timed run compares a listing (paths, sizes, mtimes to the second) of source and destination, plus the contents of the changed files; the first timed run of each case does a full \`diff -r\`$verify_note.
 
+$DELTA_REPORT
 ## All runs
 
 $DETAILS
@@ -902,5 +1186,6 @@ $DETAILS
 
 printf '%s\n' "$REPORT" >"$OUT"
 printf '\n%s\n\n' "$TABLE"
+if [[ -n $DELTA_REPORT ]]; then printf '%s\n' "$DELTA_REPORT"; fi
 log "results written to $OUT"
 SUCCESS=1
