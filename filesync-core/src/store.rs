@@ -538,6 +538,16 @@ enum Open {
     Failed { path: RelPath, error: String },
 }
 
+/// The open file, once writing it failed: its temporary file is removed, and the rest of
+/// its content will be dropped.
+fn failed(path: &RelPath, temp: &Path, error: String) -> Open {
+    let _ = fs::remove_file(temp);
+    Open::Failed {
+        path: path.clone(),
+        error,
+    }
+}
+
 /// Where the content of the open file goes.
 #[derive(Debug)]
 enum Sink {
@@ -719,12 +729,8 @@ impl Receiver<'_> {
         {
             *pos += data.len() as u64;
             if let Err(e) = file.write_all(data) {
-                let path = path.clone();
-                let _ = fs::remove_file(&*temp);
-                self.open = Some(Open::Failed {
-                    path,
-                    error: format!("writing: {e}"),
-                });
+                let failed = failed(path, temp, format!("writing: {e}"));
+                self.open = Some(failed);
             }
         }
     }
@@ -757,12 +763,8 @@ impl Receiver<'_> {
             };
             *sparse = true;
             if let Err(e) = r {
-                let path = path.clone();
-                let _ = fs::remove_file(&*temp);
-                self.open = Some(Open::Failed {
-                    path,
-                    error: format!("skipping a hole: {e}"),
-                });
+                let failed = failed(path, temp, format!("skipping a hole: {e}"));
+                self.open = Some(failed);
             }
         }
     }
@@ -788,12 +790,12 @@ impl Receiver<'_> {
                 Sink::Plain(_) => Err(io::Error::other("COPY outside a delta")),
             };
             if let Err(e) = r {
-                let path = path.clone();
-                let _ = fs::remove_file(&*temp);
-                self.open = Some(Open::Failed {
+                let failed = failed(
                     path,
-                    error: format!("copying blocks of the stored copy: {e}"),
-                });
+                    temp,
+                    format!("copying blocks of the stored copy: {e}"),
+                );
+                self.open = Some(failed);
             }
         }
     }
