@@ -290,9 +290,7 @@ impl Store {
             if out.len() == BASES_PER_TASKS {
                 break;
             }
-            let real = std::iter::once(dir.clone())
-                .chain(p.ancestors().map(|a| a.to_path(&dir)))
-                .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
+            let real = real_dirs_to(&dir, p);
             let Ok(m) = fs::symlink_metadata(p.to_path(&dir)) else {
                 continue;
             };
@@ -546,6 +544,22 @@ fn failed(path: &RelPath, temp: &Path, error: String) -> Open {
         path: path.clone(),
         error,
     }
+}
+
+/// Whether the client folder `dir` itself and every ancestor of `rel` in it are real
+/// directories by `lstat`: a symlink standing in the folder's place would otherwise be
+/// followed as the first component of every path.
+fn real_dirs_to(dir: &Path, rel: &RelPath) -> bool {
+    std::iter::once(dir.to_path_buf())
+        .chain(rel.ancestors().map(|a| a.to_path(dir)))
+        .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+}
+
+/// A short file name standing for `rel` (hex of 16 bytes of its BLAKE3 hash), for the
+/// files the store keeps about a path (partials, signatures): names of any length and
+/// bytes map to one short name.
+fn path_key(rel: &RelPath) -> String {
+    hex::encode(&blake3::hash(rel.as_bytes()).as_bytes()[..16])
 }
 
 /// Where the content of the open file goes.
@@ -804,10 +818,7 @@ impl Receiver<'_> {
     /// Never through a symlink.
     fn base(&self, rel: &RelPath) -> io::Result<File> {
         let dir = self.store.client_dir(&self.id);
-        let real = std::iter::once(dir.clone())
-            .chain(rel.ancestors().map(|a| a.to_path(&dir)))
-            .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
-        if !real {
+        if !real_dirs_to(&dir, rel) {
             return Err(io::Error::other("no stored copy to apply a delta to"));
         }
         let f = walk::open_nofollow(&rel.to_path(&dir))?;
@@ -1099,13 +1110,9 @@ impl Placer {
         self.real_dirs_to(rel) && fs::symlink_metadata(rel.to_path(&self.dir)).is_ok_and(|m| is(&m))
     }
 
-    /// Whether the client folder itself and every ancestor of `rel` in it are real
-    /// directories by `lstat`: a symlink standing in the folder's place would otherwise be
-    /// followed as the first component of every path.
+    /// See the free function [`real_dirs_to`].
     fn real_dirs_to(&self, rel: &RelPath) -> bool {
-        std::iter::once(self.dir.clone())
-            .chain(rel.ancestors().map(|a| a.to_path(&self.dir)))
-            .all(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+        real_dirs_to(&self.dir, rel)
     }
 
     /// Makes a symlink or FIFO with `make` under a temporary name, then moves it into
@@ -1455,8 +1462,7 @@ fn signature_of(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<Signature
         return Err(io::Error::other("not a file to sign"));
     }
     let mtime = walk::mtime_of(&m);
-    let key = hex::encode(&blake3::hash(rel.as_bytes()).as_bytes()[..16]);
-    let path = cache.join(format!("{key}.sig"));
+    let path = cache.join(format!("{}.sig", path_key(rel)));
     if let Ok(c) = fs::read(&path)
         .map_err(|_| ())
         .and_then(|b| postcard::from_bytes::<CachedSig>(&b).map_err(|_| ()))
@@ -1496,10 +1502,9 @@ struct PartialMeta {
     len: u64,
 }
 
-/// `<dir>/<key>.data` and `<dir>/<key>.meta` for the partial of `rel`, the key being a
-/// BLAKE3 hash of the path (names of any length and bytes map to one short name).
+/// `<dir>/<key>.data` and `<dir>/<key>.meta` for the partial of `rel` ([`path_key`]).
 fn partial_paths(dir: &Path, rel: &RelPath) -> (PathBuf, PathBuf) {
-    let key = hex::encode(&blake3::hash(rel.as_bytes()).as_bytes()[..16]);
+    let key = path_key(rel);
     (
         dir.join(format!("{key}.data")),
         dir.join(format!("{key}.meta")),
