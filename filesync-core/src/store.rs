@@ -294,7 +294,7 @@ impl Store {
             let Ok(m) = fs::symlink_metadata(p.to_path(&dir)) else {
                 continue;
             };
-            if !real || !m.is_file() || m.len() < SIGN_MIN || !signature_fits(m.len()) {
+            if !real || !m.is_file() || !worth_signing(m.len()) {
                 continue;
             }
             match signature_of(&cache, &dir, p) {
@@ -585,6 +585,8 @@ impl Sink {
 struct Staged {
     path: RelPath,
     temp: PathBuf,
+    /// Its size, to tell without opening it whether it is worth signing.
+    size: u64,
 }
 
 /// Work for the placer thread, done in order.
@@ -893,7 +895,7 @@ impl Receiver<'_> {
                 }
                 // Closed here: a batch waiting for the disk holds names, not descriptors.
                 drop(file);
-                self.staged.push(Staged { path, temp });
+                self.staged.push(Staged { path, temp, size });
                 self.staged_bytes += size;
                 if self.staged.len() >= BATCH_FILES || self.staged_bytes >= BATCH_BYTES {
                     self.flush();
@@ -957,9 +959,12 @@ impl Placer {
                     Ok(()) => match self.place(&s.temp, &s.path) {
                         Ok(()) => {
                             // Signed now, while the file is in the page cache, so that a
-                            // delta against it later need not read it whole again.
-                            if let Err(e) = signature_of(&self.sigs, &self.dir, &s.path) {
-                                tracing::debug!(path = %s.path, error = %e, "cannot sign");
+                            // delta against it later need not read it whole again. Small
+                            // files (most of a tree) are not even opened again.
+                            if worth_signing(s.size) {
+                                if let Err(e) = signature_of(&self.sigs, &self.dir, &s.path) {
+                                    tracing::debug!(path = %s.path, error = %e, "cannot sign");
+                                }
                             }
                             Outcome::Stored
                         }
@@ -1439,9 +1444,11 @@ pub const SIGN_MIN: u64 = 1 << 20;
 /// Signatures sent with one `TASKS`, at most (a client holds a bounded number at once).
 pub const BASES_PER_TASKS: usize = 8;
 
-/// Whether the signature of a file of `len` bytes fits in one frame with room to spare.
-fn signature_fits(len: u64) -> bool {
-    delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
+/// Whether a file of `len` bytes gets a block signature: at least [`SIGN_MIN`], and its
+/// signature fits in one frame with room to spare.
+fn worth_signing(len: u64) -> bool {
+    len >= SIGN_MIN
+        && delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
 }
 
 /// What a cached signature is of: the stored file's size and mtime when signed.
@@ -1458,7 +1465,7 @@ struct CachedSig {
 fn signature_of(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<Signature> {
     let f = walk::open_nofollow(&rel.to_path(dir))?;
     let m = f.metadata()?;
-    if !m.is_file() || m.len() < SIGN_MIN || !signature_fits(m.len()) {
+    if !m.is_file() || !worth_signing(m.len()) {
         return Err(io::Error::other("not a file to sign"));
     }
     let mtime = walk::mtime_of(&m);
