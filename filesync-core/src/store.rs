@@ -1520,16 +1520,8 @@ fn partial_paths(dir: &Path, rel: &RelPath) -> (PathBuf, PathBuf) {
 
 /// BLAKE3 of the first `len` bytes of the file at `path`; an error if it is shorter.
 fn hash_prefix(path: &Path, len: u64) -> io::Result<Hash> {
-    use std::io::Read;
-    let f = File::open(path)?;
     let mut h = blake3::Hasher::new();
-    let n = io::copy(&mut f.take(len), &mut h)?;
-    if n != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the partial is shorter than recorded",
-        ));
-    }
+    walk::hash_file_prefix(&File::open(path)?, len, &mut h)?;
     Ok(Hash(*h.finalize().as_bytes()))
 }
 

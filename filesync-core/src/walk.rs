@@ -325,6 +325,29 @@ impl Read for SourceReader<'_> {
     }
 }
 
+/// Feeds the first `len` bytes of `file` to `h`, with positioned reads (the file offset is
+/// not moved). `UnexpectedEof` if the file is shorter.
+pub(crate) fn hash_file_prefix(file: &File, len: u64, h: &mut blake3::Hasher) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let want = usize::try_from(len - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = file.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than the bytes to hash",
+            ));
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(())
+}
+
 /// Why a file could not be sent as listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -436,24 +459,7 @@ impl Source {
     /// Feeds the file's first `len` bytes to `h` (positioned reads). Fails if the file is
     /// shorter.
     pub fn hash_into(&self, len: u64, h: &mut blake3::Hasher) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0;
-        while off < len {
-            let want = usize::try_from(len - off)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let n = self.file.read_at(&mut buf[..want], off)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "shorter than the offset",
-                ));
-            }
-            h.update(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(())
+        hash_file_prefix(&self.file, len, h)
     }
 
     /// Whether the file may have holes (it is then read as data and holes, never as a
