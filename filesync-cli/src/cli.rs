@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// Write a client's folder, as the archive holds it now or held it at a time, into
     /// a new folder (on the server; never into the archive).
     Restore(RestoreArgs),
+    /// Print a new random secret for a client (32 bytes from the system's generator, in
+    /// hex), to put in the server's --auth-file and the client's --secret-file.
+    GenSecret,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -150,6 +153,13 @@ pub(crate) struct ServeArgs {
     /// ROOT/.filesync/versions (`filesync versions`, `filesync restore`); 0 keeps none.
     #[arg(long, default_value = "30d", value_parser = parse_duration, env = "FILESYNC_KEEP_VERSIONS")]
     pub(crate) keep_versions: Duration,
+    /// Let in only the clients listed in FILE, one `<client-id> <secret>` per line (`#`
+    /// comments), each proving its secret over TLS; original FileSync clients, which
+    /// cannot, are refused. FILE must not be accessible by group or others. It is read
+    /// again for each client, so clients can be added without a restart. Without it, any
+    /// host on the network can write to any client's archive, in the clear.
+    #[arg(long, value_name = "FILE", env = "FILESYNC_AUTH_FILE")]
+    pub(crate) auth_file: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -217,6 +227,17 @@ pub(crate) struct SyncArgs {
     /// entry in it); past it deletions stop and `--once` exits 8.
     #[arg(long, value_name = "N", env = "FILESYNC_MAX_DELETE")]
     pub(crate) max_delete: Option<u64>,
+    /// Authenticate with the secret in FILE (made by `filesync gen-secret`, listed for
+    /// --id in the server's --auth-file; FILE must not be accessible by group or others),
+    /// or with the secret in the environment variable FILESYNC_SECRET. The session is then
+    /// encrypted (TLS 1.3), and the server's key is pinned on first use in --known-servers.
+    #[arg(long, value_name = "FILE", env = "FILESYNC_SECRET_FILE")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// Where the keys of known servers are pinned, one `<client-id> sha256:<hex>` per line
+    /// [default: the user's config folder, filesync/known_servers]. A server whose key is
+    /// not the one pinned for --id is refused (exit 9).
+    #[arg(long, value_name = "FILE", env = "FILESYNC_KNOWN_SERVERS")]
+    pub(crate) known_servers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -42,6 +42,16 @@ fn main() {
             }
             cli::Command::Versions(a) => archive::versions(a, args.json),
             cli::Command::Restore(a) => archive::restore(a, args.json),
+            cli::Command::GenSecret => match filesync_core::auth::gen_secret() {
+                Ok(s) => {
+                    println!("{s}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    exit::LOCAL
+                }
+            },
         }
     });
     // Dropping the runtime waits for blocking writer threads to finish their cleanup.

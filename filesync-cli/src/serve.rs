@@ -1,9 +1,12 @@
 //! `filesync serve`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr};
+use filesync_core::auth::AuthFile;
 use filesync_core::messages::Encoding;
+use filesync_core::net::tls::ServerTls;
 use filesync_core::net::{self, server::ServeConfig};
 use filesync_core::planner::DeleteCaps;
 use filesync_core::store::Store;
@@ -27,6 +30,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
         .keep_setid(args.keep_setid)
         .keep_versions(Some(args.keep_versions));
+    let auth = match &args.auth_file {
+        Some(path) => Some(Arc::new(
+            AuthFile::open(path).wrap_err("reading --auth-file")?,
+        )),
+        None => None,
+    };
+    let (tls, created) = ServerTls::load_or_create(&store.root().join(".filesync").join("tls"))
+        .wrap_err("loading the server's TLS key")?;
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -50,6 +61,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.group.to_string()
         }
     );
+    // The key's fingerprint on stdout too: clients pin it on first use, and a careful
+    // admin compares it with what they pinned.
+    println!(
+        "filesync serve: server key {}{}",
+        tls.fingerprint,
+        if created { " (new)" } else { "" }
+    );
+    match &auth {
+        Some(a) => tracing::info!(
+            auth_file = %a.path().display(),
+            clients = a.table().len(),
+            "only clients that authenticate are let in (TLS 1.3); original FileSync clients are refused"
+        ),
+        None => tracing::warn!(
+            "no --auth-file: any host on the network can write to and delete from any \
+             client's archive, and files cross the network unencrypted"
+        ),
+    }
     tracing::info!(
         interval = ?args.interval,
         max_sessions = args.max_sessions,
@@ -71,6 +100,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         handshake_timeout: args.handshake_timeout,
         max_unidentified: args.max_unidentified as usize,
         max_unidentified_per_ip: args.max_unidentified_per_ip as usize,
+        tls: Some(tls),
+        auth,
     };
     net::server::serve(listener, store, cfg, shutdown)
         .await

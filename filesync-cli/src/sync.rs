@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use filesync_core::auth::{self, Secret};
 use filesync_core::messages::Encoding;
-use filesync_core::net::{self, client::DialectChoice, client::SyncConfig, client::Synced};
+use filesync_core::net::client::{ClientAuth, DialectChoice, SyncConfig, Synced};
+use filesync_core::net::{self};
 use filesync_core::paths::ClientId;
 use filesync_core::session::client::ClientParams;
 use filesync_core::walk::ListOptions;
@@ -53,7 +55,15 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
         allow_empty: args.allow_empty,
         max_delete: args.max_delete,
     };
+    let auth = match client_auth(&args) {
+        Ok(a) => a,
+        Err(f) => {
+            eprintln!("Error: {}", f.message);
+            return f.code;
+        }
+    };
     let cfg = SyncConfig {
+        auth,
         dir: args.dir.clone(),
         params,
         idle_timeout: args.idle_timeout,
@@ -92,6 +102,56 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
         };
     }
     run_loop(&args, &cfg, out).await
+}
+
+/// The client's secret (`--secret-file`, or `FILESYNC_SECRET`) and known-servers file, if
+/// it authenticates.
+fn client_auth(args: &SyncArgs) -> Result<Option<ClientAuth>, Failure> {
+    let fail = |code, message: String| Failure {
+        code,
+        message,
+        rediscover: false,
+    };
+    let from_env = std::env::var("FILESYNC_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let text = match (&args.secret_file, from_env) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                exit::USAGE,
+                "both --secret-file and FILESYNC_SECRET are given; give the secret once".into(),
+            ))
+        }
+        (Some(path), None) => {
+            auth::read_private_file(path).map_err(|e| fail(exit::AUTH, e.to_string()))?
+        }
+        (None, Some(s)) => s,
+    };
+    let secret = Secret::parse(&text).map_err(|e| fail(exit::AUTH, e.to_string()))?;
+    if args.id.is_none() {
+        return Err(fail(
+            exit::USAGE,
+            "authenticating needs --id: the server's auth file lists secrets by client id".into(),
+        ));
+    }
+    let known_servers = match &args.known_servers {
+        Some(p) => p.clone(),
+        None => dirs::config_dir()
+            .map(|d| d.join("filesync").join("known_servers"))
+            .ok_or_else(|| {
+                fail(
+                    exit::USAGE,
+                    "cannot find the user's config folder (HOME is not set?); give \
+                     --known-servers FILE"
+                        .into(),
+                )
+            })?,
+    };
+    Ok(Some(ClientAuth {
+        secret,
+        known_servers,
+    }))
 }
 
 /// Loop mode: sync, sleep until the server's NEXT_SYNC, repeat; on failure retry with
@@ -210,7 +270,9 @@ fn failure(e: Error, addr: SocketAddr, cfg: &SyncConfig, discovered: bool) -> Fa
     Failure {
         code,
         message,
-        rediscover: discovered && code == exit::CONNECTION,
+        // A key that is not the pinned one may come from a host that answered discovery
+        // in the real server's place: look again before the next attempt.
+        rediscover: discovered && (code == exit::CONNECTION || code == exit::AUTH),
     }
 }
 

@@ -23,9 +23,10 @@ use filesync_core::codec::native::{self, ClientCodec};
 use filesync_core::codec::preamble;
 use filesync_core::messages::seed::{self, NativeOffer, ServerStatus, Status};
 use filesync_core::messages::{
-    ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort,
-    FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome,
-    PlanEnd, Queued, Ready, ServerMsg, SignatureMsg, Tasks, TransferEnd, Welcome, PROTOCOL_VERSION,
+    Auth, AuthOk, ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode,
+    ErrorMsg, FileAbort, FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd,
+    NextSync, Outcome, PlanEnd, Queued, Ready, ServerMsg, SignatureMsg, Tasks, TransferEnd,
+    Welcome, PROTOCOL_VERSION,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::planner::Held;
@@ -205,6 +206,7 @@ struct InvalidVector<'a> {
 }
 
 fn native_vectors() -> Res<Vec<(String, String)>> {
+    let secret = filesync_core::auth::Secret::parse("0123456789abcdef0123")?;
     let hello = Hello {
         version: PROTOCOL_VERSION,
         agent: "filesync/0.1.0".into(),
@@ -429,6 +431,21 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
             }),
         )?,
         client(
+            "auth",
+            "AUTH (variant 10), only inside TLS, right after HELLO: HMAC-SHA256 keyed by the \
+             client's secret over the client label, the session's TLS exporter value and the \
+             client id (here secret `0123456789abcdef0123`, exporter 32 bytes of 0x07, id \
+             `lab-1`).",
+            ClientMsg::Auth(Auth {
+                proof: filesync_core::auth::proof(
+                    &secret,
+                    filesync_core::auth::Role::Client,
+                    &[7u8; 32],
+                    &id("lab-1"),
+                ),
+            }),
+        )?,
+        client(
             "file-end-hash",
             "FILE_END after a delta: the BLAKE3 hash of the whole file (hex in JSON, 32 raw \
              bytes in postcard); the server stores the rebuilt file only if it matches.",
@@ -560,6 +577,19 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
                     &(0..2100u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>()[..],
                     2100,
                 )?,
+            }),
+        )?,
+        server(
+            "auth-ok",
+            "AUTH_OK (variant 10): the server accepted AUTH and proves it knows the same \
+             secret, with the server label (inputs as in `auth`).",
+            ServerMsg::AuthOk(AuthOk {
+                proof: filesync_core::auth::proof(
+                    &secret,
+                    filesync_core::auth::Role::Server,
+                    &[7u8; 32],
+                    &id("lab-1"),
+                ),
             }),
         )?,
         server(
@@ -876,7 +906,7 @@ fn seed_vectors() -> Res<Vec<(String, String)>> {
         newline,
         body: None,
     };
-    let native_greeting = |status, queue_position| -> Res<String> {
+    let native_greeting = |status, queue_position, auth| -> Res<String> {
         Ok(serde_json::to_string(&seed::ServerMsg::Status(
             ServerStatus {
                 status,
@@ -884,6 +914,7 @@ fn seed_vectors() -> Res<Vec<(String, String)>> {
                 filesync: Some(NativeOffer {
                     versions: vec![PROTOCOL_VERSION],
                     encodings: vec![Encoding::Postcard, Encoding::Json],
+                    auth,
                 }),
             },
         ))?)
@@ -929,14 +960,22 @@ fn seed_vectors() -> Res<Vec<(String, String)>> {
             "server",
             "A filesync server's greeting: the `filesync` extension (ignored by original \
              clients) offers native versions and encodings; terminated by a newline.",
-            native_greeting(Status::Ready, None)?,
+            native_greeting(Status::Ready, None, false)?,
+            true,
+        ))?,
+        seed_vector::<seed::ServerMsg>(tcp(
+            "greeting-native-auth",
+            "server",
+            "The greeting of a server with --auth-file: `auth` is true, so a client opens TLS \
+             (a ClientHello, first byte 0x16) instead of sending the preamble in the clear.",
+            native_greeting(Status::Ready, None, true)?,
             true,
         ))?,
         seed_vector::<seed::ServerMsg>(tcp(
             "greeting-native-busy",
             "server",
             "A busy filesync server's greeting with the queue position extension.",
-            native_greeting(Status::Busy, Some(2))?,
+            native_greeting(Status::Busy, Some(2), false)?,
             true,
         ))?,
         seed_vector::<seed::ClientMsg>(tcp(

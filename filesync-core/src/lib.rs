@@ -15,11 +15,14 @@
 //! - [`session`]: the typestate session machines of both sides.
 //! - [`discovery`]: DISCOVER/OFFER datagrams and the retry schedule, as data.
 //! - [`schedule`]: when a client comes back (`NEXT_SYNC`), spread to avoid a herd.
+//! - [`auth`]: the auth file, shared secrets and the HMAC proofs of an authenticated
+//!   session.
 //! - [`delta`]: block signatures, the rolling-checksum matcher and reconstruction
 //!   (rsync's algorithm), for sending only the changed blocks of a large file.
 //!
 //! The modules that touch the OS are few and named for it:
 //!
+//! - [`pins`]: the client's known servers (server keys pinned on first use).
 //! - [`net`]: sockets (multicast discovery, TCP) and the drive loops of both sides.
 //! - [`store`]: the server's filesystem writes (temp file, durable rename, prune).
 //! - [`walk`]: the client's tree walk and file reads.
@@ -31,6 +34,7 @@
 //!
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
+pub mod auth;
 pub mod codec;
 pub mod delta;
 pub mod discovery;
@@ -39,6 +43,7 @@ pub mod exclude;
 pub mod messages;
 pub mod net;
 pub mod paths;
+pub mod pins;
 pub mod planner;
 pub mod precision;
 pub mod restore;

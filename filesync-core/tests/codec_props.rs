@@ -10,9 +10,9 @@ use filesync_core::codec::native::{ClientCodec, NativeCodec, ServerCodec};
 use filesync_core::codec::{CodecError, Frame, DATA_CHUNK, MAX_FRAME_LEN};
 use filesync_core::messages::seed;
 use filesync_core::messages::{
-    ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode, ErrorMsg, FileAbort,
-    FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome,
-    PlanEnd, Queued, Ready, ServerMsg, Tasks, TransferEnd, Welcome,
+    Auth, AuthOk, ClientMsg, CopyBlocks, Deletions, Encoding, Entry, EntryKind, ErrorCode,
+    ErrorMsg, FileAbort, FileEnd, FileHeader, FileResult, Hash, Hello, Hole, Manifest, ManifestEnd,
+    NextSync, Outcome, PlanEnd, Queued, Ready, ServerMsg, Tasks, TransferEnd, Welcome,
 };
 use filesync_core::paths::{ClientId, LinkTarget, RelPath};
 use filesync_core::time::{MTime, SeedTime};
@@ -140,6 +140,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         (any::<u32>(), 1u32..)
             .prop_map(|(block, count)| ClientMsg::Copy(CopyBlocks { block, count })),
         Just(ClientMsg::FileEnd(FileEnd { hash: None })),
+        any::<[u8; 32]>().prop_map(|h| ClientMsg::Auth(Auth { proof: Hash(h) })),
         any::<[u8; 32]>().prop_map(|h| ClientMsg::FileEnd(FileEnd {
             hash: Some(Hash(h))
         })),
@@ -196,6 +197,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             }
         )),
         error_msg().prop_map(ServerMsg::Error),
+        any::<[u8; 32]>().prop_map(|h| ServerMsg::AuthOk(AuthOk { proof: Hash(h) })),
     ]
 }
 

@@ -256,8 +256,9 @@ prop_compose! {
     fn native_offer()(
         versions in prop::collection::vec(any::<u16>(), 0..4),
         encodings in prop::collection::vec(encoding(), 0..3),
+        auth in any::<bool>(),
     ) -> NativeOffer {
-        NativeOffer { versions, encodings }
+        NativeOffer { versions, encodings, auth }
     }
 }
 
@@ -529,9 +530,10 @@ fn server_status_with_extras_has_a_stable_shape() {
         filesync: Some(NativeOffer {
             versions: vec![1],
             encodings: vec![Encoding::Postcard, Encoding::Json],
+            auth: true,
         }),
     });
-    let wire = r#"{"type":"SERVER_STATUS_MESSAGE","status":"BUSY","queue_position":3,"filesync":{"versions":[1],"encodings":["postcard","json"]}}"#;
+    let wire = r#"{"type":"SERVER_STATUS_MESSAGE","status":"BUSY","queue_position":3,"filesync":{"versions":[1],"encodings":["postcard","json"],"auth":true}}"#;
     assert_eq!(byte_exact::<seed::ServerMsg>(wire), msg);
 }
 

@@ -1426,6 +1426,7 @@ fn client_refuses_greetings_it_cannot_answer() {
         filesync: Some(seed::NativeOffer {
             versions: vec![PROTOCOL_VERSION + 1],
             encodings: vec![Encoding::Postcard],
+            auth: false,
         }),
         ..plain.clone()
     };

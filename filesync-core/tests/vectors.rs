@@ -34,7 +34,7 @@ use filesync_core::session::{Client, Server};
 const MIN_VECTORS: usize = 50;
 
 /// The postcard variant index of every native message, as `spec/PROTOCOL.md` lists them.
-const CLIENT_VARIANTS: [(&str, u32); 10] = [
+const CLIENT_VARIANTS: [(&str, u32); 11] = [
     ("HELLO", 0),
     ("MANIFEST", 1),
     ("MANIFEST_END", 2),
@@ -45,9 +45,10 @@ const CLIENT_VARIANTS: [(&str, u32); 10] = [
     ("ERROR", 7),
     ("HOLE", 8),
     ("COPY", 9),
+    ("AUTH", 10),
 ];
 /// As [`CLIENT_VARIANTS`], server to client.
-const SERVER_VARIANTS: [(&str, u32); 10] = [
+const SERVER_VARIANTS: [(&str, u32); 11] = [
     ("WELCOME", 0),
     ("QUEUED", 1),
     ("READY", 2),
@@ -58,6 +59,7 @@ const SERVER_VARIANTS: [(&str, u32); 10] = [
     ("NEXT_SYNC", 7),
     ("ERROR", 8),
     ("SIGNATURE", 9),
+    ("AUTH_OK", 10),
 ];
 
 #[test]

@@ -166,6 +166,24 @@ pub struct Hello {
     pub max_delete: Option<u64>,
 }
 
+/// `AUTH`: sent right after `HELLO` in a TLS session, the client's proof that it knows the
+/// secret of the id it claims (see [`crate::auth`] and spec §16). Never sent in the clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// HMAC-SHA256 keyed by the client's secret over the client's role label, the TLS
+    /// session's exported value and the client id ([`crate::auth::proof`]).
+    pub proof: Hash,
+}
+
+/// `AUTH_OK`: the server accepted the client's proof, and proves in turn that it knows the
+/// same secret. It comes before `WELCOME`; a client sends nothing of its folder until it has
+/// checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthOk {
+    /// HMAC-SHA256 as in [`Auth`], with the server's role label.
+    pub proof: Hash,
+}
+
 /// `WELCOME`: the server accepted the hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
@@ -460,7 +478,8 @@ pub struct ResumeAt {
     pub hash: Hash,
 }
 
-/// A BLAKE3 hash (32 bytes): raw bytes in postcard, lowercase hex in JSON.
+/// 32 bytes of a BLAKE3 hash (or, in `AUTH` and `AUTH_OK`, of an HMAC-SHA256): raw bytes
+/// in postcard, lowercase hex in JSON.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hash(pub [u8; 32]);
 
@@ -664,6 +683,8 @@ wire_enum! {
         Hole(Hole) = "HOLE",
         /// See [`CopyBlocks`].
         Copy(CopyBlocks) = "COPY",
+        /// See [`Auth`].
+        Auth(Auth) = "AUTH",
     }
 }
 
@@ -691,6 +712,8 @@ wire_enum! {
         Error(ErrorMsg) = "ERROR",
         /// See [`SignatureMsg`].
         Signature(SignatureMsg) = "SIGNATURE",
+        /// See [`AuthOk`].
+        AuthOk(AuthOk) = "AUTH_OK",
     }
 }
 

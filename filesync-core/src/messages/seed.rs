@@ -47,7 +47,10 @@ pub enum Status {
 
 /// What a filesync server adds to its greeting. The original's clients ignore it; a native
 /// client reads it to know that it may answer with the native preamble.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialised by hand so that `auth` is omitted from JSON when false: the greeting of a
+/// server without authentication stays byte for byte what it was before `auth` existed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NativeOffer {
     /// Native protocol versions the server accepts.
     pub versions: Vec<u16>,
@@ -55,6 +58,26 @@ pub struct NativeOffer {
     /// are skipped when reading, so a later server may offer more.
     #[serde(deserialize_with = "known_encodings")]
     pub encodings: Vec<Encoding>,
+    /// The server lets in only clients that authenticate (`serve --auth-file`): a client
+    /// must open TLS instead of sending the preamble in the clear (spec §16). Only a hint,
+    /// since the greeting itself is not protected: a client that has a secret always
+    /// authenticates, and a server that requires it refuses any session that does not.
+    #[serde(default)]
+    pub auth: bool,
+}
+
+impl Serialize for NativeOffer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let all = !s.is_human_readable() || self.auth;
+        let mut st = s.serialize_struct("NativeOffer", if all { 3 } else { 2 })?;
+        st.serialize_field("versions", &self.versions)?;
+        st.serialize_field("encodings", &self.encodings)?;
+        if all {
+            st.serialize_field("auth", &self.auth)?;
+        }
+        st.end()
+    }
 }
 
 /// Reads an encoding list, skipping unknown names in JSON (the greeting is always JSON,

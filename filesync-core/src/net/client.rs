@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedParts};
 
+use crate::auth::{Role, Secret};
 use crate::codec::json_stream::JsonCodec;
 use crate::codec::native::ClientCodec;
 use crate::codec::preamble::Dialect;
@@ -26,13 +27,16 @@ use crate::codec::{Frame, DATA_CHUNK};
 use crate::delta;
 use crate::error::{Error, ProtocolError};
 use crate::messages::Hash;
-use crate::messages::{seed, ClientMsg, Entry, ErrorCode, NextSync, ServerMsg};
+use crate::messages::{seed, Auth, ClientMsg, Entry, ErrorCode, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
+use crate::pins::{self, Fingerprint, KnownServers, PinCheck};
 use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
 use crate::session::unexpected;
 use crate::session::{batches, entry_weight};
 use crate::walk;
 use crate::walk::{ListOptions, ListStats, Piece, ReadError, Source};
+
+use super::tls::{self, PinVerifier, Transport};
 
 // Writes are bounded by the idle timeout as reads are: a server that stops reading (a hung
 // peer, a path that drops everything) is as gone as one that stops talking, and a write
@@ -74,6 +78,18 @@ pub struct SyncConfig {
     pub dialect: DialectChoice,
     /// What the listing leaves out (`--exclude`, `--delete-excluded`).
     pub list: ListOptions,
+    /// Authenticate with a secret over TLS (`--secret-file`); `None` syncs in the clear.
+    pub auth: Option<ClientAuth>,
+}
+
+/// How a client authenticates (`sync --secret-file`, spec §16): its secret, and the
+/// known-servers file in which the key of the server that holds its archive is pinned.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// The client's secret, as listed for its id in the server's auth file.
+    pub secret: Secret,
+    /// The known-servers file (`--known-servers`).
+    pub known_servers: PathBuf,
 }
 
 /// Which protocol a client speaks.
@@ -179,7 +195,7 @@ pub struct Synced {
     pub dialect: Dialect,
 }
 
-type Sink = SplitSink<Framed<TcpStream, ClientCodec>, Frame<ClientMsg>>;
+type Sink = SplitSink<Framed<Transport, ClientCodec>, Frame<ClientMsg>>;
 
 /// Runs one sync of `cfg.dir` against the server at `addr`. Returns once the server has
 /// confirmed with `NEXT_SYNC` that everything it stored is durable.
@@ -208,7 +224,7 @@ pub async fn sync(
         Ok(Some(Ok(other))) => return Err(unexpected("SERVER_STATUS_MESSAGE", other.kind())),
     };
     let old = greet.into_parts();
-    let mut stream = old.io;
+    let stream = old.io;
     let mut leftover = old.read_buf;
     let skip = leftover
         .iter()
@@ -223,6 +239,17 @@ pub async fn sync(
         // An original server is refused by `on_greeting` below, with the reason.
         DialectChoice::Native => false,
     };
+    if seed && cfg.auth.is_some() {
+        return Err(refused(format!(
+            "the server at {addr} {}; refusing to send the folder unauthenticated with \
+             --secret-file given",
+            if native {
+                "would be spoken to in the original dialect, which cannot authenticate"
+            } else {
+                "is an original FileSync server, which cannot authenticate"
+            }
+        )));
+    }
     if seed {
         tracing::info!(%addr, dialect = "seed", server_speaks_native = native, "syncing in the original FileSync dialect");
         // The original takes its listing in one message: gather it whole.
@@ -256,9 +283,34 @@ pub async fn sync(
     if let Some(p) = greeting.queue_position {
         progress.queued(p);
     }
+    let (mut stream, first_use) = match &cfg.auth {
+        Some(auth) => {
+            if !leftover.is_empty() {
+                return Err(Error::Protocol(ProtocolError::Inconsistent(
+                    "the server sent more than its greeting before the TLS handshake".into(),
+                )));
+            }
+            let id = cfg
+                .params
+                .client_id
+                .as_ref()
+                .ok_or_else(|| refused("authenticating needs a client id (--id)".into()))?;
+            open_tls(stream, addr, auth, id, idle).await?
+        }
+        None => {
+            if status.filesync.as_ref().is_some_and(|o| o.auth) {
+                return Err(refused(format!(
+                    "the server at {addr} lets in only clients that authenticate: sync with \
+                     --secret-file FILE (or FILESYNC_SECRET) and --id"
+                )));
+            }
+            (Transport::Plain(stream), None)
+        }
+    };
     within(idle, stream.write_all(&greeting.preamble))
         .await?
         .map_err(|e| Error::io("sending the preamble", e))?;
+    let exporter = stream.exporter();
     let mut parts =
         FramedParts::new::<Frame<ClientMsg>>(stream, ClientCodec::new(cfg.params.encoding));
     parts.read_buf = leftover;
@@ -276,8 +328,17 @@ pub async fn sync(
             }
         }
     });
-    let result = match within(idle, sink.send(Frame::Msg(greeting.hello))).await {
-        Ok(Ok(())) => {
+    let greeted = async {
+        within(idle, sink.feed(Frame::Msg(greeting.hello))).await??;
+        if let (Some(auth), Some(exporter)) = (&cfg.auth, exporter) {
+            let id = cfg.params.client_id.as_ref().expect("checked above");
+            authenticate(&mut sink, &mut rx, auth, id, &exporter, first_use, idle).await?;
+        }
+        within(idle, sink.flush()).await??;
+        Ok::<(), Error>(())
+    };
+    let result = match greeted.await {
+        Ok(()) => {
             drive(
                 client,
                 &mut sink,
@@ -289,7 +350,6 @@ pub async fn sync(
             )
             .await
         }
-        Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(e),
     };
     let result = result.map(|mut synced| {
@@ -303,6 +363,102 @@ pub async fn sync(
         let _ = within(idle, sink.close()).await;
     }
     result
+}
+
+fn refused(message: String) -> Error {
+    Error::Refused {
+        code: ErrorCode::UNAUTHORIZED,
+        message,
+    }
+}
+
+/// Opens TLS over `stream`, trusting only the server keys pinned for `id` (any key if none
+/// is: first use). Returns the stream and, on first use, the known-servers file and the
+/// key to pin once the server has proved it knows the secret.
+async fn open_tls(
+    stream: TcpStream,
+    addr: SocketAddr,
+    auth: &ClientAuth,
+    id: &ClientId,
+    idle: Duration,
+) -> Result<(Transport, Option<(KnownServers, Fingerprint)>), Error> {
+    let known = KnownServers::load(&auth.known_servers)?;
+    let allowed: Vec<Fingerprint> = known.pins_for(id).map(|p| p.fingerprint).collect();
+    let first_use = allowed.is_empty();
+    let verifier = Arc::new(PinVerifier::new(allowed));
+    let connector = tls::connector(Arc::clone(&verifier))?;
+    match within(idle, connector.connect(tls::server_name(), stream)).await? {
+        Ok(s) => {
+            let seen = verifier.seen().filter(|_| first_use);
+            Ok((Transport::Client(Box::new(s)), seen.map(|fp| (known, fp))))
+        }
+        Err(e) => {
+            if let Some(fp) = verifier.seen() {
+                if let PinCheck::Changed(pins) = pins::check(known.pins_for(id), &fp) {
+                    let lines: Vec<String> = pins.iter().map(|p| p.line.to_string()).collect();
+                    return Err(refused(format!(
+                        "the server at {addr} presented key {fp}, but client id {id} trusts \
+                         only {} (pinned in {}, line {}). Someone may be impersonating the \
+                         server. If its key was replaced on purpose, delete that line and \
+                         sync again",
+                        pins.iter()
+                            .map(|p| p.fingerprint.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        known.path().display(),
+                        lines.join(", "),
+                    )));
+                }
+            }
+            Err(Error::io(format!("TLS handshake with {addr}"), e))
+        }
+    }
+}
+
+/// Sends `AUTH` after `HELLO` and checks the server's `AUTH_OK` before anything of the
+/// folder is sent; on first use, pins the server's key once it has proved it knows the
+/// secret.
+async fn authenticate(
+    sink: &mut Sink,
+    rx: &mut mpsc::UnboundedReceiver<Result<Frame<ServerMsg>, crate::codec::CodecError>>,
+    auth: &ClientAuth,
+    id: &ClientId,
+    exporter: &[u8; crate::auth::EXPORTER_LEN],
+    first_use: Option<(KnownServers, Fingerprint)>,
+    idle: Duration,
+) -> Result<(), Error> {
+    let proof = crate::auth::proof(&auth.secret, Role::Client, exporter, id);
+    within(idle, sink.send(Frame::Msg(ClientMsg::Auth(Auth { proof })))).await??;
+    match recv(rx, idle).await? {
+        ServerMsg::AuthOk(ok)
+            if crate::auth::verify(&auth.secret, Role::Server, exporter, id, &ok.proof) => {}
+        ServerMsg::AuthOk(_) => {
+            return Err(refused(format!(
+                "the server could not prove it knows the secret of client id {id}: it is not \
+                 the server that holds this archive, or the secrets differ"
+            )))
+        }
+        ServerMsg::Error(e) => {
+            return Err(Error::Remote {
+                code: e.code,
+                message: e.message,
+            })
+        }
+        other => return Err(unexpected("AUTH_OK", other.kind())),
+    }
+    if let Some((mut known, fp)) = first_use {
+        known.pin(id, fp).map_err(|e| {
+            Error::io(
+                format!("pinning the server key in {}", known.path().display()),
+                e,
+            )
+        })?;
+        tracing::warn!(
+            client = %id, key = %fp, file = %known.path().display(),
+            "first sync with this server: pinned its key; a different key will be refused"
+        );
+    }
+    Ok(())
 }
 
 async fn recv(

@@ -9,6 +9,7 @@ pub mod queue;
 mod seed_client;
 mod seed_server;
 pub mod server;
+pub mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

@@ -19,13 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::queue::{Admission, Admitted, Gate, Pending, Queue, Ticket};
+use super::tls::{ServerTls, Transport};
+use crate::auth::{self, AuthFile, Role};
 use crate::codec::json_stream::{encode_seed, SeedServerCodec};
 use crate::codec::native::ServerCodec;
 use crate::codec::preamble::{self, Dialect};
 use crate::codec::{Frame, DATA_CHUNK};
 use crate::error::Error;
 use crate::messages::{
-    seed, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
+    seed, AuthOk, ClientMsg, Encoding, ErrorCode, ErrorMsg, FileHeader, Outcome, ServerMsg,
 };
 use crate::paths::{ClientId, RelPath};
 
@@ -61,6 +63,12 @@ pub struct ServeConfig {
     /// Connections not yet identified, at most, from one peer (an IPv4 address or an
     /// IPv6 /64): past it, new ones from that peer are closed at once.
     pub max_unidentified_per_ip: usize,
+    /// The server's TLS key, for clients that authenticate; `None` accepts no TLS.
+    pub tls: Option<ServerTls>,
+    /// The clients allowed in (`serve --auth-file`). `None` serves anyone, in the clear,
+    /// original FileSync clients included; with a file, every session must open TLS and
+    /// prove its id's secret before it is queued (spec §16).
+    pub auth: Option<Arc<AuthFile>>,
 }
 
 /// How often a queued client hears its position, so it knows the server is alive.
@@ -463,6 +471,7 @@ async fn handshake(
         keep_setid: ctx.store.keeps_setid(),
         mtime_window: ctx.store.mtime_precision(),
         delete_caps: ctx.cfg.delete_caps,
+        auth_required: ctx.cfg.auth.is_some(),
     };
     let mut pending = ctx.queue.greet();
     let (srv, status) = Server::new(params, peer.ip()).greet(pending.greeting());
@@ -475,8 +484,8 @@ async fn handshake(
         .map_err(|_| timed_out(summary))?
         .map_err(|e| Error::io("sending the greeting", e))?;
 
-    let dialect = match sniff(&mut stream, &mut pending, &mut deadline, limit).await {
-        Ok(d) => d,
+    let opening = match sniff(&mut stream, &mut pending, &mut deadline, limit).await {
+        Ok(o) => o,
         Err(Sniffed::TimedOut) => return Err(timed_out(summary)),
         Err(Sniffed::Closed) => {
             summary.unidentified_end = Some(CLOSED_SILENT);
@@ -484,36 +493,37 @@ async fn handshake(
         }
         Err(Sniffed::Failed(e)) => return Err(e),
     };
-    summary.dialect = Some(dialect);
-
-    if dialect == Dialect::Seed {
-        let mut codec = SeedServerCodec::default();
-        let mut buf = BytesMut::with_capacity(8 * 1024);
-        let first = loop {
-            if let Some(f) = codec.decode(&mut buf)? {
-                break Some(f);
+    let mut stream = match opening {
+        Opening::Plain(Dialect::Seed) => {
+            summary.dialect = Some(Dialect::Seed);
+            if ctx.cfg.auth.is_some() {
+                // The original dialect has no error message and no way to authenticate:
+                // the connection is closed before a byte of its list is read.
+                return Err(Error::Refused {
+                    code: ErrorCode::UNAUTHORIZED,
+                    message: "an original FileSync client cannot authenticate, and this \
+                              server lets in only clients that do (--auth-file)"
+                        .into(),
+                });
             }
-            if buf.len() >= HANDSHAKE_BYTES {
-                break None;
-            }
-            buf.reserve(16 * 1024);
-            let n = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf))
+            return seed_handshake(stream, deadline, limit, ticket, pending, summary).await;
+        }
+        Opening::Plain(Dialect::Native) => Transport::Plain(stream),
+        Opening::Tls => {
+            let Some(tls) = &ctx.cfg.tls else {
+                return Err(Error::Refused {
+                    code: ErrorCode::UNAUTHORIZED,
+                    message: "a TLS handshake, and this server has no TLS key".into(),
+                });
+            };
+            let accepted = tokio::time::timeout_at(deadline, tls.acceptor.accept(stream))
                 .await
                 .map_err(|_| timed_out(summary))?
-                .map_err(|e| Error::io("reading from the client", e))?;
-            if n == 0 {
-                return Err(Error::Closed);
-            }
-        };
-        *ticket = Some(pending.identify());
-        // Through its parts, so that what is buffered is decoded before reading more.
-        let mut parts = Framed::new(stream, codec).into_parts();
-        parts.read_buf = buf;
-        return Ok(Identified::Seed {
-            framed: Framed::from_parts(parts),
-            first,
-        });
-    }
+                .map_err(|e| Error::io("TLS handshake", e))?;
+            Transport::Server(Box::new(accepted))
+        }
+    };
+    summary.dialect = Some(Dialect::Native);
 
     let idle = ctx.cfg.idle_timeout;
     let mut pre = [0u8; preamble::LEN];
@@ -523,19 +533,25 @@ async fn handshake(
         .map_err(|e| Error::io("reading the preamble", e))?;
     let encoding = preamble::decode(&pre)?;
     let mut framed = Framed::new(stream, ServerCodec::new(encoding));
-    let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
-        Err(_) => {
-            let e = timed_out(summary);
+    let hello = match next_handshake_frame(&mut framed, deadline, "HELLO").await {
+        Ok(m) => m,
+        Err(e) => {
+            let e = if matches!(e, Error::Timeout(_)) {
+                timed_out(summary)
+            } else {
+                e
+            };
             return Err(fail(&mut framed, e, idle).await);
         }
-        Ok(None) => return Err(Error::Closed),
-        Ok(Some(Err(e))) => return Err(fail(&mut framed, e.into(), idle).await),
-        Ok(Some(Ok(Frame::Data(_)))) => {
-            let e = unexpected("HELLO", "DATA");
-            return Err(fail(&mut framed, e, idle).await);
-        }
-        Ok(Some(Ok(Frame::Msg(m)))) => m,
     };
+    if let Err(e) = authenticate(ctx, &mut framed, &hello, peer, deadline).await {
+        let e = if matches!(e, Error::Timeout(_)) {
+            timed_out(summary)
+        } else {
+            e
+        };
+        return Err(fail(&mut framed, e, idle).await);
+    }
     match srv.on_hello(encoding, hello) {
         Ok((srv, welcome)) => {
             *ticket = Some(pending.identify());
@@ -550,6 +566,141 @@ async fn handshake(
             Err(refusal.error)
         }
     }
+}
+
+/// Reads an original client's `CLIENT_FILES_INFO` (up to [`HANDSHAKE_BYTES`]) and queues it.
+async fn seed_handshake(
+    mut stream: TcpStream,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    ticket: &mut Option<Ticket>,
+    pending: Pending,
+    summary: &mut Summary,
+) -> Result<Identified, Error> {
+    let mut codec = SeedServerCodec::default();
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let first = loop {
+        if let Some(f) = codec.decode(&mut buf)? {
+            break Some(f);
+        }
+        if buf.len() >= HANDSHAKE_BYTES {
+            break None;
+        }
+        buf.reserve(16 * 1024);
+        let n = match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => {
+                summary.unidentified_end = Some(HANDSHAKE_TIMEOUT);
+                return Err(Error::Timeout(limit));
+            }
+            Ok(r) => r.map_err(|e| Error::io("reading from the client", e))?,
+        };
+        if n == 0 {
+            return Err(Error::Closed);
+        }
+    };
+    *ticket = Some(pending.identify());
+    // Through its parts, so that what is buffered is decoded before reading more.
+    let mut parts = Framed::new(stream, codec).into_parts();
+    parts.read_buf = buf;
+    Ok(Identified::Seed {
+        framed: Framed::from_parts(parts),
+        first,
+    })
+}
+
+/// The next frame of the handshake, a message, by the deadline.
+async fn next_handshake_frame(
+    framed: &mut Conn,
+    deadline: tokio::time::Instant,
+    expected: &'static str,
+) -> Result<ClientMsg, Error> {
+    match tokio::time::timeout_at(deadline, framed.next()).await {
+        Err(_) => Err(Error::Timeout(Duration::ZERO)),
+        Ok(None) => Err(Error::Closed),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(Some(Ok(Frame::Data(_)))) => Err(unexpected(expected, "DATA")),
+        Ok(Some(Ok(Frame::Msg(m)))) => Ok(m),
+    }
+}
+
+/// Checks that the session is allowed in, after its `HELLO`: with an auth file, it must run
+/// over TLS, name its id, and send an `AUTH` whose proof verifies with that id's secret;
+/// then `AUTH_OK` carries the server's proof. Without one, a TLS session is refused, since
+/// its client wants a server that can prove it knows its secret. The refusal says why
+/// without telling an unknown id from a wrong secret; the log tells the two apart.
+async fn authenticate(
+    ctx: &Ctx,
+    framed: &mut Conn,
+    hello: &ClientMsg,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    let refuse = |message: String| Error::Refused {
+        code: ErrorCode::UNAUTHORIZED,
+        message,
+    };
+    let exporter = framed.get_ref().exporter();
+    let Some(file) = &ctx.cfg.auth else {
+        return match exporter {
+            None => Ok(()),
+            Some(_) => Err(refuse(
+                "this server does not authenticate clients (it runs without --auth-file), so \
+                 it cannot prove it holds your secret; sync without --secret-file, or give \
+                 the server an auth file"
+                    .into(),
+            )),
+        };
+    };
+    let Some(exporter) = exporter else {
+        return Err(refuse(
+            "this server lets in only clients that authenticate: sync with --secret-file FILE \
+             (or FILESYNC_SECRET)"
+                .into(),
+        ));
+    };
+    let ClientMsg::Hello(h) = hello else {
+        // Not a HELLO: `on_hello` refuses it with the reason.
+        return Ok(());
+    };
+    let Some(id) = &h.client_id else {
+        return Err(refuse(
+            "an authenticating client must name its id (--id)".into(),
+        ));
+    };
+    let proof = match next_handshake_frame(framed, deadline, "AUTH").await? {
+        ClientMsg::Auth(a) => a.proof,
+        other => return Err(unexpected("AUTH", other.kind())),
+    };
+    let table = file.table();
+    let verified = match table.secret(id) {
+        Some(secret) => auth::verify(secret, Role::Client, &exporter, id, &proof).then_some(secret),
+        None => {
+            tracing::warn!(client = %id, %peer, "authentication failed: the id is not in the auth file");
+            return Err(refuse(format!(
+                "authentication failed for client id {id}: the id is unknown or the secret is wrong"
+            )));
+        }
+    };
+    let Some(secret) = verified else {
+        tracing::warn!(client = %id, %peer, "authentication failed: wrong secret");
+        return Err(refuse(format!(
+            "authentication failed for client id {id}: the id is unknown or the secret is wrong"
+        )));
+    };
+    let ok = ServerMsg::AuthOk(AuthOk {
+        proof: auth::proof(secret, Role::Server, &exporter, id),
+    });
+    within(ctx.cfg.idle_timeout, framed.send(Frame::Msg(ok))).await??;
+    tracing::debug!(client = %id, %peer, "authenticated");
+    Ok(())
+}
+
+/// What a connection's first byte says it is.
+enum Opening {
+    /// A dialect in the clear.
+    Plain(Dialect),
+    /// A TLS ClientHello (a record of content type 22, handshake).
+    Tls,
 }
 
 /// How sniffing the dialect failed.
@@ -570,7 +721,7 @@ async fn sniff(
     pending: &mut Pending,
     deadline: &mut tokio::time::Instant,
     limit: Duration,
-) -> Result<Dialect, Sniffed> {
+) -> Result<Opening, Sniffed> {
     let mut b = [0u8; 1];
     let peeked = if pending.standing_by() {
         let mut watch = pending.watch();
@@ -581,7 +732,7 @@ async fn sniff(
                     Ok(r) => break r,
                     Err(_) => {
                         send_seed_ready(stream, *deadline).await?;
-                        return Ok(Dialect::Seed);
+                        return Ok(Opening::Plain(Dialect::Seed));
                     }
                 }
             }
@@ -605,10 +756,17 @@ async fn sniff(
     };
     match peeked {
         Ok(0) => Err(Sniffed::Closed),
-        Ok(_) => Dialect::sniff(b[0]).map_err(|e| Sniffed::Failed(e.into())),
+        Ok(_) if b[0] == TLS_HANDSHAKE_RECORD => Ok(Opening::Tls),
+        Ok(_) => Dialect::sniff(b[0])
+            .map(Opening::Plain)
+            .map_err(|e| Sniffed::Failed(e.into())),
         Err(e) => Err(Sniffed::Failed(Error::io("reading from the client", e))),
     }
 }
+
+/// The first byte of a TLS record of content type handshake (RFC 8446 §5.1): how a
+/// client that authenticates opens its session, instead of the native magic.
+const TLS_HANDSHAKE_RECORD: u8 = 22;
 
 /// The second greeting, for an original client that waited after BUSY: the original's
 /// bytes exactly (no extensions, no newline).
@@ -630,7 +788,7 @@ async fn send_seed_ready(
     }
 }
 
-type Conn = Framed<TcpStream, ServerCodec>;
+type Conn = Framed<Transport, ServerCodec>;
 
 async fn send(framed: &mut Conn, msg: ServerMsg, idle: Duration) -> Result<(), Error> {
     within(idle, framed.send(Frame::Msg(msg))).await??;

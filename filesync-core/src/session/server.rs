@@ -30,6 +30,9 @@ pub struct ServerParams {
     /// The server's limits on what a session may delete (`serve --max-delete`,
     /// `--max-delete-percent`); a client's `max_delete` tightens them.
     pub delete_caps: DeleteCaps,
+    /// Only clients that authenticate are let in (`serve --auth-file`); said in the
+    /// greeting.
+    pub auth_required: bool,
 }
 
 impl Default for ServerParams {
@@ -39,6 +42,7 @@ impl Default for ServerParams {
             keep_setid: false,
             mtime_window: std::time::Duration::from_nanos(1),
             delete_caps: DeleteCaps::default(),
+            auth_required: false,
         }
     }
 }
@@ -258,6 +262,7 @@ impl Server<Accepted> {
             filesync: Some(NativeOffer {
                 versions: vec![PROTOCOL_VERSION],
                 encodings: self.params.encodings.clone(),
+                auth: self.params.auth_required,
             }),
         };
         (self.with(Greeted), status)

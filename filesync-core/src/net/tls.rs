@@ -1,0 +1,339 @@
+//! TLS 1.3 (rustls, ring's primitives) for authenticated sessions: the server's key,
+//! kept under `<root>/.filesync/tls/`, the client's verifier that trusts a key by its
+//! pinned fingerprint instead of a certificate authority, and [`Transport`], the stream a
+//! session runs over whether it is encrypted or not.
+//!
+//! The server's certificate is self-signed and only carries its key: nobody checks its
+//! names or dates. What the client checks is that the key's fingerprint is the one pinned
+//! for its id (see [`crate::pins`]) and, through rustls, that the server holds the key's
+//! private half (its signature over the handshake).
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::auth::{EXPORTER_LABEL, EXPORTER_LEN};
+use crate::error::Error;
+use crate::pins::Fingerprint;
+
+/// The name a client asks for in its ClientHello. The server has one key and the client
+/// checks it by fingerprint, so the name only has to be syntactically valid.
+pub const SERVER_NAME: &str = "filesync";
+
+/// The stream under a session: plain TCP, or TLS on either side.
+#[derive(Debug)]
+pub enum Transport {
+    /// Unencrypted TCP (no authentication, or the original dialect).
+    Plain(TcpStream),
+    /// The client's end of a TLS session.
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// The server's end of a TLS session.
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The session's exported value for the authentication proofs (RFC 8446 §7.5,
+    /// [`EXPORTER_LABEL`], no context); `None` for plain TCP.
+    pub fn exporter(&self) -> Option<[u8; EXPORTER_LEN]> {
+        let out = [0u8; EXPORTER_LEN];
+        let r = match self {
+            Transport::Plain(_) => return None,
+            Transport::Client(s) => s
+                .get_ref()
+                .1
+                .export_keying_material(out, EXPORTER_LABEL, None),
+            Transport::Server(s) => s
+                .get_ref()
+                .1
+                .export_keying_material(out, EXPORTER_LABEL, None),
+        };
+        r.ok()
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Transport::Plain(_))
+    }
+}
+
+// Every variant is `Unpin`, so pinning by `Pin::new` is sound without unsafe code.
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Plain($s) => $e,
+            Transport::Client($s) => $e,
+            Transport::Server($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Client(s) => s.is_write_vectored(),
+            Transport::Server(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS identity: what accepts connections, and the key's fingerprint to print
+/// at start.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Accepts TLS 1.3 connections with the server's key.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The fingerprint clients pin.
+    pub fingerprint: Fingerprint,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+const KEY_FILE: &str = "server.key";
+const CERT_FILE: &str = "server.crt";
+
+impl ServerTls {
+    /// Loads the server's key from `dir` (`<root>/.filesync/tls`), making a new ECDSA P-256
+    /// key and a self-signed certificate for it on first start. The key file is created
+    /// private to the server's user; one that group or others can read is refused, as ssh
+    /// refuses such a host key. Whether it was made now is returned beside it.
+    pub fn load_or_create(dir: &Path) -> Result<(Self, bool), Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let ctx = |what: &str, e: io::Error| Error::io(format!("{what} {}", dir.display()), e);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ctx("creating", e))?;
+        let key_path = dir.join(KEY_FILE);
+        let cert_path = dir.join(CERT_FILE);
+        let (key_pem, created) = match crate::auth::read_private_file(&key_path) {
+            Ok(pem) => (pem, false),
+            Err(crate::auth::AuthError::Read { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                let key = rcgen::KeyPair::generate().map_err(tls_setup)?;
+                let pem = key.serialize_pem();
+                write_new(&key_path, pem.as_bytes(), 0o600)?;
+                (pem, true)
+            }
+            Err(e) => return Err(refused(e.to_string())),
+        };
+        let key = rcgen::KeyPair::from_pem(&key_pem).map_err(tls_setup)?;
+        // The certificate is derived from the key: made again whenever it is missing.
+        let cert_der = match std::fs::read_to_string(&cert_path) {
+            Ok(pem) if !created => pem_cert(&pem)?,
+            _ => {
+                let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
+                    .map_err(tls_setup)?;
+                let cert = params.self_signed(&key).map_err(tls_setup)?;
+                let _ = std::fs::remove_file(&cert_path);
+                write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+                cert.der().clone()
+            }
+        };
+        let fingerprint = cert_fingerprint(&cert_der).map_err(tls_setup)?;
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(tls_setup)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_setup)?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der], key_der)
+            .map_err(tls_setup)?;
+        // Every session is a full handshake: no tickets, nothing to resume.
+        config.send_tls13_tickets = 0;
+        Ok((
+            Self {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                fingerprint,
+            },
+            created,
+        ))
+    }
+}
+
+/// The fingerprint of a certificate's key (its SubjectPublicKeyInfo), the same on both
+/// sides.
+fn cert_fingerprint(cert: &CertificateDer<'_>) -> Result<Fingerprint, rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+    Ok(Fingerprint::of_spki(
+        parsed.subject_public_key_info().as_ref(),
+    ))
+}
+
+fn pem_cert(pem: &str) -> Result<CertificateDer<'static>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(tls_setup)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let e = |e| Error::io(format!("writing {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(e)?;
+    f.write_all(bytes).map_err(e)?;
+    f.sync_all().map_err(e)
+}
+
+fn tls_setup(e: impl std::fmt::Display) -> Error {
+    Error::io("setting up TLS", io::Error::other(e.to_string()))
+}
+
+fn refused(message: String) -> Error {
+    Error::Refused {
+        code: crate::messages::ErrorCode::UNAUTHORIZED,
+        message,
+    }
+}
+
+/// Trusts a server key by fingerprint: any key when `allowed` is empty (first use; the
+/// caller pins it once the server has also proved it knows the client's secret), else
+/// only one of `allowed`. It records the fingerprint it was shown, so the caller can say
+/// which key a refused server presented.
+#[derive(Debug)]
+pub struct PinVerifier {
+    allowed: Vec<Fingerprint>,
+    seen: Mutex<Option<Fingerprint>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    /// A verifier that trusts `allowed` (or, empty, any key).
+    pub fn new(allowed: Vec<Fingerprint>) -> Self {
+        Self {
+            allowed,
+            seen: Mutex::new(None),
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// The fingerprint of the key the server presented, once the handshake got that far.
+    pub fn seen(&self) -> Option<Fingerprint> {
+        self.seen.lock().ok().and_then(|s| *s)
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = cert_fingerprint(end_entity)?;
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(fp);
+        }
+        if self.allowed.is_empty() || self.allowed.contains(&fp) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The config offers TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The proof that the server holds the private half of the pinned key.
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A TLS 1.3 connector that trusts the server keys `verifier` allows.
+pub fn connector(verifier: Arc<PinVerifier>) -> Result<tokio_rustls::TlsConnector, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    // No session resumption: the pin is checked on every connection.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The server name the client sends.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from(SERVER_NAME).expect("a valid DNS name")
+}
