@@ -304,17 +304,7 @@ impl Writer {
             std::os::unix::fs::symlink(target, &to).map_err(io_err(what.clone()))?;
             filetime::set_symlink_file_times(&to, ft_time, ft_time).map_err(io_err(what))?;
         } else if ft.is_fifo() {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &to,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                0,
-            )
-            .map_err(|e| io_err(what.clone())(e.into()))?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .map_err(io_err(what.clone()))?;
-            filetime::set_symlink_file_times(&to, ft_time, ft_time).map_err(io_err(what))?;
+            crate::store::make_fifo(&to, mode, ft_time).map_err(io_err(what))?;
         }
         Ok(())
     }

@@ -1076,20 +1076,8 @@ impl Placer {
             }
             TailOp::Fifo(p, mode, t) => {
                 let mode = mode & self.mode_mask;
-                if let Err(e) = self.place_special(&p, |tmp| {
-                    rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        tmp,
-                        rustix::fs::FileType::Fifo,
-                        rustix::fs::Mode::from_raw_mode(0o600),
-                        0,
-                    )?;
-                    // Set apart from mknod, which the umask would trim. A FIFO is
-                    // never opened: its mode and times are set by name.
-                    fs::set_permissions(tmp, fs::Permissions::from_mode(mode))?;
-                    let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
-                    filetime::set_symlink_file_times(tmp, ft, ft)
-                }) {
+                let ft = filetime::FileTime::from_unix_time(t.secs, t.nanos);
+                if let Err(e) = self.place_special(&p, |tmp| make_fifo(tmp, mode, ft)) {
                     errors.push(format!("making the FIFO {p}: {e}"));
                 }
             }
@@ -1565,6 +1553,21 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     d.sync_all()
+}
+
+/// Makes a FIFO at `path` with exactly `mode` and `mtime` (also its atime). The mode is
+/// set apart from mknod, which the umask would trim; a FIFO is never opened, so its mode
+/// and times are set by name.
+pub(crate) fn make_fifo(path: &Path, mode: u32, mtime: filetime::FileTime) -> io::Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    filetime::set_symlink_file_times(path, mtime, mtime)
 }
 
 #[cfg(test)]
