@@ -46,6 +46,7 @@ pub mod paths;
 pub mod pins;
 pub mod planner;
 pub mod precision;
+mod records;
 pub mod restore;
 pub mod schedule;
 pub mod session;

@@ -444,8 +444,8 @@ impl Iterator for Index {
 }
 
 /// A session's tail ([`TailOp`]s) on disk, in the order the planner emitted them: a plan
-/// can delete or touch more entries than fit in memory. Each record is a little-endian
-/// `u32` length and the op in postcard. Removed when dropped.
+/// can delete or touch more entries than fit in memory. Each op is a record
+/// ([`crate::records`]) holding it in postcard. Removed when dropped.
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
@@ -465,11 +465,7 @@ impl Spool {
         };
         let r = postcard::to_stdvec(op)
             .map_err(io::Error::other)
-            .and_then(|b| {
-                let len = u32::try_from(b.len()).map_err(io::Error::other)?;
-                out.write_all(&len.to_le_bytes())?;
-                out.write_all(&b)
-            });
+            .and_then(|b| crate::records::write(out, &b));
         if let Err(e) = r {
             self.error = Some(e);
         }
@@ -485,7 +481,7 @@ impl Spool {
 
     /// Reads the ops back, in order.
     fn read(&mut self) -> io::Result<impl Iterator<Item = io::Result<TailOp>> + '_> {
-        use std::io::{Read, Seek};
+        use std::io::Seek;
         self.check()?;
         let mut file = match self.out.take() {
             Some(w) => w.into_inner().map_err(|e| e.into_error())?,
@@ -494,17 +490,12 @@ impl Spool {
         file.seek(io::SeekFrom::Start(0))?;
         let mut r = io::BufReader::new(file);
         Ok(std::iter::from_fn(move || {
-            let mut len = [0u8; 4];
-            match r.read_exact(&mut len) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return None,
-                Err(e) => return Some(Err(e)),
-            }
-            let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
-            Some(
-                r.read_exact(&mut buf)
-                    .and_then(|()| postcard::from_bytes(&buf).map_err(io::Error::other)),
-            )
+            crate::records::read(&mut r)
+                .and_then(|b| {
+                    b.map(|b| postcard::from_bytes(&b).map_err(io::Error::other))
+                        .transpose()
+                })
+                .transpose()
         }))
     }
 }

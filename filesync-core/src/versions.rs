@@ -40,7 +40,7 @@
 //! reach.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -209,7 +209,7 @@ impl SessionRecord {
                 .open(self.dir()?.join("replaced"))?;
             self.replaced = Some(BufWriter::new(f));
         }
-        write_record(self.replaced.as_mut().expect("just opened"), rel.as_bytes())?;
+        crate::records::write(self.replaced.as_mut().expect("just opened"), rel.as_bytes())?;
         Ok(p)
     }
 
@@ -226,9 +226,9 @@ impl SessionRecord {
         let out = self.added.as_mut().expect("just opened");
         if self.whole {
             self.whole_noted = true;
-            return write_record(out, b"");
+            return crate::records::write(out, b"");
         }
-        write_record(out, rel.as_bytes())
+        crate::records::write(out, rel.as_bytes())
     }
 
     /// Writes out what is buffered (before the session's last sync makes it durable).
@@ -240,39 +240,27 @@ impl SessionRecord {
     }
 }
 
-fn write_record(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
-    out.write_all(
-        &u32::try_from(b.len())
-            .map_err(io::Error::other)?
-            .to_le_bytes(),
-    )?;
-    out.write_all(b)
-}
-
 /// Reads a log of records; `None` at a zero-length record (the whole folder). A record
 /// cut short by a crash ends the list; a missing log is empty.
 fn read_log(path: &Path) -> io::Result<Option<Vec<RelPath>>> {
-    let mut buf = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut buf)?;
-        }
+    let mut input = match File::open(path) {
+        Ok(f) => io::BufReader::new(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
         Err(e) => return Err(e),
-    }
+    };
     let mut out = Vec::new();
-    let mut rest = &buf[..];
-    while rest.len() >= 4 {
-        let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        rest = &rest[4..];
-        if n == 0 {
-            return Ok(None);
+    loop {
+        match crate::records::read(&mut input) {
+            Ok(Some(b)) if b.is_empty() => return Ok(None),
+            Ok(Some(b)) => {
+                if let Ok(p) = RelPath::from_bytes(&b) {
+                    out.push(p);
+                }
+            }
+            Ok(None) => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
         }
-        let Some(b) = rest.get(..n) else { break };
-        if let Ok(p) = RelPath::from_bytes(b) {
-            out.push(p);
-        }
-        rest = &rest[n..];
     }
     Ok(Some(out))
 }
