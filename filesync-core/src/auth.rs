@@ -264,6 +264,44 @@ pub fn proof(secret: &Secret, role: Role, exporter: &[u8; EXPORTER_LEN], id: &Cl
     Hash(out)
 }
 
+/// Why a server refused a client's proof. The client is told the same for both, so that
+/// it cannot learn which ids exist; the server's log tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The id is not in the auth file.
+    UnknownId,
+    /// The proof does not verify with the id's secret.
+    WrongSecret,
+}
+
+impl Refusal {
+    /// For the server's log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::UnknownId => "the id is not in the auth file",
+            Refusal::WrongSecret => "wrong secret",
+        }
+    }
+}
+
+impl AuthTable {
+    /// Checks the client's `proof` for `id` in the session whose exporter value is
+    /// `exporter`, and returns the server's proof to send back in `AUTH_OK`.
+    pub fn admit(
+        &self,
+        id: &ClientId,
+        exporter: &[u8; EXPORTER_LEN],
+        proof: &Hash,
+    ) -> Result<Hash, Refusal> {
+        let secret = self.secret(id).ok_or(Refusal::UnknownId)?;
+        if verify(secret, Role::Client, exporter, id, proof) {
+            Ok(self::proof(secret, Role::Server, exporter, id))
+        } else {
+            Err(Refusal::WrongSecret)
+        }
+    }
+}
+
 /// Checks a peer's proof in constant time (ring's `hmac::verify`).
 pub fn verify(
     secret: &Secret,
@@ -352,6 +390,36 @@ mod tests {
             hex::encode(tag.as_ref()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn admission() {
+        let t = AuthTable::parse(
+            "lab-1 0123456789abcdef0123\nlab-2 fedcba9876543210fedc\n",
+            "auth",
+        )
+        .unwrap();
+        let s1 = Secret::parse("0123456789abcdef0123").unwrap();
+        let x = [9u8; EXPORTER_LEN];
+        let good = proof(&s1, Role::Client, &x, &id("lab-1"));
+        let back = t.admit(&id("lab-1"), &x, &good).unwrap();
+        assert!(verify(&s1, Role::Server, &x, &id("lab-1"), &back));
+        // Another client's secret, a proof for another session, an unknown id.
+        assert_eq!(
+            t.admit(
+                &id("lab-2"),
+                &x,
+                &proof(&s1, Role::Client, &x, &id("lab-2"))
+            ),
+            Err(Refusal::WrongSecret)
+        );
+        assert_eq!(
+            t.admit(&id("lab-1"), &[1u8; EXPORTER_LEN], &good),
+            Err(Refusal::WrongSecret)
+        );
+        assert_eq!(t.admit(&id("lab-3"), &x, &good), Err(Refusal::UnknownId));
+        // The server's own proof is not a client proof (no reflection).
+        assert_eq!(t.admit(&id("lab-1"), &x, &back), Err(Refusal::WrongSecret));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::queue::{Admission, Admitted, Gate, Pending, Queue, Ticket};
 use super::tls::{ServerTls, Transport};
-use crate::auth::{self, AuthFile, Role};
+use crate::auth::AuthFile;
 use crate::codec::json_stream::{encode_seed, SeedServerCodec};
 use crate::codec::native::ServerCodec;
 use crate::codec::preamble::{self, Dialect};
@@ -671,25 +671,17 @@ async fn authenticate(
         ClientMsg::Auth(a) => a.proof,
         other => return Err(unexpected("AUTH", other.kind())),
     };
-    let table = file.table();
-    let verified = match table.secret(id) {
-        Some(secret) => auth::verify(secret, Role::Client, &exporter, id, &proof).then_some(secret),
-        None => {
-            tracing::warn!(client = %id, %peer, "authentication failed: the id is not in the auth file");
+    let ok = match file.table().admit(id, &exporter, &proof) {
+        Ok(server_proof) => ServerMsg::AuthOk(AuthOk {
+            proof: server_proof,
+        }),
+        Err(why) => {
+            tracing::warn!(client = %id, %peer, "authentication failed: {}", why.reason());
             return Err(refuse(format!(
                 "authentication failed for client id {id}: the id is unknown or the secret is wrong"
             )));
         }
     };
-    let Some(secret) = verified else {
-        tracing::warn!(client = %id, %peer, "authentication failed: wrong secret");
-        return Err(refuse(format!(
-            "authentication failed for client id {id}: the id is unknown or the secret is wrong"
-        )));
-    };
-    let ok = ServerMsg::AuthOk(AuthOk {
-        proof: auth::proof(secret, Role::Server, &exporter, id),
-    });
     within(ctx.cfg.idle_timeout, framed.send(Frame::Msg(ok))).await??;
     tracing::debug!(client = %id, %peer, "authenticated");
     Ok(())

@@ -337,3 +337,93 @@ pub fn connector(verifier: Arc<PinVerifier>) -> Result<tokio_rustls::TlsConnecto
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from(SERVER_NAME).expect("a valid DNS name")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS session over real loopback TCP, the client trusting `allowed`.
+    async fn session(
+        server: &ServerTls,
+        allowed: Vec<Fingerprint>,
+    ) -> (
+        Result<Transport, io::Error>,
+        Arc<PinVerifier>,
+        Option<Transport>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = server.acceptor.clone();
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor
+                .accept(tcp)
+                .await
+                .ok()
+                .map(|s| Transport::Server(Box::new(s)))
+        });
+        let verifier = Arc::new(PinVerifier::new(allowed));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let client = connector(Arc::clone(&verifier))
+            .unwrap()
+            .connect(server_name(), tcp)
+            .await
+            .map(|s| Transport::Client(Box::new(s)));
+        (client, verifier, accept.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn pinned_key_exporter_and_refusal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        let (server, created) = ServerTls::load_or_create(&tls_dir).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(tls_dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same key at the next start, and the certificate made again if it is lost.
+        std::fs::remove_file(tls_dir.join(CERT_FILE)).unwrap();
+        let (again, created) = ServerTls::load_or_create(&tls_dir).unwrap();
+        assert!(!created);
+        assert_eq!(again.fingerprint, server.fingerprint);
+
+        // First use (nothing pinned) and the pinned key: both connect, and both ends
+        // export the same value, which no other session shares.
+        let mut exported = Vec::new();
+        for allowed in [vec![], vec![server.fingerprint]] {
+            let (client, verifier, accepted) = session(&server, allowed).await;
+            let (mut client, mut accepted) = (client.unwrap(), accepted.unwrap());
+            assert_eq!(verifier.seen(), Some(server.fingerprint));
+            assert!(client.is_tls());
+            client.write_all(b"ping").await.unwrap();
+            client.flush().await.unwrap();
+            let mut b = [0u8; 4];
+            accepted.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"ping");
+            let x = client.exporter().unwrap();
+            assert_eq!(Some(x), accepted.exporter());
+            exported.push(x);
+        }
+        assert_ne!(exported[0], exported[1]);
+
+        // Another key pinned: the handshake fails, and the verifier saw which key it was.
+        let other = Fingerprint::of_spki(b"some other key");
+        let (client, verifier, accepted) = session(&server, vec![other]).await;
+        assert!(client.is_err());
+        assert!(accepted.is_none());
+        assert_eq!(verifier.seen(), Some(server.fingerprint));
+
+        // A key file others can read is refused.
+        std::fs::set_permissions(
+            tls_dir.join(KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = ServerTls::load_or_create(&tls_dir).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+    }
+}
