@@ -16,7 +16,7 @@
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
 //!   leaves the test.
 //! - [`Relay`] forwards TCP connections with a [`Fault`]: cut, or stalled with both
-//!   sockets held open; [`free_port`] gives a port a restarted server can listen on again.
+//!   sockets held open; [`Relay::recording`] keeps what each connection carried; [`free_port`] gives a port a restarted server can listen on again.
 //!
 //! Every wait is bounded, and every child process is killed when its handle is dropped,
 //! including when a test panics.
@@ -491,6 +491,11 @@ impl Server {
     /// The line the server printed on start.
     pub fn listening_line(&self) -> &str {
         &self.listening_line
+    }
+
+    /// Everything the server printed on stdout so far (the listening line first).
+    pub fn stdout(&self) -> String {
+        self.proc.stdout()
     }
 
     /// The log (stderr) so far, colours removed.
@@ -1428,6 +1433,19 @@ struct RelayShared {
     upstream: std::sync::atomic::AtomicU64,
     /// Connections on which the fault happened.
     faulted: AtomicU32,
+    /// Whether the bytes of every connection are kept, in `captures`.
+    record: bool,
+    /// What each connection carried, in the order they were accepted (if `record`).
+    captures: Mutex<Vec<Capture>>,
+}
+
+/// The bytes one connection through a recording [`Relay`] carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// Client → server, as forwarded.
+    pub up: Vec<u8>,
+    /// Server → client, as forwarded.
+    pub down: Vec<u8>,
 }
 
 /// The receive buffer of the relay's client-facing sockets.
@@ -1449,6 +1467,17 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay to `target` (`HOST:PORT`).
     pub fn start(target: &str, fault: Fault) -> Relay {
+        Relay::start_with(target, fault, false)
+    }
+
+    /// Starts a relay to `target` that forwards everything and keeps a copy of what each
+    /// connection carried in both directions, read back with [`captures`](Self::captures)
+    /// (as a capture on the wire would see it).
+    pub fn recording(target: &str) -> Relay {
+        Relay::start_with(target, Fault::None, true)
+    }
+
+    fn start_with(target: &str, fault: Fault, record: bool) -> Relay {
         use std::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
         // A small receive buffer, inherited by every accepted socket (and fixed: no
@@ -1461,7 +1490,10 @@ impl Relay {
             .expect("a non-blocking listener");
         let addr = listener.local_addr().expect("the relay's address");
         let target: std::net::SocketAddr = target.parse().expect("a HOST:PORT target");
-        let shared = Arc::new(RelayShared::default());
+        let shared = Arc::new(RelayShared {
+            record,
+            ..RelayShared::default()
+        });
         let sh = Arc::clone(&shared);
         let acceptor = thread::spawn(move || {
             let mut threads = Vec::new();
@@ -1484,9 +1516,15 @@ impl Relay {
                     // forever when it is dropped.
                     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
                 }
+                let capture = sh.record.then(|| {
+                    let mut caps = sh.captures.lock().unwrap_or_else(|e| e.into_inner());
+                    caps.push(Capture::default());
+                    caps.len() - 1
+                });
                 let conn = Arc::new(Conn {
                     shared: Arc::clone(&sh),
                     fault,
+                    capture,
                     stalled: std::sync::atomic::AtomicBool::new(false),
                 });
                 let (c2, s2) = (
@@ -1520,12 +1558,24 @@ impl Relay {
     pub fn faulted(&self) -> u32 {
         self.shared.faulted.load(Ordering::SeqCst)
     }
+
+    /// What each connection carried so far, in the order they were accepted (empty unless
+    /// the relay was started with [`recording`](Self::recording)).
+    pub fn captures(&self) -> Vec<Capture> {
+        self.shared
+            .captures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// One relayed connection.
 struct Conn {
     shared: Arc<RelayShared>,
     fault: Fault,
+    /// The index of this connection's [`Capture`], if the relay records.
+    capture: Option<usize>,
     /// The stall has happened: nothing more is read or forwarded either way.
     stalled: std::sync::atomic::AtomicBool,
 }
@@ -1558,6 +1608,19 @@ fn read_polling(from: &mut std::net::TcpStream, buf: &mut [u8]) -> Got {
 impl Conn {
     fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Keeps a copy of forwarded bytes, if the relay records.
+    fn record(&self, up: bool, bytes: &[u8]) {
+        if let Some(i) = self.capture {
+            let mut caps = self
+                .shared
+                .captures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let c = &mut caps[i];
+            if up { &mut c.up } else { &mut c.down }.extend_from_slice(bytes);
+        }
     }
 
     /// Holds the sockets open, reading and forwarding nothing, until the relay stops.
@@ -1601,6 +1664,7 @@ impl Conn {
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
+            self.record(true, &buf[..n]);
             sent += n as u64;
             self.shared.upstream.fetch_add(n as u64, Ordering::SeqCst);
         }
@@ -1627,6 +1691,7 @@ impl Conn {
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
+            self.record(false, &buf[..n]);
         }
         let _ = to.shutdown(std::net::Shutdown::Write);
     }
