@@ -147,11 +147,21 @@ impl KnownServers {
                 .mode(0o700)
                 .create(dir)?;
         }
+        // A file edited by hand may not end in a newline: the pin must not be glued to its
+        // last line (which would corrupt that line, or hide the pin in its comment).
+        let unterminated = match std::fs::read(&self.path) {
+            Ok(b) => b.last().is_some_and(|&c| c != b'\n'),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&self.path)?;
+        if unterminated {
+            writeln!(f)?;
+        }
         writeln!(f, "{id} {fingerprint}")?;
         f.sync_all()?;
         let line = std::fs::read_to_string(&self.path)
@@ -233,5 +243,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+
+        // A hand-edited file with no newline at its end, its last line a comment.
+        std::fs::write(&path, format!("lab-1 {A} # no newline")).unwrap();
+        let mut ks = KnownServers::load(&path).unwrap();
+        ks.pin(&lab3, fb).unwrap();
+        let again = KnownServers::load(&path).unwrap();
+        assert_eq!(check(again.pins_for(&lab1), &fa), PinCheck::Pinned);
+        assert_eq!(check(again.pins_for(&lab3), &fb), PinCheck::Pinned);
+        assert_eq!(again.pins_for(&lab3).next().unwrap().line, 2);
     }
 }
