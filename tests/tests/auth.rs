@@ -527,6 +527,155 @@ fn a_different_server_key_is_refused_until_the_pin_is_deleted() {
     assert!(!again.stdout().contains("(new)"), "{}", again.stdout());
 }
 
+/// A known-servers file edited by hand: comments, several pins for one id (any of them is
+/// trusted), and no newline at its end; a pin added by a first sync of another id goes on
+/// a line of its own, and every pin keeps working.
+#[test]
+fn hand_edited_known_servers_with_several_pins() {
+    let keys = Keys::new();
+    let (s1, s2) = (gen_secret(), gen_secret());
+    let auth = keys.auth_file(&[("lab-1", &s1), ("lab-2", &s2)]);
+    let f1 = keys.secret_file("lab-1.secret", &s1);
+    let f2 = keys.secret_file("lab-2.secret", &s2);
+    let known = keys.path("known_servers");
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = auth_server(root_a.path(), &auth);
+    let b = auth_server(root_b.path(), &auth);
+    let (fp_a, fp_b) = (fingerprint(&a), fingerprint(&b));
+    fs::write(
+        &known,
+        format!("# lab-1 may use either server\nlab-1 {fp_a}\n\nlab-1 {fp_b}  # the spare"),
+    )
+    .unwrap();
+    let v1 = tree(1);
+    for server in [&a, &b] {
+        auth_sync("lab-1", v1.path(), &server.addr(), &f1, &known)
+            .run()
+            .assert_code(0);
+    }
+    // lab-2's first sync pins a's key for lab-2.
+    auth_sync("lab-2", v1.path(), &a.addr(), &f2, &known)
+        .run()
+        .assert_code(0);
+    assert_eq!(
+        pins(&known).last().map(String::as_str),
+        Some(format!("lab-2 {fp_a}").as_str()),
+        "{:?}",
+        fs::read_to_string(&known)
+    );
+    for (id, f, server) in [("lab-1", &f1, &b), ("lab-2", &f2, &a)] {
+        auth_sync(id, v1.path(), &server.addr(), f, &known)
+            .run()
+            .assert_code(0);
+    }
+    let out = auth_sync("lab-2", v1.path(), &b.addr(), &f2, &known).run();
+    assert_auth_refused(&out, &format!("presented key {fp_b}"));
+    assert!(
+        out.stderr.contains("line 5"),
+        "names the line to delete; {out}"
+    );
+    assert_trees_equal(v1.path(), &stored(root_a.path(), "lab-2"));
+    assert!(!stored(root_b.path(), "lab-2").exists());
+}
+
+/// A man in the middle that forwards the greeting, terminates the client's TLS with its
+/// own key, opens its own TLS session to `server`, and relays the plaintext both ways:
+/// what a host that answered discovery in the real server's place could do. Serves one
+/// connection, on a thread of its own; the join handle says whether it relayed a session.
+fn man_in_the_middle(server: &str) -> (String, std::thread::JoinHandle<Result<(), String>>) {
+    use filesync_core::net::tls::{self, PinVerifier, ServerTls};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = server.to_owned();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let relay = async {
+                let key_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let (own, _) = ServerTls::load_or_create(&key_dir.path().join("tls"))
+                    .map_err(|e| e.to_string())?;
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                let (mut client, _) = listener.accept().await.map_err(|e| e.to_string())?;
+                let mut upstream = tokio::net::TcpStream::connect(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The greeting, in the clear, up to its newline.
+                let mut greeting = Vec::new();
+                while greeting.last() != Some(&b'\n') {
+                    let b = upstream.read_u8().await.map_err(|e| e.to_string())?;
+                    greeting.push(b);
+                }
+                client
+                    .write_all(&greeting)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = own
+                    .acceptor
+                    .accept(client)
+                    .await
+                    .map_err(|e| format!("TLS with the client: {e}"))?;
+                let connector = tls::connector(std::sync::Arc::new(PinVerifier::new(vec![])))
+                    .map_err(|e| e.to_string())?;
+                let mut upstream = connector
+                    .connect(tls::server_name(), upstream)
+                    .await
+                    .map_err(|e| format!("TLS with the server: {e}"))?;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                Ok(())
+            };
+            tokio::time::timeout(Duration::from_secs(30), relay)
+                .await
+                .map_err(|_| "the man in the middle timed out".to_string())?
+        })
+    });
+    (addr, handle)
+}
+
+/// A man in the middle that terminates TLS with its own key and relays the client's
+/// proof to the real server gets nothing in, even from a client with no pin yet (which
+/// accepts any key at first): the proof is bound to the TLS session it was made in, and
+/// the server's session with the relay is another one. Nothing is pinned, nothing stored.
+#[test]
+fn a_man_in_the_middle_cannot_relay_the_proof() {
+    let keys = Keys::new();
+    let secret = gen_secret();
+    let auth = keys.auth_file(&[("lab-1", &secret)]);
+    let f1 = keys.secret_file("lab-1.secret", &secret);
+    let known = keys.path("known_servers");
+    let root = tempfile::tempdir().unwrap();
+    let server = auth_server(root.path(), &auth);
+
+    let (mitm, relayed) = man_in_the_middle(&server.addr());
+    let v1 = tree(1);
+    let out = auth_sync("lab-1", v1.path(), &mitm, &f1, &known).run();
+    let relayed = relayed.join().expect("the relay thread");
+    assert_eq!(relayed, Ok(()), "the man in the middle relayed a session");
+    assert_auth_refused(&out, "the id is unknown or the secret is wrong");
+    assert!(
+        server.wait_for_log("authentication failed: wrong secret", WAIT),
+        "the server got the relayed proof and refused it:\n{}",
+        server.log()
+    );
+    assert!(!known.exists(), "the relay's key is not pinned");
+    assert!(!stored(root.path(), "lab-1").exists());
+
+    // Straight to the server, the same client gets in.
+    auth_sync("lab-1", v1.path(), &server.addr(), &f1, &known)
+        .run()
+        .assert_code(0);
+    assert_trees_equal(v1.path(), &stored(root.path(), "lab-1"));
+    assert_eq!(
+        pins(&known),
+        vec![format!("lab-1 {}", fingerprint(&server))]
+    );
+}
+
 /// Everything after the greeting is encrypted: a capture of an authenticated sync holds
 /// neither a file's name nor its contents nor the client id, while a capture of the same
 /// sync to a server without an auth file holds all three.
@@ -566,7 +715,6 @@ fn a_capture_of_an_authenticated_sync_shows_no_plaintext() {
     let (up, down) = capture(&server, true);
     assert_trees_equal(dir.path(), &stored(root.path(), ID));
     assert!(up.len() > 64 << 10, "the file crossed the relay");
-    assert_eq!(up[0], 0x16, "the client's first byte opens a TLS handshake");
     let all = [up.as_slice(), down.as_slice()].concat();
     for (what, needle) in [
         ("contents", MARKER),
@@ -578,6 +726,7 @@ fn a_capture_of_an_authenticated_sync_shows_no_plaintext() {
             "the file's {what} crossed the network in the clear"
         );
     }
+    assert_eq!(up[0], 0x16, "the client's first byte opens a TLS handshake");
 
     // The same sync without authentication does show them: the test can see plaintext.
     let root = tempfile::tempdir().unwrap();
@@ -640,7 +789,9 @@ fn a_server_without_auth_file_warns_and_refuses_secrets() {
         "the start-up warning:\n{}",
         server.log()
     );
-    assert!(server.log().contains("WARN"), "{}", server.log());
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("no --auth-file")).unwrap();
+    assert!(line.contains("WARN"), "a warning: {line}");
     // It has a key all the same.
     fingerprint(&server);
 
