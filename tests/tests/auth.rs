@@ -576,6 +576,79 @@ fn hand_edited_known_servers_with_several_pins() {
     );
     assert_trees_equal(v1.path(), &stored(root_a.path(), "lab-2"));
     assert!(!stored(root_b.path(), "lab-2").exists());
+
+    // A line that cannot be read refuses the sync (rather than trusting any key), and
+    // says which line.
+    let mut text = fs::read_to_string(&known).unwrap();
+    text.push_str("lab-2 md5:0123\n");
+    fs::write(&known, &text).unwrap();
+    let out = auth_sync("lab-1", v1.path(), &a.addr(), &f1, &known).run();
+    assert_auth_refused(&out, "line 6");
+}
+
+/// A connection that starts TLS and goes silent, in the middle of the TLS handshake or
+/// after it (before its proof), is closed when the handshake timeout is up, and keeps
+/// nobody out meanwhile.
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_the_handshake_timeout() {
+    use filesync_core::net::tls::{self, PinVerifier};
+    use tokio::io::AsyncReadExt;
+    let keys = Keys::new();
+    let secret = gen_secret();
+    let auth = keys.auth_file(&[("lab-1", &secret)]);
+    let f1 = keys.secret_file("lab-1.secret", &secret);
+    let root = tempfile::tempdir().unwrap();
+    let server = ServeCmd::new(root.path())
+        .arg("--auth-file")
+        .arg(&auth)
+        .arg("--handshake-timeout")
+        .arg("1s")
+        .start();
+
+    // Half a ClientHello: a record header announcing more than is sent.
+    let mut partial = std::net::TcpStream::connect(server.addr()).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+
+    // A whole TLS handshake, then silence: no preamble, no HELLO, no AUTH.
+    let addr = server.addr();
+    let silent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut greeting = Vec::new();
+            while greeting.last() != Some(&b'\n') {
+                greeting.push(s.read_u8().await.unwrap());
+            }
+            let connector = tls::connector(std::sync::Arc::new(PinVerifier::new(vec![]))).unwrap();
+            let mut s = connector.connect(tls::server_name(), s).await.unwrap();
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
+                .await
+                .is_ok()
+        })
+    });
+
+    // A real client gets in all the same.
+    let known = keys.path("known_servers");
+    let v1 = tree(1);
+    auth_sync("lab-1", v1.path(), &server.addr(), &f1, &known)
+        .run()
+        .assert_code(0);
+
+    assert!(
+        read_until_closed(&mut partial, Instant::now() + Duration::from_secs(30)).is_some(),
+        "the half-open TLS handshake is closed"
+    );
+    assert!(
+        silent.join().unwrap(),
+        "the silent TLS session is closed by the server"
+    );
+    assert_trees_equal(v1.path(), &stored(root.path(), "lab-1"));
 }
 
 /// A man in the middle that forwards the greeting, terminates the client's TLS with its
@@ -768,10 +841,26 @@ fn secrets_must_be_private_files() {
     assert!(!stored(root.path(), "lab-1").exists());
     assert!(!known.exists());
     fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    // The secret given twice is a usage error.
+    let out = auth_sync("lab-1", v1.path(), &server.addr(), &f, &known)
+        .env("FILESYNC_SECRET", &secret)
+        .run();
+    out.assert_code(2);
+    assert!(out.stderr.contains("give the secret once"), "{out}");
     auth_sync("lab-1", v1.path(), &server.addr(), &f, &known)
         .run()
         .assert_code(0);
     assert_trees_equal(v1.path(), &stored(root.path(), "lab-1"));
+
+    // The server's own key, made readable by others, is refused at the next start.
+    drop(server);
+    let key = root.path().join(".filesync/tls/server.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) =
+        serve_expecting_exit(root.path(), &["--auth-file".as_ref(), auth.as_os_str()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(stderr.contains("server.key"), "{stderr}");
 }
 
 /// A server without an auth file warns at start, serves native and original clients in
