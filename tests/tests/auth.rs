@@ -971,6 +971,73 @@ fn an_auth_server_refuses_the_original_dialect() {
     assert_eq!(temp_files(root.path()), Vec::<String>::new());
 }
 
+/// Kills a child process when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client with a secret refuses an original FileSync server (the Python one of
+/// `tests/seed_peer`), which cannot authenticate, with exit 9, before sending its listing;
+/// without a secret the same client syncs to it.
+#[test]
+fn a_client_with_a_secret_refuses_an_original_server() {
+    let root = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("seed_peer/seed_server.py");
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .arg("-u")
+            .arg(&script)
+            .args(["--port", "0", "--no-discovery", "--root"])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("the original server's listening line");
+    let port: u16 = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let addr = format!("127.0.0.1:{port}");
+
+    let keys = Keys::new();
+    let f = keys.secret_file("secret", &gen_secret());
+    let known = keys.path("known_servers");
+    let v1 = tree(1);
+    let out = auth_sync("lab-1", v1.path(), &addr, &f, &known).run();
+    assert_auth_refused(
+        &out,
+        "an original FileSync server, which cannot authenticate",
+    );
+    assert!(!stored(root.path(), "lab-1").exists());
+    assert!(!known.exists());
+
+    let out = SyncCmd::new("lab-1", v1.path()).server(&addr).run();
+    out.assert_code(0);
+    assert_eq!(out.json()["dialect"], "seed", "{out}");
+    assert!(stored(root.path(), "lab-1").join("notes.txt").is_file());
+}
+
 /// The auth file is read again for every client: a client added while the server runs
 /// gets in, a removed one is refused, and a file that has become unusable leaves the
 /// last good list in force.
