@@ -250,6 +250,15 @@ pub async fn sync(
             }
         )));
     }
+    if seed && status.filesync.as_ref().is_some_and(|o| o.auth) {
+        // Such a server closes an original-dialect connection without a word (§16): say
+        // why here, with the exit code of a refusal, rather than report a reset.
+        return Err(refused(format!(
+            "the server at {addr} lets in only clients that authenticate, which the original \
+             dialect (--dialect seed) cannot; sync in the native dialect with --secret-file \
+             FILE (or FILESYNC_SECRET) and --id"
+        )));
+    }
     if seed {
         tracing::info!(%addr, dialect = "seed", server_speaks_native = native, "syncing in the original FileSync dialect");
         // The original takes its listing in one message: gather it whole.
