@@ -911,8 +911,8 @@ fn a_server_without_auth_file_warns_and_refuses_secrets() {
 }
 
 /// A server with an auth file closes an original-dialect client's connection without
-/// storing anything, whether `filesync sync --dialect seed` or the Python original
-/// client.
+/// storing anything (the Python original client); `filesync sync --dialect seed` sees
+/// `"auth": true` in the greeting and refuses by itself with exit 9.
 #[test]
 fn an_auth_server_refuses_the_original_dialect() {
     let keys = Keys::new();
@@ -927,14 +927,9 @@ fn an_auth_server_refuses_the_original_dialect() {
         .arg("--dialect")
         .arg("seed")
         .run();
-    assert_ne!(out.code, 0, "{out}");
-    assert!(out.stdout.trim().is_empty(), "{out}");
+    // The greeting said `"auth": true`: the client refuses by itself, saying why.
+    assert_auth_refused(&out, "which the original dialect (--dialect seed) cannot");
     assert!(!stored(root.path(), "lab-1").exists());
-    assert!(
-        server.wait_for_log("an original FileSync client cannot authenticate", WAIT),
-        "{}",
-        server.log()
-    );
 
     // With a secret the client refuses the original dialect by itself.
     let f = keys.secret_file("secret", &secret);
@@ -969,6 +964,11 @@ fn an_auth_server_refuses_the_original_dialect() {
     assert!(!out.status.success(), "{out:?}");
     assert!(!stored(root.path(), "lab-1").exists());
     assert_eq!(temp_files(root.path()), Vec::<String>::new());
+    assert!(
+        server.wait_for_log("an original FileSync client cannot authenticate", WAIT),
+        "{}",
+        server.log()
+    );
 }
 
 /// Kills a child process when dropped.
