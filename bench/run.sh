@@ -374,8 +374,8 @@ wait_listen() {
 }
 
 # Runs a command with stdin from /dev/null and output to a log file, and prints
-# "<wall seconds> <exit code> <pid>", timed with a monotonic clock around the
-# process. (The pid lets the caller find the command's exit record in the
+# "<wall seconds> <exit code> <pid> <CPU seconds>", timed with a monotonic clock around
+# the process (CPU: user + system time of the command and its reaped children, wait4). (The pid lets the caller find the command's exit record in the
 # taskstats file.) A command that outlives the timeout is killed
 # and reported with exit code 124. It runs inside the benchmark's network
 # namespace, entered (by nsenter) before the clock starts.
@@ -403,13 +403,13 @@ with open(sys.argv[2], "ab") as log:
     signal.signal(signal.SIGTERM, stop)
     timer = threading.Timer(timeout, expire)
     timer.start()
-    _, status = os.waitpid(p.pid, 0)
+    _, status, ru = os.wait4(p.pid, 0)
     t1 = time.monotonic()
     timer.cancel()
     p.returncode = rc = 124 if expired.is_set() else os.waitstatus_to_exitcode(status)
     if rc < 0:
         rc = 128 - rc
-print("%.6f %d %d" % (t1 - t0, rc, p.pid))
+print("%.6f %d %d %.3f" % (t1 - t0, rc, p.pid, ru.ru_utime + ru.ru_stime))
 '
 
 # Extra client flags: the delta case adds --stats (rsync) and --json (filesync), whose
@@ -494,7 +494,9 @@ wait_daemon_idle() {
 # run_sync TOOL TAG: one sync; sets ELAPSED, CLIENT_KIB, SERVER_KIB (peak RSS of
 # the client and of the server side during this sync) and WIRE (bytes on the
 # loopback during it); dies loudly on failure.
-ELAPSED="" CLIENT_KIB="" SERVER_KIB="" WIRE="" SENT="" RECV="" NDELTA="" NRESUMED=""
+ELAPSED="" CLIENT_KIB="" SERVER_KIB="" WIRE="" SENT="" RECV="" NDELTA="" NRESUMED="" CLIENT_CPU="" SERVER_CPU=""
+# cpu_ticks PID: user + system time of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo nan; }
 run_sync() {
     local tool=$1 tag=$2 out secs rc cpid logf lo0 lo1 ts0 ts1 procs cprocs sums off
     logf="$LOGS/$tool.log"
@@ -507,11 +509,18 @@ run_sync() {
     if [[ $tool != limit ]]; then
         ts0=$(python3 "$TASKSTATS" mark "$TS_FILE") || die "taskstats mark failed"
     fi
+    local st0="" st1=""
+    if [[ $tool == filesync* ]]; then st0=$(cpu_ticks "$(fs_pid_of "$tool")"); fi
     lo0=$(lo_bytes)
     printf '\n=== %s %s: %s\n' "$(date +%T)" "$tag" "${CMD[*]}" >>"$logf"
     off=$(stat -c %s "$logf")
     out=$("${NS[@]}" python3 -c "$TIMER_PY" "$TIMEOUT" "$logf" "${CMD[@]}")
-    read -r secs rc cpid <<<"$out"
+    read -r secs rc cpid CLIENT_CPU <<<"$out"
+    SERVER_CPU=""
+    if [[ $tool == filesync* ]]; then
+        st1=$(cpu_ticks "$(fs_pid_of "$tool")")
+        SERVER_CPU=$(python3 -c "import os,sys; print('%.2f' % ((float(sys.argv[2]) - float(sys.argv[1])) / os.sysconf('SC_CLK_TCK')))" "$st0" "$st1")
+    fi
     printf '=== exit %s after %s s\n' "$rc" "$secs" >>"$logf"
     CLIENT_KIB="" SERVER_KIB=""
     if [[ $tool != limit ]] && ((rc == 0)); then
@@ -626,7 +635,7 @@ tools_for_run() { # tools_for_run RUN [TOOL...]
     echo "${out[*]}"
 }
 
-declare -A TIMES=() CLIENT_RSS=() SERVER_RSS=() WIRE_BYTES=()
+declare -A TIMES=() CLIENT_RSS=() SERVER_RSS=() WIRE_BYTES=() CPU_CLIENT=() CPU_SERVER=()
 # The delta case's extra figures, per run: client byte counts, and for the resume runs
 # the size of the server's temporary file when the client was killed and the bytes the
 # server kept.
@@ -640,6 +649,8 @@ record() { # record CASEKEY TOOL: the figures of the last run_sync
         CLIENT_RSS["$1|$2"]="${CLIENT_RSS["$1|$2"]:-} ${CLIENT_KIB:-nan}"
         SERVER_RSS["$1|$2"]="${SERVER_RSS["$1|$2"]:-} ${SERVER_KIB:-nan}"
         WIRE_BYTES["$1|$2"]="${WIRE_BYTES["$1|$2"]:-} $WIRE"
+        CPU_CLIENT["$1|$2"]="${CPU_CLIENT["$1|$2"]:-} ${CLIENT_CPU:-nan}"
+        CPU_SERVER["$1|$2"]="${CPU_SERVER["$1|$2"]:-} ${SERVER_CPU:-nan}"
         SENT_BYTES["$1|$2"]="${SENT_BYTES["$1|$2"]:-} ${SENT:-nan}"
         RECV_BYTES["$1|$2"]="${RECV_BYTES["$1|$2"]:-} ${RECV:-nan}"
         DELTA_FILES["$1|$2"]="${DELTA_FILES["$1|$2"]:-} ${NDELTA:-nan}"
@@ -1064,19 +1075,20 @@ done
 # -------------------------------------------------------------------- report
 
 # Input lines: key TAB label TAB tool TAB times TAB client-KiB TAB server-KiB TAB wire-bytes
-# TAB tree-bytes (space-separated values, one per timed run; tree-bytes: the size of the
-# source, initial cases only). Prints the main table, a line "----", the table of all
+# TAB tree-bytes TAB client-CPU TAB server-CPU (space-separated values, one per timed run;
+# tree-bytes: the size of the source, initial cases only; CPU seconds: the client command's
+# user + system time, and the filesync server's during the sync). Prints the main table, a line "----", the table of all
 # runs, a line "----" and, when filesync-auth ran, its tables against filesync.
 REPORT_PY='
 import math, statistics, sys
 rows, order = {}, []
 for line in sys.stdin.read().splitlines():
-    key, label, tool, times, client, server, wire, tbytes = (line.split("\t") + [""] * 8)[:8]
+    key, label, tool, times, client, server, wire, tbytes, ccpu, scpu = (line.split("\t") + [""] * 10)[:10]
     if key not in rows:
         rows[key] = {"label": label, "bytes": float(tbytes) if tbytes else None}
         order.append(key)
     vals = lambda s: [float(x) for x in s.split() if x != "nan"]
-    rows[key][tool] = {"t": vals(times), "c": vals(client), "s": vals(server), "w": vals(wire)}
+    rows[key][tool] = {"t": vals(times), "c": vals(client), "s": vals(server), "w": vals(wire), "cc": vals(ccpu), "sc": vals(scpu)}
 med = lambda v: statistics.median(v) if v else None
 def f_s(v): return "–" if v is None else "%.3f" % v
 def f_mib(v): return "–" if v is None else "%.1f" % (v / 1024)
@@ -1117,8 +1129,8 @@ print("----")
 # filesync with authentication (TLS 1.3) against filesync without, case by case.
 auth = [k for k in order if "filesync" in rows[k] and "filesync-auth" in rows[k]]
 if auth:
-    out = ["| case | filesync median (s) | filesync-auth median (s) | ratio (auth/plain) | per-run ratios: median (min–max) | filesync runs (s) | filesync-auth runs (s) | throughput plain / auth (MiB/s) | filesync RSS client / server (MiB) | filesync-auth RSS client / server (MiB) | filesync wire (MiB) | filesync-auth wire (MiB) |",
-           "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| case | filesync median (s) | filesync-auth median (s) | ratio (auth/plain) | per-run ratios: median (min–max) | filesync runs (s) | filesync-auth runs (s) | throughput plain / auth (MiB/s) | CPU client + server, plain (s) | CPU client + server, auth (s) | CPU ratio (auth/plain) | filesync RSS client / server (MiB) | filesync-auth RSS client / server (MiB) | filesync wire (MiB) | filesync-auth wire (MiB) |",
+           "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     span = lambda t: "%.3f–%.3f" % (min(t), max(t)) if t else "–"
     for key in auth:
         r = rows[key]
@@ -1131,8 +1143,12 @@ if auth:
         # is less exposed to a load that comes and goes than the ratio of the medians.
         pr = [x / y for x, y in zip(a["t"], p["t"]) if y > 0]
         prs = "%.2f (%.2f–%.2f)" % (med(pr), min(pr), max(pr)) if pr else "–"
-        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["label"], f_s(tp), f_s(ta), ratio(ta, tp), prs, span(p["t"]), span(a["t"]), thr,
+        def cpu(x):
+            c, s_ = med(x["cc"]), med(x["sc"])
+            return (None, "–") if c is None or s_ is None else (c + s_, "%.2f + %.2f" % (c, s_))
+        (cp, cps), (ca, cas) = cpu(p), cpu(a)
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["label"], f_s(tp), f_s(ta), ratio(ta, tp), prs, span(p["t"]), span(a["t"]), thr, cps, cas, ratio(ca, cp),
             rss(p), rss(a), f_wire(med(p["w"])), f_wire(med(a["w"]))))
     # The targets of the issue "authentication and encryption": on large files (the
     # initial 2 x 512 MiB) at least 0.7 x the throughput without authentication; on small
@@ -1160,9 +1176,9 @@ MEAS="$LOGS/measurements.tsv"
 for key in "${CASE_KEYS[@]}"; do
     for tool in "${TOOLS[@]}" limit; do
         [[ -n ${TIMES["$key|$tool"]:-} ]] || continue
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "${CASE_LABEL[$key]}" "$tool" "${TIMES["$key|$tool"]}" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "${CASE_LABEL[$key]}" "$tool" "${TIMES["$key|$tool"]}" \
             "${CLIENT_RSS["$key|$tool"]:-}" "${SERVER_RSS["$key|$tool"]:-}" "${WIRE_BYTES["$key|$tool"]:-}" \
-            "${CASE_BYTES[$key]:-}" >>"$MEAS"
+            "${CASE_BYTES[$key]:-}" "${CPU_CLIENT["$key|$tool"]:-}" "${CPU_SERVER["$key|$tool"]:-}" >>"$MEAS"
     done
 done
 tables=$(python3 -c "$REPORT_PY" <"$MEAS") || die "report failed ($MEAS)"
@@ -1271,7 +1287,9 @@ and \`--known-servers\` (the server's key is pinned on the first sync), its serv
 \`--auth-file\`, and the whole session runs in TLS 1.3 (rustls, AES-GCM) after an HMAC
 exchange. Each has a server of its own. Ratio: the medians, auth over plain (above 1:
 authentication is slower); per-run ratios: auth over plain within each timed run (the
-two run back to back). Throughput (initial rows): the tree's bytes over the median
+two run back to back). CPU: median user + system seconds of the client command (wait4)
+and of the server process during the sync (\`/proc/PID/stat\`, clock ticks), less
+exposed to other load on the machine than the wall time; CPU ratio: of the sums. Throughput (initial rows): the tree's bytes over the median
 time. Wire: as above; TLS adds its record headers and tags (22 bytes a record of up to
 16 KiB) and the handshake.
 "
