@@ -5,7 +5,7 @@
 //!
 //! 1. The holder of the **old** file (the server) cuts it into blocks of [`block_size`]
 //!    bytes (the last one may be shorter) and computes a [`Signature`]: for each block a
-//!    32-bit rolling checksum ([`weak_checksum`]) and a 16-byte strong one (BLAKE3,
+//!    32-bit rolling checksum ([`weak_checksum`]) and an 8-byte strong hash (BLAKE3,
 //!    truncated). [`Signature::compute`] reads the file once, block by block.
 //! 2. The holder of the **new** file (the client) slides a window of one block over it,
 //!    rolling the weak checksum one byte at a time ([`Rolling`]). Where the weak checksum
@@ -17,32 +17,32 @@
 //!    ([`Applier`], [`apply`]), hashing what it writes with the whole-file BLAKE3.
 //! 4. That hash is compared with the new file's ([`DeltaSummary::new_hash`] on the sending
 //!    side, the same as [`file_hash`]): a mismatch means that the old file changed under
-//!    the server, or (2⁻⁶⁴-unlikely, see below) a strong-checksum collision; the caller then
-//!    sends the file whole.
+//!    the server, or (unlikely, see below) a false match of a block's strong hash; the
+//!    file is then sent whole (the server stops offering a signature of that copy).
 //!
 //! Nothing here touches the filesystem or the network: every function takes
 //! `impl Read`/`impl Write`/`impl Seek`, and memory stays bounded whatever the file's size
-//! (the signature itself is ~20 bytes per block, ≤ 0.1 % of a file of 400 MiB or more).
+//! (the signature itself is 12 bytes per block, ≤ 0.1 % of a file of 150 MiB or more).
 //!
 //! # Block size
 //!
 //! [`block_size`] is rsync's rule (`sum_sizes_sqroot` in rsync's `generator.c`, protocol
 //! ≥ 30): 700 bytes up to 700² = 490,000 bytes; above, ⌊√len⌋ rounded down to a multiple
 //! of 8; at most 128 KiB (reached at 16 GiB). The block count is then ≈ √len, so both the
-//! signature (20 bytes a block) and the literal overhead of one changed spot (≤ 2 blocks)
+//! signature (12 bytes a block) and the literal overhead of one changed spot (≤ 2 blocks)
 //! grow as √len, which is what minimizes their sum. Syncthing's ladder (128 KiB to 16 MiB
 //! blocks, ≤ ~2000 a file) makes signatures smaller but a 4 KiB edit in a 512 MiB file
 //! would cost ~1 MiB of literal data instead of ~46 KiB; here the signature is already
-//! below 0.1 % of the file from ~400 MiB on. Postcard sizes ([`signature_wire_len`]):
+//! below 0.1 % of the file from ~150 MiB on. Postcard sizes ([`signature_wire_len`]):
 //!
 //! | file     | block size | blocks  | signature  | share of the file |
 //! |----------|-----------:|--------:|-----------:|------------------:|
-//! | 1 MiB    |  1,024 B   |   1,024 |    20 KiB  | 1.95 %            |
-//! | 512 MiB  | 23,168 B   |  23,173 |   453 KiB  | 0.086 %           |
-//! | 1 GiB    | 32,768 B   |  32,768 |   640 KiB  | 0.061 %           |
-//! | 16 GiB   | 128 KiB    | 131,072 |  2.5 MiB   | 0.015 %           |
+//! | 1 MiB    |  1,024 B   |   1,024 |    12 KiB  | 1.17 %            |
+//! | 512 MiB  | 23,168 B   |  23,173 |   272 KiB  | 0.052 %           |
+//! | 1 GiB    | 32,768 B   |  32,768 |   384 KiB  | 0.037 %           |
+//! | 16 GiB   | 128 KiB    | 131,072 |  1.5 MiB   | 0.009 %           |
 //!
-//! (A 1 MiB file's 2 % is 20 KiB: less than one round trip on a fast link, and
+//! (A 1 MiB file's 1.2 % is 12 KiB: less than one round trip on a fast link, and
 //! [`delta_worthwhile`] decides whether to bother at all.)
 //!
 //! # Checksums
@@ -52,12 +52,19 @@
 //!   bytes ≥ 0x80; nothing here needs to talk to rsync): with `a = Σ xᵢ mod 2¹⁶` and
 //!   `b = Σ (n − i)·xᵢ mod 2¹⁶` over the n bytes of a window, the checksum is
 //!   `a | b << 16`; rolling one byte costs O(1).
-//! - Strong: BLAKE3 of the block, its first 16 bytes ([`STRONG_LEN`]). It is compared
-//!   only where the weak checksum already matched. For unrelated data, the chance that
-//!   any of the at most `new_len × blocks` comparisons of a transfer is a false match is
-//!   below `new_len × blocks / 2¹²⁸`: about 2⁻⁸³ for 1 GiB against 32,768 blocks. A client
-//!   crafting a collision on purpose needs ~2⁶⁴ BLAKE3 calls and only corrupts its own
-//!   file, which the whole-file hash (full 32 bytes) catches anyway.
+//! - Strong: BLAKE3 of the block, its first 8 bytes ([`STRONG_LEN`]). It is compared
+//!   only where the weak checksum already matched. Its length follows the idea of rsync's
+//!   `s2length` rule (`sum_sizes_sqroot`): a block hash need only make a false match
+//!   rare, because the whole-file hash in `FILE_END` catches one and the file is then
+//!   sent again whole. rsync takes `(10 + 2·log₂ len − log₂ block_size)` bits, credits
+//!   the weak checksum with 32 of them and keeps the rest (3 bytes for 512 MiB); here
+//!   the weak checksum is credited nothing (it is weak on structured data), and 64 bits
+//!   cover that rule for every file up to 16 GiB (61 bits there). For unrelated data,
+//!   the chance that any of the at most `new_len × blocks` comparisons of a transfer is a
+//!   false match is below `new_len × blocks / 2⁶⁴` even if every weak checksum matched:
+//!   about 2⁻¹⁹ for 1 GiB against 32,768 blocks, and ≈ 2⁻⁵¹ with the weak checksum's 32
+//!   random bits. A client crafting a collision on purpose only corrupts its own file,
+//!   which the whole-file hash (full 32 bytes) catches.
 //!
 //! # What matches where
 //!
@@ -108,7 +115,7 @@ mod weak;
 
 pub use apply::{apply, Applied, Applier};
 pub use matcher::{compute_delta, DeltaOp, DeltaProgress, DeltaSummary, Matcher};
-pub use signature::{file_hash, strong_checksum, BlockLayout, BlockSig, Signature};
+pub use signature::{file_hash, strong_checksum, BlockLayout, BlockSig, Signature, Signer};
 pub use weak::{weak_checksum, Rolling};
 
 /// The smallest block size [`block_size`] chooses, in bytes (rsync's `BLOCK_SIZE`).
@@ -121,8 +128,9 @@ pub const MAX_BLOCK_SIZE: u32 = 128 * 1024;
 /// The most bytes one [`DeltaOp::Literal`] carries.
 pub const MAX_LITERAL: usize = 256 * 1024;
 
-/// The length of a block's strong checksum, in bytes (a truncated BLAKE3).
-pub const STRONG_LEN: usize = 16;
+/// The length of a block's strong hash, in bytes (a truncated BLAKE3): see the
+/// [module documentation](self#checksums) for why 8 are enough.
+pub const STRONG_LEN: usize = 8;
 
 /// The bytes one block adds to a postcard-encoded [`Signature`]: the weak checksum as 4
 /// fixed bytes and the strong one.

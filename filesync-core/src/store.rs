@@ -556,8 +556,9 @@ fn path_key(rel: &RelPath) -> String {
 /// Where the content of the open file goes.
 #[derive(Debug)]
 enum Sink {
-    /// Straight into the temporary file.
-    Plain(File),
+    /// Straight into the temporary file, signed as it is written if it is worth it (not
+    /// when resumed, nor once it has a hole).
+    Plain(File, Option<delta::Signer>),
     /// Rebuilt from the server's copy and the delta's literal bytes (hashed as written).
     Delta(Box<Applier<File, File>>),
 }
@@ -565,7 +566,12 @@ enum Sink {
 impl Sink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Sink::Plain(f) => f.write_all(data),
+            Sink::Plain(f, signer) => {
+                if let Some(s) = signer {
+                    s.update(data);
+                }
+                f.write_all(data)
+            }
             Sink::Delta(a) => a.literal(data),
         }
     }
@@ -578,6 +584,12 @@ struct Staged {
     temp: PathBuf,
     /// Its size, to tell without opening it whether it is worth signing.
     size: u64,
+    /// Its signature, made as it was written; `None`: the placer signs it if it is worth
+    /// it and has no holes.
+    signature: Option<Signature>,
+    /// Whether it was written with holes: not signed then (reading its holes back costs
+    /// as much as data, and a client never sends a file with holes as a delta).
+    sparse: bool,
 }
 
 /// Work for the placer thread, done in order.
@@ -680,12 +692,22 @@ impl Receiver<'_> {
                 .open(&temp)
                 .and_then(|out| {
                     let base = self.base(&h.path)?;
-                    let len = base.metadata()?.len();
+                    let m = base.metadata()?;
+                    let len = m.len();
                     let layout = BlockLayout {
                         block_size: delta::block_size(len),
                         file_len: len,
                     };
-                    Ok(Sink::Delta(Box::new(Applier::new(base, layout, out)?)))
+                    let mut applier = Applier::new(base, layout, out)?;
+                    if worth_signing(h.size) {
+                        // The copy's cached signature, if it is of the copy as it is.
+                        let cache = self.store.sigs.join(self.id.folder_name());
+                        let old = read_cached(&sig_path(&cache, &h.path))
+                            .filter(|c| c.size == len && c.mtime == walk::mtime_of(&m))
+                            .and_then(|c| c.signature);
+                        applier.sign(h.size, old)?;
+                    }
+                    Ok(Sink::Delta(Box::new(applier)))
                 })
         } else if h.offset > 0 {
             // Resumed: what an interrupted session received becomes the temporary file.
@@ -694,7 +716,7 @@ impl Receiver<'_> {
                 let mut f = OpenOptions::new().write(true).open(&temp)?;
                 f.set_len(h.offset)?;
                 io::Seek::seek(&mut f, io::SeekFrom::Start(h.offset))?;
-                Ok(Sink::Plain(f))
+                Ok(Sink::Plain(f, None))
             })
         } else {
             // Sent whole: whatever was held of an older version is of no use.
@@ -704,7 +726,14 @@ impl Receiver<'_> {
                 .write(true)
                 .create_new(true)
                 .open(&temp)
-                .map(Sink::Plain)
+                .and_then(|f| {
+                    let signer = if worth_signing(h.size) {
+                        Some(delta::Signer::new(h.size)?)
+                    } else {
+                        None
+                    };
+                    Ok(Sink::Plain(f, signer))
+                })
         };
         self.open = Some(match opened {
             Ok(file) => Open::Writing {
@@ -763,9 +792,13 @@ impl Receiver<'_> {
         {
             *pos += len;
             let r = match file {
-                Sink::Plain(f) => i64::try_from(len)
-                    .map_err(io::Error::other)
-                    .and_then(|n| f.seek(io::SeekFrom::Current(n))),
+                Sink::Plain(f, signer) => {
+                    // Holes are not signed as they pass: the placer signs the file.
+                    *signer = None;
+                    i64::try_from(len)
+                        .map_err(io::Error::other)
+                        .and_then(|n| f.seek(io::SeekFrom::Current(n)))
+                }
                 Sink::Delta(_) => Err(io::Error::other("a hole in a delta")),
             };
             *sparse = true;
@@ -794,7 +827,7 @@ impl Receiver<'_> {
                     *pos += a.written() - before;
                     r
                 }
-                Sink::Plain(_) => Err(io::Error::other("COPY outside a delta")),
+                Sink::Plain(..) => Err(io::Error::other("COPY outside a delta")),
             };
             if let Err(e) = r {
                 let failed = failed(
@@ -844,14 +877,20 @@ impl Receiver<'_> {
                 sparse,
                 ..
             }) => {
+                let delta = matches!(file, Sink::Delta(_));
+                let mut signature = None;
                 let file = match file {
-                    Sink::Plain(f) => Ok(f),
+                    Sink::Plain(f, signer) => {
+                        signature = signer.and_then(|s| s.finish().ok());
+                        Ok(f)
+                    }
                     // A rebuilt file is kept only if it is the client's, byte for byte.
                     Sink::Delta(a) => a
-                        .finish()
+                        .finish_signed()
                         .map_err(|e| format!("rebuilding from the delta: {e}"))
-                        .and_then(|(applied, f)| {
+                        .and_then(|(applied, f, sig)| {
                             if hash == Some(Hash(applied.hash)) && applied.len == size {
+                                signature = sig;
                                 Ok(f)
                             } else {
                                 Err("the file rebuilt from the delta differs from the client's \
@@ -864,6 +903,16 @@ impl Receiver<'_> {
                     Ok(f) => f,
                     Err(e) => {
                         let _ = fs::remove_file(&temp);
+                        if delta {
+                            // A false match of a block hash, or a copy changed under its
+                            // signature: the file must come whole next time.
+                            let cache = self.store.sigs.join(self.id.folder_name());
+                            let dir = self.store.client_dir(&self.id);
+                            if let Err(e) = refuse_deltas(&cache, &dir, &path) {
+                                tracing::warn!(path = %path, error = %e,
+                                    "cannot note that a delta failed against the stored copy");
+                            }
+                        }
                         return vec![(path, rejected(ErrorCode::STORAGE, e))];
                     }
                 };
@@ -886,7 +935,13 @@ impl Receiver<'_> {
                 }
                 // Closed here: a batch waiting for the disk holds names, not descriptors.
                 drop(file);
-                self.staged.push(Staged { path, temp, size });
+                self.staged.push(Staged {
+                    path,
+                    temp,
+                    size,
+                    signature,
+                    sparse,
+                });
                 self.staged_bytes += size;
                 if self.staged.len() >= BATCH_FILES || self.staged_bytes >= BATCH_BYTES {
                     self.flush();
@@ -949,13 +1004,19 @@ impl Placer {
                     }
                     Ok(()) => match self.place(&s.temp, &s.path) {
                         Ok(()) => {
-                            // Signed now, while the file is in the page cache, so that a
-                            // delta against it later need not read it whole again. Small
-                            // files (most of a tree) are not even opened again.
-                            if worth_signing(s.size) {
-                                if let Err(e) = signature_of(&self.sigs, &self.dir, &s.path) {
-                                    tracing::debug!(path = %s.path, error = %e, "cannot sign");
+                            // Signed now, so that a delta against it later need not read
+                            // it whole again: with the signature made as it was written,
+                            // if any, otherwise reading it while it is in the page cache.
+                            // Small files (most of a tree) are not even opened again.
+                            let signed = match s.signature {
+                                Some(sig) => self.cache_signature(&s.path, sig),
+                                None if !s.sparse && worth_signing(s.size) => {
+                                    signature_of(&self.sigs, &self.dir, &s.path).map(|_| ())
                                 }
+                                None => Ok(()),
+                            };
+                            if let Err(e) = signed {
+                                tracing::debug!(path = %s.path, error = %e, "cannot sign");
                             }
                             Outcome::Stored
                         }
@@ -973,6 +1034,24 @@ impl Placer {
             tracing::warn!(error = %e, "cannot write the session's record of added entries");
         }
         outcomes
+    }
+
+    /// Caches `sig`, made from the bytes of the file just placed at `rel`, under the
+    /// placed file's size and mtime (an error if its size is not the signature's).
+    fn cache_signature(&self, rel: &RelPath, sig: Signature) -> io::Result<()> {
+        let m = fs::symlink_metadata(rel.to_path(&self.dir))?;
+        if !m.is_file() || m.len() != sig.file_len {
+            return Err(io::Error::other("the placed file is not the one signed"));
+        }
+        write_cached(
+            &self.sigs,
+            rel,
+            &CachedSig {
+                size: m.len(),
+                mtime: walk::mtime_of(&m),
+                signature: Some(sig),
+            },
+        )
     }
 
     fn finish(&mut self, tail: &mut Spool, budget: &DeleteBudget) -> Applied {
@@ -1331,7 +1410,7 @@ impl Receiver<'_> {
         else {
             return;
         };
-        let Sink::Plain(file) = file else {
+        let Sink::Plain(file, _) = file else {
             // A half-rebuilt delta is no beginning of the file to resume.
             let _ = fs::remove_file(&temp);
             return;
@@ -1430,17 +1509,48 @@ fn worth_signing(len: u64) -> bool {
         && delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
 }
 
+/// The first bytes of a cached signature file: a name and the format's version, 2 since
+/// strong hashes are 8 bytes (version 1, 16-byte hashes, had no header). A file without
+/// this header is ignored and the signature computed again, never misread.
+const SIG_CACHE_MAGIC: &[u8; 6] = b"FSSIG\x02";
+
 /// What a cached signature is of: the stored file's size and mtime when signed.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CachedSig {
     size: u64,
     mtime: MTime,
-    signature: Signature,
+    /// `None`: a delta against this copy failed its whole-file check, so none is offered
+    /// until the copy is replaced (the client then sends the file whole).
+    signature: Option<Signature>,
+}
+
+/// The path of the cached signature of `rel` in `cache`.
+fn sig_path(cache: &Path, rel: &RelPath) -> PathBuf {
+    cache.join(format!("{}.sig", path_key(rel)))
+}
+
+/// The cache entry at `path`, if it is of the current format.
+fn read_cached(path: &Path) -> Option<CachedSig> {
+    let bytes = fs::read(path).ok()?;
+    let body = bytes.strip_prefix(SIG_CACHE_MAGIC.as_slice())?;
+    postcard::from_bytes(body).ok()
+}
+
+/// Writes a cache entry atomically (a temporary file renamed over the old entry).
+fn write_cached(cache: &Path, rel: &RelPath, entry: &CachedSig) -> io::Result<()> {
+    let mut bytes = SIG_CACHE_MAGIC.to_vec();
+    bytes.extend(postcard::to_stdvec(entry).map_err(io::Error::other)?);
+    fs::create_dir_all(cache)?;
+    let path = sig_path(cache, rel);
+    let tmp = path.with_extension("sig.tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(tmp, &path)
 }
 
 /// The signature of the stored file `rel` under `dir`: from the cache in `cache` if it
 /// matches the file's size and mtime, otherwise computed (reading the file once) and
-/// cached. Files too small or too large to sign are an error.
+/// cached. Errors: files too small or too large to sign, and a copy that a delta failed
+/// against ([`refuse_deltas`]).
 fn signature_of(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<Signature> {
     let f = walk::open_nofollow(&rel.to_path(dir))?;
     let m = f.metadata()?;
@@ -1448,27 +1558,46 @@ fn signature_of(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<Signature
         return Err(io::Error::other("not a file to sign"));
     }
     let mtime = walk::mtime_of(&m);
-    let path = cache.join(format!("{}.sig", path_key(rel)));
-    if let Ok(c) = fs::read(&path)
-        .map_err(|_| ())
-        .and_then(|b| postcard::from_bytes::<CachedSig>(&b).map_err(|_| ()))
-    {
-        if c.size == m.len() && c.mtime == mtime && c.signature.validate().is_ok() {
-            return Ok(c.signature);
+    if let Some(c) = read_cached(&sig_path(cache, rel)) {
+        if c.size == m.len() && c.mtime == mtime {
+            match c.signature {
+                None => {
+                    return Err(io::Error::other(
+                        "a delta against this copy failed its check",
+                    ))
+                }
+                Some(sig) if sig.validate().is_ok() => return Ok(sig),
+                Some(_) => {}
+            }
         }
     }
     let signature = Signature::compute(&f, m.len())?;
-    let bytes = postcard::to_stdvec(&CachedSig {
-        size: m.len(),
-        mtime,
-        signature: signature.clone(),
-    })
-    .map_err(io::Error::other)?;
-    fs::create_dir_all(cache)?;
-    let tmp = path.with_extension("sig.tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(tmp, &path)?;
+    write_cached(
+        cache,
+        rel,
+        &CachedSig {
+            size: m.len(),
+            mtime,
+            signature: Some(signature.clone()),
+        },
+    )?;
     Ok(signature)
+}
+
+/// Stops offering deltas against the stored copy of `rel` under `dir` as it is now (its
+/// size and mtime), after one failed its whole-file check: the next `TASKS` for it gets
+/// no `SIGNATURE`, so the client sends it whole. Replacing the copy lifts this.
+fn refuse_deltas(cache: &Path, dir: &Path, rel: &RelPath) -> io::Result<()> {
+    let m = walk::open_nofollow(&rel.to_path(dir))?.metadata()?;
+    write_cached(
+        cache,
+        rel,
+        &CachedSig {
+            size: m.len(),
+            mtime: walk::mtime_of(&m),
+            signature: None,
+        },
+    )
 }
 
 /// What an interrupted session must have received of a file for its beginning to be
@@ -1932,5 +2061,57 @@ mod tests {
             .map(|(p, _)| p.to_string())
             .collect();
         assert_eq!(names, ["a", "a/x", "a.b"]);
+    }
+
+    #[test]
+    fn a_signature_cache_of_another_format_is_computed_again_not_misread() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let id = ClientId::parse("s").unwrap();
+        let dir = store.client_dir(&id);
+        fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..(2u32 << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(dir.join("big.bin"), &data).unwrap();
+        let m = fs::metadata(dir.join("big.bin")).unwrap();
+        let rel = RelPath::parse("big.bin").unwrap();
+
+        // Version 1 of the cache: no header, 16-byte strong hashes, for this very file.
+        #[derive(serde::Serialize)]
+        struct V1 {
+            size: u64,
+            mtime: MTime,
+            block_size: u32,
+            file_len: u64,
+            blocks: Vec<([u8; 4], [u8; 16])>,
+        }
+        let bs = delta::block_size(m.len());
+        let v1 = V1 {
+            size: m.len(),
+            mtime: walk::mtime_of(&m),
+            block_size: bs,
+            file_len: m.len(),
+            blocks: data
+                .chunks(bs as usize)
+                .map(|b| {
+                    let mut strong = [0u8; 16];
+                    strong.copy_from_slice(&blake3::hash(b).as_bytes()[..16]);
+                    (delta::weak_checksum(b).to_le_bytes(), strong)
+                })
+                .collect(),
+        };
+        let cache = store.sigs.join(id.folder_name());
+        fs::create_dir_all(&cache).unwrap();
+        fs::write(sig_path(&cache, &rel), postcard::to_stdvec(&v1).unwrap()).unwrap();
+
+        let bases = store.delta_bases(&id, std::slice::from_ref(&rel));
+        assert_eq!(bases.len(), 1);
+        assert_eq!(
+            bases[0].1,
+            Signature::compute(&data[..], data.len() as u64).unwrap()
+        );
+        // And the entry was rewritten in the current format.
+        assert!(read_cached(&sig_path(&cache, &rel)).is_some());
     }
 }

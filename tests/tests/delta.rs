@@ -88,3 +88,47 @@ fn a_rewritten_file_is_stored_exactly() {
     assert_eq!(out.count("bytes_sent"), SIZE as u64 + 5, "{out}");
     assert_trees_equal(c.path(), &root.path().join("client_w"));
 }
+
+#[test]
+fn a_delta_that_fails_its_check_is_sent_whole_next_time() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(root.path());
+    let c = tempfile::tempdir().unwrap();
+    write_file(
+        c.path(),
+        "big.bin",
+        &pseudo_random(SIZE, 10),
+        ts(1_600_000_000, 0),
+    );
+    SyncCmd::new("f", c.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+
+    // The server's copy changes under its cached signature (same size and mtime), so the
+    // client's COPY of that block rebuilds wrong bytes: what a false match of a block hash
+    // would do.
+    let stored = root.path().join("client_f");
+    poke(&stored, 1 << 20, &[0x55; 4096], 1_600_000_000);
+    poke(c.path(), SIZE as u64 / 2, &[0xAB; 4096], 1_600_000_100);
+    let out = SyncCmd::new("f", c.path()).server(&server.addr()).run();
+    assert_ne!(out.code, 0, "the rebuilt file was accepted: {out}");
+    assert_ne!(
+        std::fs::read(stored.join("big.bin")).unwrap(),
+        std::fs::read(c.path().join("big.bin")).unwrap(),
+    );
+
+    // The next sync gets no signature of that copy and sends the file whole.
+    let out = SyncCmd::new("f", c.path()).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_delta"), 0, "{out}");
+    assert_eq!(out.count("bytes_sent"), SIZE as u64, "{out}");
+    assert_trees_equal(c.path(), &stored);
+
+    // Stored whole, the copy is signed again: the next change is a delta.
+    poke(c.path(), 123, &[0xCD; 100], 1_600_000_200);
+    let out = SyncCmd::new("f", c.path()).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_delta"), 1, "{out}");
+    assert_trees_equal(c.path(), &stored);
+}

@@ -3,7 +3,7 @@
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 
 use super::matcher::DeltaOp;
-use super::signature::{invalid, BlockLayout};
+use super::signature::{invalid, BlockLayout, BlockSig, Signature, Signer};
 
 /// What [`Applier::finish`] and [`apply`] report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,10 @@ pub struct Applier<R, W> {
     /// Where `old` is positioned, if known.
     old_pos: Option<u64>,
     buf: Vec<u8>,
+    /// Signs the output as it is written, if asked ([`Applier::sign`]).
+    signer: Option<Signer>,
+    /// The old file's block checksums, reused for blocks copied to the same position.
+    old_blocks: Vec<BlockSig>,
 }
 
 impl<R: Read + Seek, W: Write> Applier<R, W> {
@@ -49,7 +53,32 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             len: 0,
             old_pos: None,
             buf: Vec::new(),
+            signer: None,
+            old_blocks: Vec::new(),
         })
+    }
+
+    /// Also signs the output, a file of `new_len` bytes, as it is written (see
+    /// [`Applier::finish_signed`]). With `old`, the signature of the old file with the
+    /// applier's layout, a whole block copied to the same block position (the same block
+    /// size, which [`block_size`](super::block_size) gives files of close lengths) takes
+    /// the old block's checksums instead of being hashed: a delta that changed a few
+    /// blocks costs a few blocks' hashing. A signature of another layout is not used.
+    /// Errors: those of [`Signer::new`].
+    pub fn sign(&mut self, new_len: u64, old: Option<Signature>) -> io::Result<()> {
+        let signer = Signer::new(new_len)?;
+        self.old_blocks = match old {
+            Some(sig)
+                if sig.layout() == self.layout
+                    && sig.block_size == signer.block_size()
+                    && sig.validate().is_ok() =>
+            {
+                sig.blocks
+            }
+            _ => Vec::new(),
+        };
+        self.signer = Some(signer);
+        Ok(())
     }
 
     /// Applies one op. Errors: `InvalidData` for a `Copy` of no block or past the last
@@ -66,6 +95,9 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.hasher.update(bytes);
+        if let Some(s) = &mut self.signer {
+            s.update(bytes);
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -85,8 +117,12 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
         if self.buf.is_empty() {
             self.buf = vec![0u8; COPY_CHUNK];
         }
+        // Whole blocks per read, so that each can be signed or reused on its own.
+        let bs = u64::from(self.layout.block_size);
+        let per_read = (COPY_CHUNK as u64 / bs).max(1) * bs;
+        let mut at_block = block as usize;
         while left > 0 {
-            let n = left.min(COPY_CHUNK as u64) as usize;
+            let n = left.min(per_read) as usize;
             let chunk = &mut self.buf[..n];
             if let Err(e) = self.old.read_exact(chunk) {
                 self.old_pos = None;
@@ -104,6 +140,19 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             }
             self.out.write_all(chunk)?;
             self.hasher.update(chunk);
+            if let Some(signer) = &mut self.signer {
+                for piece in chunk.chunks(bs as usize) {
+                    let reused = piece.len() as u64 == bs
+                        && self
+                            .old_blocks
+                            .get(at_block)
+                            .is_some_and(|sig| signer.reuse(*sig));
+                    if !reused {
+                        signer.update(piece);
+                    }
+                    at_block += 1;
+                }
+            }
             self.len += n as u64;
             self.old_pos = self.old_pos.map(|p| p + n as u64);
             left -= n as u64;
@@ -114,6 +163,14 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.len
+    }
+
+    /// [`Applier::finish`], and the signature of the output if [`Applier::sign`] asked
+    /// for it (`None` otherwise, or if the output's length is not the one given there).
+    pub fn finish_signed(mut self) -> io::Result<(Applied, W, Option<Signature>)> {
+        let signature = self.signer.take().and_then(|s| s.finish().ok());
+        let (applied, out) = self.finish()?;
+        Ok((applied, out, signature))
     }
 
     /// Flushes the output and returns the length and hash of what was written, with the

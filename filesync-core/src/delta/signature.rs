@@ -126,12 +126,7 @@ impl Signature {
                     e
                 }
             })?;
-            for block in buf[..want].chunks(bs) {
-                blocks.push(BlockSig {
-                    weak: weak_checksum(block),
-                    strong: strong_checksum(block),
-                });
-            }
+            blocks.extend(buf[..want].chunks(bs).map(block_sig));
             left -= want as u64;
         }
         Ok(Signature {
@@ -169,6 +164,116 @@ impl Signature {
     pub(super) fn short_last_block(&self) -> Option<(u32, usize)> {
         let rem = self.file_len % u64::from(self.block_size);
         (rem != 0).then(|| ((self.blocks.len() - 1) as u32, rem as usize))
+    }
+}
+
+/// Signs a file from its bytes as they are written, in order, so that the writer need
+/// not read it again: [`Signature::compute`] without the reads.
+///
+/// Where the caller knows a whole block's checksums already (a block copied unchanged
+/// from a signed file to the same block position, with the same block size),
+/// [`Signer::reuse`] takes them instead of hashing the bytes: that is how a receiver
+/// derives the signature of a file rebuilt from a delta from the old file's signature,
+/// hashing only the blocks the delta changed.
+#[derive(Debug)]
+pub struct Signer {
+    layout: BlockLayout,
+    blocks: Vec<BlockSig>,
+    /// The bytes of the current block seen so far (fewer than a block).
+    partial: Vec<u8>,
+    /// Bytes accounted for: hashed, in `partial`, or reused.
+    done: u64,
+}
+
+impl Signer {
+    /// A signer for a file of `file_len` bytes, in blocks of [`block_size`]`(file_len)`.
+    /// `InvalidInput` if that needs more than 2³² blocks.
+    pub fn new(file_len: u64) -> io::Result<Signer> {
+        let layout = BlockLayout {
+            block_size: block_size(file_len),
+            file_len,
+        };
+        layout
+            .validate()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(Signer {
+            layout,
+            // Bounded: `file_len` may come from a peer, and the vector grows as bytes do.
+            blocks: Vec::with_capacity(layout.block_count().min(1 << 16) as usize),
+            partial: Vec::new(),
+            done: 0,
+        })
+    }
+
+    /// The block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.layout.block_size
+    }
+
+    /// Whether the next block is a whole one (not the short last block) and nothing of it
+    /// was written yet: then [`Signer::reuse`] may stand for its bytes.
+    pub fn can_reuse(&self) -> bool {
+        self.partial.is_empty()
+            && self.done + u64::from(self.layout.block_size) <= self.layout.file_len
+    }
+
+    /// Takes `sig` as the checksums of the next whole block, whose bytes the caller will
+    /// not pass to [`Signer::update`]. Only where [`Signer::can_reuse`]; `false` (and
+    /// nothing done) otherwise.
+    pub fn reuse(&mut self, sig: BlockSig) -> bool {
+        if !self.can_reuse() {
+            return false;
+        }
+        self.blocks.push(sig);
+        self.done += u64::from(self.layout.block_size);
+        true
+    }
+
+    /// Signs the next `data` bytes of the file.
+    pub fn update(&mut self, mut data: &[u8]) {
+        let bs = self.layout.block_size as usize;
+        self.done += data.len() as u64;
+        if !self.partial.is_empty() {
+            let take = (bs - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < bs {
+                return;
+            }
+            self.blocks.push(block_sig(&self.partial));
+            self.partial.clear();
+        }
+        let mut whole = data.chunks_exact(bs);
+        for block in &mut whole {
+            self.blocks.push(block_sig(block));
+        }
+        self.partial.extend_from_slice(whole.remainder());
+    }
+
+    /// The signature, once exactly `file_len` bytes were signed or reused;
+    /// `InvalidData` otherwise.
+    pub fn finish(mut self) -> io::Result<Signature> {
+        if self.done != self.layout.file_len {
+            return Err(invalid(format!(
+                "{} bytes signed of a file of {}",
+                self.done, self.layout.file_len
+            )));
+        }
+        if !self.partial.is_empty() {
+            self.blocks.push(block_sig(&self.partial));
+        }
+        Ok(Signature {
+            block_size: self.layout.block_size,
+            file_len: self.layout.file_len,
+            blocks: self.blocks,
+        })
+    }
+}
+
+fn block_sig(block: &[u8]) -> BlockSig {
+    BlockSig {
+        weak: weak_checksum(block),
+        strong: strong_checksum(block),
     }
 }
 

@@ -102,6 +102,20 @@ fn roundtrip_with(old: &[u8], new: &[u8], bs: u32, step: usize) -> (Vec<DeltaOp>
             hash
         }
     );
+
+    // Rebuilt and signed as it is written, reusing the old checksums where it can: the
+    // same signature as reading the new file again.
+    let mut applier = Applier::new(Cursor::new(old), layout, Vec::new()).unwrap();
+    applier.sign(new.len() as u64, Some(sig.clone())).unwrap();
+    for op in &ops {
+        applier.op(op).unwrap();
+    }
+    let (_, _, signed) = applier.finish_signed().unwrap();
+    assert_eq!(
+        signed,
+        Some(Signature::compute(new, new.len() as u64).unwrap()),
+        "the signature made while applying"
+    );
     (ops, summary)
 }
 
@@ -133,10 +147,10 @@ fn block_size_follows_rsync() {
 fn signature_sizes() {
     // (file, blocks, upper bound of the postcard size)
     let cases: [(u64, u64, u64); 4] = [
-        (1 << 20, 1024, 20 * 1024 + 20),
-        (512 << 20, 23_173, 23_173 * 20 + 20),
-        (1 << 30, 32_768, 32_768 * 20 + 20),
-        (16 << 30, 131_072, 131_072 * 20 + 20),
+        (1 << 20, 1024, 12 * 1024 + 20),
+        (512 << 20, 23_173, 23_173 * 12 + 20),
+        (1 << 30, 32_768, 32_768 * 12 + 20),
+        (16 << 30, 131_072, 131_072 * 12 + 20),
     ];
     for (len, blocks, wire) in cases {
         assert_eq!(block_count(len, block_size(len)), blocks, "{len}");
@@ -498,8 +512,85 @@ fn edits() -> impl Strategy<Value = Vec<Edit>> {
     proptest::collection::vec(e, 0..5)
 }
 
+#[test]
+fn applying_a_delta_reuses_the_checksums_of_blocks_copied_in_place() {
+    let old = noise(21, 2 << 20);
+    let mut new = old.clone();
+    new[(1 << 20) + 5..(1 << 20) + 5 + 4096].fill(0xAB);
+    let sig = Signature::compute(&old[..], old.len() as u64).unwrap();
+    let (ops, _) = compute_delta(&sig, &new[..]).unwrap();
+    // Mark every old block's checksums: a block whose checksums were reused shows the mark.
+    let mut marked = sig.clone();
+    for b in &mut marked.blocks {
+        b.strong = [0xEE; STRONG_LEN];
+    }
+    let mut applier = Applier::new(Cursor::new(&old[..]), sig.layout(), Vec::new()).unwrap();
+    applier.sign(new.len() as u64, Some(marked)).unwrap();
+    for op in &ops {
+        applier.op(op).unwrap();
+    }
+    let (_, out, signed) = applier.finish_signed().unwrap();
+    assert!(out == new);
+    let signed = signed.unwrap();
+    let computed = Signature::compute(&new[..], new.len() as u64).unwrap();
+    let changed: Vec<usize> = (0..computed.blocks.len())
+        .filter(|&i| computed.blocks[i] != sig.blocks[i])
+        .collect();
+    assert_eq!(changed.len(), 3, "{changed:?}");
+    for (i, b) in signed.blocks.iter().enumerate() {
+        // The short last block is hashed, never reused.
+        if changed.contains(&i) || i + 1 == signed.blocks.len() {
+            assert_eq!(*b, computed.blocks[i], "block {i} was hashed");
+        } else {
+            assert_eq!(b.strong, [0xEE; STRONG_LEN], "block {i} was reused");
+        }
+    }
+
+    // A signature of another layout is not used.
+    let other = Signature::compute_with_block_size(&old[..], old.len() as u64, 1000).unwrap();
+    let mut applier = Applier::new(Cursor::new(&old[..]), sig.layout(), Vec::new()).unwrap();
+    applier.sign(new.len() as u64, Some(other)).unwrap();
+    for op in &ops {
+        applier.op(op).unwrap();
+    }
+    assert_eq!(applier.finish_signed().unwrap().2, Some(computed));
+}
+
+#[test]
+fn a_signer_needs_exactly_the_file_length() {
+    let data = noise(22, 5000);
+    let mut s = Signer::new(5000).unwrap();
+    s.update(&data[..4999]);
+    assert!(s.finish().is_err());
+    let mut s = Signer::new(5000).unwrap();
+    s.update(&data);
+    s.update(b"x");
+    assert!(s.finish().is_err());
+    // No reuse for the short last block, nor in the middle of a block.
+    let mut s = Signer::new(1000).unwrap();
+    assert!(s.can_reuse());
+    s.update(&data[..10]);
+    assert!(!s.can_reuse());
+    s.update(&data[10..700]);
+    assert!(!s.can_reuse(), "the 300-byte last block is short");
+    assert!(!s.reuse(Signature::compute(&data[..300], 300).unwrap().blocks[0]));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_signer_fed_in_pieces_equals_compute(data in bytes(5000), cuts in proptest::collection::vec(0usize..5000, 0..6)) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+        cuts.push(0);
+        cuts.push(data.len());
+        cuts.sort_unstable();
+        let mut s = Signer::new(data.len() as u64).unwrap();
+        for w in cuts.windows(2) {
+            s.update(&data[w[0]..w[1]]);
+        }
+        prop_assert_eq!(s.finish().unwrap(), Signature::compute(&data[..], data.len() as u64).unwrap());
+    }
 
     #[test]
     fn edited_files_rebuild(
