@@ -201,6 +201,8 @@ fn hash2(weak: u32, shift: u32) -> u32 {
 pub struct Matcher<'s> {
     sig: &'s Signature,
     index: Index,
+    /// The number of whole blocks (all but a short last one).
+    full_blocks: usize,
 }
 
 impl<'s> Matcher<'s> {
@@ -210,6 +212,7 @@ impl<'s> Matcher<'s> {
         Ok(Matcher {
             sig,
             index: Index::new(sig),
+            full_blocks: sig.blocks.len() - usize::from(sig.short_last_block().is_some()),
         })
     }
 
@@ -276,14 +279,32 @@ impl<'s> Matcher<'s> {
                 break;
             }
 
-            let mut r = roll.unwrap_or_else(|| Rolling::new(&data[pos..pos + bs]));
+            // Right after a match, the block that would extend the run is tried first, by
+            // its strong hash alone: where blocks keep matching, that spares computing each
+            // window's weak checksum from scratch. (A false match of the 8-byte hash
+            // against this one block is as unlikely as one the weak checksum let through;
+            // the whole-file hash catches either.)
+            let window = &data[pos..pos + bs];
+            let mut strong = None;
+            if roll.is_none() && (preferred as usize) < self.full_blocks {
+                let st = strong_checksum(window);
+                if st == blocks[preferred as usize].strong {
+                    out.literal(&data[lit..pos])?;
+                    out.copy(preferred, bs as u64)?;
+                    pos += bs;
+                    lit = pos;
+                    preferred += 1;
+                    after_match = true;
+                    continue;
+                }
+                strong = Some(st);
+            }
+            let mut r = roll.unwrap_or_else(|| Rolling::new(window));
             let weak = r.digest();
             if self.index.maybe(weak) {
-                let window = &data[pos..pos + bs];
-                match self
-                    .index
-                    .find(blocks, weak, preferred, || strong_checksum(window))
-                {
+                match self.index.find(blocks, weak, preferred, || {
+                    strong.unwrap_or_else(|| strong_checksum(window))
+                }) {
                     Ok(block) => {
                         out.literal(&data[lit..pos])?;
                         out.copy(block, bs as u64)?;
