@@ -107,6 +107,11 @@
 //!   the final hash comparison catches the rest.
 //! - [`delta_worthwhile`] says whether to start; [`should_fall_back`] (from the
 //!   [`DeltaProgress`] passed with every op) says when the data turns out unrelated.
+//!   A delta that fell back before any `Copy` needs no whole-file hash: its output is
+//!   its literal bytes ([`Applier::hash_lazily`] spares the receiver hashing them).
+//! - The receiver gets the new file's signature for free while applying
+//!   ([`Applier::sign`]): blocks copied in place keep the old checksums, the others are
+//!   hashed as they are written ([`Signer`]).
 
 mod apply;
 mod matcher;

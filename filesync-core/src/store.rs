@@ -699,6 +699,9 @@ impl Receiver<'_> {
                         file_len: len,
                     };
                     let mut applier = Applier::new(base, layout, out)?;
+                    // A delta that turns out all literal is hashed no more than a plain
+                    // file (see `commit`).
+                    applier.hash_lazily();
                     if worth_signing(h.size) {
                         // The copy's cached signature, if it is of the copy as it is.
                         let cache = self.store.sigs.join(self.id.folder_name());
@@ -823,7 +826,13 @@ impl Receiver<'_> {
             let r = match file {
                 Sink::Delta(a) => {
                     let before = a.written();
-                    let r = a.copy(block, count);
+                    // The literal bytes before the first COPY are hashed now.
+                    let r = if a.unhashed() > 0 {
+                        File::open(&*temp).and_then(|f| a.catch_up(f))
+                    } else {
+                        Ok(())
+                    }
+                    .and_then(|()| a.copy(block, count));
                     *pos += a.written() - before;
                     r
                 }
@@ -885,19 +894,36 @@ impl Receiver<'_> {
                         Ok(f)
                     }
                     // A rebuilt file is kept only if it is the client's, byte for byte.
-                    Sink::Delta(a) => a
-                        .finish_signed()
-                        .map_err(|e| format!("rebuilding from the delta: {e}"))
-                        .and_then(|(applied, f, sig)| {
-                            if hash == Some(Hash(applied.hash)) && applied.len == size {
-                                signature = sig;
-                                Ok(f)
-                            } else {
-                                Err("the file rebuilt from the delta differs from the client's \
+                    // Without COPY (the session refuses a FILE_END without a hash after
+                    // one) the file is its DATA, as if sent whole, and needs no hash; with
+                    // a hash given, it is checked whatever came.
+                    Sink::Delta(mut a) => (match hash {
+                        Some(_) if a.unhashed() > 0 => File::open(&temp)
+                            .and_then(|f| a.catch_up(f))
+                            .map_err(|e| format!("hashing the rebuilt file: {e}")),
+                        None if a.copied() => {
+                            Err("a delta with COPY ended without its hash".into())
+                        }
+                        _ => Ok(()),
+                    })
+                    .and_then(|()| {
+                        a.finish_signed()
+                            .map_err(|e| format!("rebuilding from the delta: {e}"))
+                    })
+                    .and_then(|(applied, f, sig)| {
+                        let matches = match hash {
+                            Some(h) => h == Hash(applied.hash),
+                            None => true,
+                        };
+                        if matches && applied.len == size {
+                            signature = sig;
+                            Ok(f)
+                        } else {
+                            Err("the file rebuilt from the delta differs from the client's \
                                      (its hash does not match); it will be sent whole next sync"
-                                    .to_owned())
-                            }
-                        }),
+                                .to_owned())
+                        }
+                    }),
                 };
                 let file = match file {
                     Ok(f) => f,

@@ -12,7 +12,8 @@ pub struct Applied {
     pub len: u64,
     /// The BLAKE3 hash of the bytes written: equal to the sender's
     /// [`DeltaSummary::new_hash`](super::DeltaSummary::new_hash) when the new file was
-    /// rebuilt exactly.
+    /// rebuilt exactly. Of all of them only if [`Applier::unhashed`] was 0 at the end
+    /// (always, unless [`Applier::hash_lazily`] was asked for).
     pub hash: [u8; 32],
 }
 
@@ -23,7 +24,8 @@ const COPY_CHUNK: usize = 256 * 1024;
 ///
 /// `old` is the file the signature was computed from, with the same [`BlockLayout`];
 /// `Copy` ops are read from it with a seek (only when not already at the right offset)
-/// and reads of at most 256 KiB. Everything written to `out` is hashed.
+/// and reads of at most 256 KiB. Everything written to `out` is hashed, unless
+/// [`Applier::hash_lazily`] says otherwise.
 #[derive(Debug)]
 pub struct Applier<R, W> {
     old: R,
@@ -38,6 +40,12 @@ pub struct Applier<R, W> {
     signer: Option<Signer>,
     /// The old file's block checksums, reused for blocks copied to the same position.
     old_blocks: Vec<BlockSig>,
+    /// Literal bytes are hashed only from the first `Copy` on ([`Applier::hash_lazily`]).
+    lazy: bool,
+    /// Whether a `Copy` was applied.
+    copied: bool,
+    /// The output's first bytes that were hashed.
+    hashed: u64,
 }
 
 impl<R: Read + Seek, W: Write> Applier<R, W> {
@@ -55,7 +63,53 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             buf: Vec::new(),
             signer: None,
             old_blocks: Vec::new(),
+            lazy: false,
+            copied: false,
+            hashed: 0,
         })
+    }
+
+    /// Hashes literal bytes only once a `Copy` has come. A delta without any (one whose
+    /// sender fell back to plain data from the start) then costs no whole-file hash:
+    /// its output is its literal bytes, which need no more checking than a file sent
+    /// whole. Before the first `Copy` that follows literal bytes, the caller hands those
+    /// back with [`Applier::catch_up`] (a `Copy` is refused while
+    /// [`Applier::unhashed`] is not 0), and so before it relies on [`Applied::hash`].
+    pub fn hash_lazily(&mut self) {
+        self.lazy = true;
+    }
+
+    /// The bytes written and not hashed yet: the literal bytes before the first `Copy`
+    /// under [`Applier::hash_lazily`], otherwise 0.
+    pub fn unhashed(&self) -> u64 {
+        self.len - self.hashed
+    }
+
+    /// Whether a `Copy` was applied.
+    pub fn copied(&self) -> bool {
+        self.copied
+    }
+
+    /// Hashes the output written so far, read back from `written` (the output from its
+    /// first byte), when [`Applier::unhashed`] is not 0. Errors: `written`'s, and
+    /// `UnexpectedEof` if it holds fewer bytes than were written.
+    pub fn catch_up(&mut self, written: impl Read) -> io::Result<()> {
+        if self.hashed == self.len {
+            return Ok(());
+        }
+        debug_assert_eq!(self.hashed, 0, "only a literal prefix is left unhashed");
+        let mut hasher = blake3::Hasher::new();
+        let mut take = written.take(self.len);
+        let n = io::copy(&mut take, &mut hasher)?;
+        if n != self.len {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("{n} bytes of the output read back, {} written", self.len),
+            ));
+        }
+        self.hasher = hasher;
+        self.hashed = self.len;
+        Ok(())
     }
 
     /// Also signs the output, a file of `new_len` bytes, as it is written (see
@@ -94,7 +148,10 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
     /// Writes `bytes` (a literal) to the output.
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
-        self.hasher.update(bytes);
+        if !self.lazy || self.copied {
+            self.hasher.update(bytes);
+            self.hashed += bytes.len() as u64;
+        }
         if let Some(s) = &mut self.signer {
             s.update(bytes);
         }
@@ -110,6 +167,13 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
                 self.layout.block_count()
             ))
         })?;
+        if self.hashed != self.len {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "a copy after literal bytes not hashed yet (catch_up first)",
+            ));
+        }
+        self.copied = true;
         if self.old_pos != Some(offset) {
             self.old.seek(SeekFrom::Start(offset))?;
             self.old_pos = Some(offset);
@@ -140,6 +204,7 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             }
             self.out.write_all(chunk)?;
             self.hasher.update(chunk);
+            self.hashed += n as u64;
             if let Some(signer) = &mut self.signer {
                 for piece in chunk.chunks(bs as usize) {
                     let reused = piece.len() as u64 == bs

@@ -557,6 +557,40 @@ fn applying_a_delta_reuses_the_checksums_of_blocks_copied_in_place() {
 }
 
 #[test]
+fn a_lazy_applier_hashes_from_the_first_copy_on() {
+    let old = noise(23, 100_000);
+    let sig = Signature::compute_with_block_size(&old[..], old.len() as u64, 1000).unwrap();
+    let lit = noise(24, 3000);
+    let mut new = lit.clone();
+    new.extend_from_slice(&old[..2000]);
+    new.extend_from_slice(b"tail");
+
+    // All literal: nothing hashed, nothing copied.
+    let mut a = Applier::new(Cursor::new(&old[..]), sig.layout(), Vec::new()).unwrap();
+    a.hash_lazily();
+    a.literal(&lit).unwrap();
+    assert_eq!(a.unhashed(), 3000);
+    assert!(!a.copied());
+
+    // A copy after literal bytes waits for them to be handed back.
+    let err = a.copy(0, 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        a.catch_up(&lit[..2999]).is_err(),
+        "fewer bytes than written"
+    );
+    a.catch_up(&lit[..]).unwrap();
+    assert_eq!(a.unhashed(), 0);
+    a.copy(0, 2).unwrap();
+    a.literal(b"tail").unwrap();
+    assert!(a.copied());
+    assert_eq!(a.unhashed(), 0);
+    let (applied, out) = a.finish().unwrap();
+    assert!(out == new);
+    assert_eq!(applied.hash, *blake3::hash(&new).as_bytes());
+}
+
+#[test]
 fn a_signer_needs_exactly_the_file_length() {
     let data = noise(22, 5000);
     let mut s = Signer::new(5000).unwrap();

@@ -568,8 +568,9 @@ pub struct Hole {
 /// `FILE_END`: the file's content is complete and was unchanged while it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct FileEnd {
-    /// BLAKE3 of the whole file as sent. Required after a delta (`FILE_HEADER.delta`):
-    /// the server stores the rebuilt file only if its hash is this one.
+    /// BLAKE3 of the whole file as sent. Required after a delta (`FILE_HEADER.delta`)
+    /// that had a `COPY`: the server stores the rebuilt file only if its hash is this
+    /// one. Optional after a delta without `COPY` (its file is its `DATA`).
     pub hash: Option<Hash>,
 }
 

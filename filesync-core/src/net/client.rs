@@ -498,8 +498,9 @@ enum Read {
     End(u64),
     /// Blocks of the server's copy, in a delta.
     Copy(u32, u32),
-    /// The started delta is complete: this many literal bytes, and the file's hash.
-    EndDelta(u64, Hash),
+    /// The started delta is complete: this many literal bytes, and the file's hash
+    /// (`None` for a delta without `COPY`, which needs none).
+    EndDelta(u64, Option<Hash>),
     /// The started file changed or failed while being read.
     Abort(String),
     /// A file that could not even be opened.
@@ -582,7 +583,7 @@ async fn drive(
                         Read::EndDelta(n, hash) => {
                             progress.file_done();
                             let task = open.take().expect("the reader ends only a started file");
-                            Frame::Msg(t.file_end_hashed(task, n, Some(hash)))
+                            Frame::Msg(t.file_end_hashed(task, n, hash))
                         }
                         Read::Chunk(b) => {
                             progress.sent(b.len() as u64);
@@ -749,7 +750,9 @@ fn read_one(root: &std::path::Path, mut task: Task, e: Entry, batch: &mut Batch)
 /// Sends the started file as a delta against `sig` (rsync's algorithm, [`crate::delta`]):
 /// `COPY` for blocks the server holds, literal bytes as `DATA`, then the file's hash. If
 /// the first 16 MiB turn out to be almost all literal ([`delta::should_fall_back`]), the
-/// rest is sent as plain data, which costs the same on the wire and far less CPU.
+/// rest is sent as plain data, which costs the same on the wire and far less CPU; and
+/// if no `COPY` was sent at all, without the file's hash (none is needed, §13.2), so that
+/// neither side hashes the file.
 /// `false` once the socket loop has gone away.
 fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bool {
     /// Why the matcher was stopped from the callback.
@@ -764,8 +767,10 @@ fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bo
     };
     let mut literal = 0u64;
     let mut covered = 0u64;
+    let mut copied = false;
     let run = matcher.run(src.reader(), |op, progress| {
         covered = progress.scanned();
+        copied |= progress.copied > 0;
         let ok = match op {
             delta::DeltaOp::Copy { block, count } => batch.push(Read::Copy(block, count), 0),
             delta::DeltaOp::Literal(bytes) => {
@@ -791,26 +796,31 @@ fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bo
         }
     }
     let hash = match run {
-        Ok(summary) => Hash(summary.new_hash),
+        Ok(summary) => Some(Hash(summary.new_hash)),
         Err(e) if e.to_string() == Stop::Gone.as_str() => return false,
         Err(e) if e.to_string() == Stop::FallBack.as_str() => {
-            // The rest as plain data; the hash covers the bytes already sent too.
-            let mut h = blake3::Hasher::new();
-            if let Err(e) = src.hash_into(covered, &mut h) {
-                return batch.push(Read::Abort(e.to_string()), 0);
+            // The rest as plain data; the hash, needed only after a COPY, covers the
+            // bytes already sent too.
+            let mut h = copied.then(blake3::Hasher::new);
+            if let Some(h) = &mut h {
+                if let Err(e) = src.hash_into(covered, h) {
+                    return batch.push(Read::Abort(e.to_string()), 0);
+                }
             }
             src.skip_to(covered);
             loop {
                 match src.next_chunk(DATA_CHUNK) {
                     Ok(Some(c)) => {
-                        h.update(&c);
+                        if let Some(h) = &mut h {
+                            h.update(&c);
+                        }
                         literal += c.len() as u64;
                         let len = c.len();
                         if !batch.push(Read::Chunk(c), len) {
                             return false;
                         }
                     }
-                    Ok(None) => break Hash(*h.finalize().as_bytes()),
+                    Ok(None) => break h.map(|h| Hash(*h.finalize().as_bytes())),
                     Err(e) => return batch.push(Read::Abort(e.to_string()), 0),
                 }
             }

@@ -128,6 +128,8 @@ struct Open {
     received: u64,
     /// A delta: the layout of the server's copy it copies blocks from.
     base: Option<BlockLayout>,
+    /// Whether a `COPY` came: a delta without one may end without the file's hash.
+    copied: bool,
 }
 
 /// The files of a session: requested and not yet received (at most
@@ -608,6 +610,7 @@ impl Files {
                     header: h.clone(),
                     received: h.offset,
                     base: base.filter(|_| h.delta),
+                    copied: false,
                 });
                 Ok(Receive::Open(h))
             }
@@ -631,14 +634,17 @@ impl Files {
                     )));
                 };
                 self.advance(len, "COPY")?;
+                if let Some(o) = &mut self.open {
+                    o.copied = true;
+                }
                 Ok(Receive::Copy {
                     block: c.block,
                     count: c.count,
                 })
             }
             ClientMsg::FileEnd(end) => match self.open.take() {
-                Some(o) if o.base.is_some() && end.hash.is_none() => Err(data_err(format!(
-                    "FILE_END for the delta of {} without the file's hash",
+                Some(o) if o.copied && end.hash.is_none() => Err(data_err(format!(
+                    "FILE_END for the delta of {} with COPY but without the file's hash",
                     o.header.path
                 ))),
                 Some(o) if o.received == o.header.size => {
