@@ -58,6 +58,12 @@ pub struct DeltaSummary {
     pub false_alarms: u64,
 }
 
+/// The new-file bytes one coalesced `Copy` covers at most (it ends at the first block
+/// that reaches this): 4 MiB. An unchanged file is then not one `Copy` sent after the
+/// whole file was matched, but one every 4 MiB, so that the receiver rebuilds while the
+/// sender matches (a 512 MiB file: 128 ops of a few bytes each).
+pub const MAX_COPY_RUN: u64 = 4 << 20;
+
 /// The bytes read from the new file at a time.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -219,9 +225,10 @@ impl<'s> Matcher<'s> {
     /// Reads the new file from `reader` to its end and passes the ops that rebuild it from
     /// the old one to `emit`, in order, each with the progress *including* that op.
     ///
-    /// Consecutive block matches are coalesced into one `Copy`; literals are cut at
-    /// [`MAX_LITERAL`] bytes; a `Copy` never follows a `Copy` that it could extend, and
-    /// no op is empty. An error from `emit` stops the run and is returned as it is: that is
+    /// Consecutive block matches are coalesced into one `Copy` of up to
+    /// [`MAX_COPY_RUN`] bytes (at least one block); literals are cut at [`MAX_LITERAL`]
+    /// bytes; a `Copy` follows a `Copy` that it could extend only when that one reached
+    /// [`MAX_COPY_RUN`] bytes, and no op is empty. An error from `emit` stops the run and is returned as it is: that is
     /// how a sender abandons a delta (see [`should_fall_back`](super::should_fall_back)).
     /// Errors: the reader's, and `emit`'s.
     pub fn run<R, F>(&self, reader: R, emit: F) -> io::Result<DeltaSummary>
@@ -461,6 +468,10 @@ impl<F: FnMut(DeltaOp, &DeltaProgress) -> io::Result<()>> Emitter<F> {
             if *first + *count == block {
                 *count += 1;
                 *bytes += len;
+                if *bytes >= MAX_COPY_RUN {
+                    // Sent now, so that the receiver copies while the rest is matched.
+                    self.flush_copy()?;
+                }
                 return Ok(());
             }
         }

@@ -64,15 +64,18 @@ fn roundtrip_with(old: &[u8], new: &[u8], bs: u32, step: usize) -> (Vec<DeltaOp>
     // Invariants of the op stream.
     let layout = sig.layout();
     let mut progress = DeltaProgress::default();
-    let mut prev_copy: Option<(u32, u32)> = None;
+    let mut prev_copy: Option<(u32, u32, u64)> = None;
     for (op, reported) in &seen {
         match op {
             DeltaOp::Copy { block, count } => {
                 let (_, len) = layout.range(*block, *count).expect("copy in range");
-                if let Some((b, c)) = prev_copy {
-                    assert_ne!(b + c, *block, "uncoalesced copies in {ops:?}");
+                if let Some((b, c, bytes)) = prev_copy {
+                    assert!(
+                        b + c != *block || bytes >= MAX_COPY_RUN,
+                        "uncoalesced copies in {ops:?}"
+                    );
                 }
-                prev_copy = Some((*block, *count));
+                prev_copy = Some((*block, *count, len));
                 progress.copied += len;
             }
             DeltaOp::Literal(bytes) => {
@@ -588,6 +591,33 @@ fn a_lazy_applier_hashes_from_the_first_copy_on() {
     let (applied, out) = a.finish().unwrap();
     assert!(out == new);
     assert_eq!(applied.hash, *blake3::hash(&new).as_bytes());
+}
+
+#[test]
+fn long_runs_of_copies_are_cut_so_the_receiver_can_start() {
+    let data = noise(25, 9 << 20);
+    let bs = block_size(data.len() as u64);
+    assert_eq!(bs, 3072);
+    let (ops, s) = roundtrip(&data, &data, bs);
+    assert_eq!(literal_bytes(&s), 0);
+    // 1366 blocks are the first to reach MAX_COPY_RUN (4 MiB) bytes.
+    assert_eq!(
+        ops,
+        vec![
+            DeltaOp::Copy {
+                block: 0,
+                count: 1366
+            },
+            DeltaOp::Copy {
+                block: 1366,
+                count: 1366
+            },
+            DeltaOp::Copy {
+                block: 2732,
+                count: 340
+            },
+        ]
+    );
 }
 
 #[test]

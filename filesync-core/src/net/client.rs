@@ -767,12 +767,15 @@ fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bo
     };
     let mut literal = 0u64;
     let mut covered = 0u64;
-    let mut copied = false;
+    let mut copied = 0u64;
     let run = matcher.run(src.reader(), |op, progress| {
         covered = progress.scanned();
-        copied |= progress.copied > 0;
+        // A COPY weighs the file bytes it covers, so that the batch holding one of
+        // `delta::MAX_COPY_RUN` bytes goes at once: the server copies while we match.
+        let weight = (progress.copied - copied) as usize;
+        copied = progress.copied;
         let ok = match op {
-            delta::DeltaOp::Copy { block, count } => batch.push(Read::Copy(block, count), 0),
+            delta::DeltaOp::Copy { block, count } => batch.push(Read::Copy(block, count), weight),
             delta::DeltaOp::Literal(bytes) => {
                 literal += bytes.len() as u64;
                 let len = bytes.len();
@@ -801,7 +804,7 @@ fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bo
         Err(e) if e.to_string() == Stop::FallBack.as_str() => {
             // The rest as plain data; the hash, needed only after a COPY, covers the
             // bytes already sent too.
-            let mut h = copied.then(blake3::Hasher::new);
+            let mut h = (copied > 0).then(blake3::Hasher::new);
             if let Some(h) = &mut h {
                 if let Err(e) = src.hash_into(covered, h) {
                     return batch.push(Read::Abort(e.to_string()), 0);
