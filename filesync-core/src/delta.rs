@@ -88,7 +88,7 @@
 //! |-----------------------------------------------|------------:|
 //! | [`file_hash`] (BLAKE3 alone, for comparison)  | ~4400       |
 //! | [`Signature::compute`]                        | ~2200       |
-//! | [`Matcher::run`], 4 KiB changed               | ~1650       |
+//! | [`Matcher::run`], 4 KiB changed               | ~2000       |
 //! | [`apply`] (to a sink, hashing)                | ~4000       |
 //! | [`Matcher::run`], unrelated data (all literal)| ~300–350    |
 //!

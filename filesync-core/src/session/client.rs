@@ -577,7 +577,8 @@ impl Client<Syncing> {
         self.file_end_hashed(task, bytes, None)
     }
 
-    /// [`file_end`](Self::file_end) with the file's BLAKE3 hash, which a delta needs.
+    /// [`file_end`](Self::file_end) with the file's BLAKE3 hash, which a delta with `COPY` needs
+    /// (`None` after a delta without one).
     pub fn file_end_hashed(&mut self, task: Task, bytes: u64, hash: Option<Hash>) -> ClientMsg {
         let st = &mut self.state;
         st.report.sent += 1;
