@@ -585,7 +585,7 @@ pub struct CopyBlocks {
     pub count: u32,
 }
 
-/// `SIGNATURE`: with the `delta` capability, sent just before the `TASKS` that asks for
+/// `SIGNATURE`: with the `delta2` capability, sent just before the `TASKS` that asks for
 /// `path`, when the server holds an older version of that file: the block signature of
 /// that version (block size, length, and per block a rolling weak checksum and a BLAKE3
 /// strong one; see [`crate::delta`]). The client may then send the file as a delta.
@@ -597,8 +597,11 @@ pub struct SignatureMsg {
     pub signature: crate::delta::Signature,
 }
 
-/// The capability for block deltas (`SIGNATURE`, `FILE_HEADER.delta`, `COPY`).
-pub const CAP_DELTA: &str = "delta";
+/// The capability for block deltas (`SIGNATURE`, `FILE_HEADER.delta`, `COPY`), with 8-byte
+/// strong hashes per block. The previous release's `delta` (16-byte strong hashes, a hash
+/// after every delta) is not spoken: a peer of that release and this one negotiate no
+/// deltas at all, and sync whole files, rather than misread each other's signatures.
+pub const CAP_DELTA: &str = "delta2";
 
 /// `FILE_ABORT`: the file changed or vanished while being read; the server discards it and
 /// the client retries on its next sync. Sent after the file's `FILE_HEADER` (its `DATA`
