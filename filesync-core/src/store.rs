@@ -445,7 +445,8 @@ impl Iterator for Index {
 
 /// A session's tail ([`TailOp`]s) on disk, in the order the planner emitted them: a plan
 /// can delete or touch more entries than fit in memory. Each op is a record
-/// ([`crate::records`]) holding it in postcard. Removed when dropped.
+/// (`records.rs`: a little-endian `u32` length, then the bytes) holding it in postcard.
+/// Removed when dropped.
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
