@@ -570,7 +570,7 @@ fn native_vectors() -> Res<Vec<(String, String)>> {
             "signature",
             "SIGNATURE (variant 9): the block signature of the server's copy of a file the \
              next TASKS asks for; here a 2,100-byte copy in 700-byte blocks, each with its \
-             rolling weak checksum and 8 bytes of BLAKE3.",
+             rolling weak checksum and its XXH3-64 (8 bytes, little-endian).",
             ServerMsg::Signature(SignatureMsg {
                 path: p("data/small.bin"),
                 signature: filesync_core::delta::Signature::compute(

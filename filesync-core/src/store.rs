@@ -1536,10 +1536,11 @@ fn worth_signing(len: u64) -> bool {
         && delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
 }
 
-/// The first bytes of a cached signature file: a name and the format's version, 2 since
-/// strong hashes are 8 bytes (version 1, 16-byte hashes, had no header). A file without
-/// this header is ignored and the signature computed again, never misread.
-const SIG_CACHE_MAGIC: &[u8; 6] = b"FSSIG\x02";
+/// The first bytes of a cached signature file: a name and the format's version, 3 since
+/// strong hashes are XXH3-64 (version 2 had 8 bytes of BLAKE3; version 1, 16-byte hashes,
+/// had no header). A file without this header is ignored and the signature computed
+/// again, never misread.
+const SIG_CACHE_MAGIC: &[u8; 6] = b"FSSIG\x03";
 
 /// What a cached signature is of: the stored file's size and mtime when signed.
 #[derive(serde::Serialize, serde::Deserialize)]

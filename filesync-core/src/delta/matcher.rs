@@ -54,7 +54,7 @@ pub struct DeltaSummary {
     /// The number of ops emitted.
     pub ops: u64,
     /// Windows whose weak checksum matched a block's but whose strong one did not (for
-    /// diagnosis: each cost a BLAKE3 of a block).
+    /// diagnosis: each cost a strong hash of a block).
     pub false_alarms: u64,
 }
 

@@ -14,7 +14,7 @@ pub struct BlockSig {
     /// little-endian bytes, not a varint (random values would take 5).
     #[serde(with = "weak_le")]
     pub weak: u32,
-    /// The first [`STRONG_LEN`] bytes of the block's BLAKE3 ([`strong_checksum`]).
+    /// The block's XXH3-64 ([`strong_checksum`]).
     pub strong: [u8; STRONG_LEN],
 }
 
@@ -277,12 +277,9 @@ fn block_sig(block: &[u8]) -> BlockSig {
     }
 }
 
-/// A block's strong checksum: the first [`STRONG_LEN`] bytes of its BLAKE3 hash.
+/// A block's strong checksum: its XXH3-64 hash (seed 0), as 8 little-endian bytes.
 pub fn strong_checksum(block: &[u8]) -> [u8; STRONG_LEN] {
-    let full = blake3::hash(block);
-    let mut out = [0u8; STRONG_LEN];
-    out.copy_from_slice(&full.as_bytes()[..STRONG_LEN]);
-    out
+    xxhash_rust::xxh3::xxh3_64(block).to_le_bytes()
 }
 
 /// The BLAKE3 hash (32 bytes) of everything `reader` yields, read in bounded chunks.
