@@ -759,17 +759,31 @@ impl Receiver<'_> {
 
     /// Appends content to the open file.
     pub fn write(&mut self, data: &[u8]) {
+        self.on_writing("writing", |file, _, pos, _| {
+            *pos += data.len() as u64;
+            file.write_all(data)
+        });
+    }
+
+    /// Does `step` to the file being written, if any (its sink, its temporary file, the
+    /// bytes written so far, whether it has holes); an error makes it a failed file, the
+    /// message saying `what` was being done.
+    fn on_writing(
+        &mut self,
+        what: &str,
+        step: impl FnOnce(&mut Sink, &Path, &mut u64, &mut bool) -> io::Result<()>,
+    ) {
         if let Some(Open::Writing {
             path,
             temp,
             file,
             pos,
+            sparse,
             ..
         }) = &mut self.open
         {
-            *pos += data.len() as u64;
-            if let Err(e) = file.write_all(data) {
-                let failed = failed(path, temp, format!("writing: {e}"));
+            if let Err(e) = step(file, temp, pos, sparse) {
+                let failed = failed(path, temp, format!("{what}: {e}"));
                 self.open = Some(failed);
             }
         }
@@ -785,51 +799,34 @@ impl Receiver<'_> {
     /// allocated for them.
     pub fn skip(&mut self, len: u64) {
         use std::io::Seek;
-        if let Some(Open::Writing {
-            path,
-            temp,
-            file,
-            sparse,
-            pos,
-            ..
-        }) = &mut self.open
-        {
+        self.on_writing("skipping a hole", |file, _, pos, sparse| {
             *pos += len;
-            let r = match file {
+            *sparse = true;
+            match file {
                 Sink::Plain(f, signer) => {
                     // Holes are not signed as they pass: the placer signs the file.
                     *signer = None;
                     i64::try_from(len)
                         .map_err(io::Error::other)
                         .and_then(|n| f.seek(io::SeekFrom::Current(n)))
+                        .map(drop)
                 }
                 Sink::Delta(_) => Err(io::Error::other("a hole in a delta")),
-            };
-            *sparse = true;
-            if let Err(e) = r {
-                let failed = failed(path, temp, format!("skipping a hole: {e}"));
-                self.open = Some(failed);
             }
-        }
+        });
     }
 
     /// In a delta, copies `count` blocks from `block` of the server's copy into the open
     /// file.
     pub fn copy(&mut self, block: u32, count: u32) {
-        if let Some(Open::Writing {
-            path,
-            temp,
-            file,
-            pos,
-            ..
-        }) = &mut self.open
-        {
-            let r = match file {
+        self.on_writing(
+            "copying blocks of the stored copy",
+            |file, temp, pos, _| match file {
                 Sink::Delta(a) => {
                     let before = a.written();
                     // The literal bytes before the first COPY are hashed now.
                     let r = if a.unhashed() > 0 {
-                        File::open(&*temp).and_then(|f| a.catch_up(f))
+                        File::open(temp).and_then(|f| a.catch_up(f))
                     } else {
                         Ok(())
                     }
@@ -838,16 +835,8 @@ impl Receiver<'_> {
                     r
                 }
                 Sink::Plain(..) => Err(io::Error::other("COPY outside a delta")),
-            };
-            if let Err(e) = r {
-                let failed = failed(
-                    path,
-                    temp,
-                    format!("copying blocks of the stored copy: {e}"),
-                );
-                self.open = Some(failed);
-            }
-        }
+            },
+        );
     }
 
     /// The copy of `rel` the store holds now, opened for reading: the base of a delta.
