@@ -263,6 +263,22 @@ impl<'s> Matcher<'s> {
             input.fill(&mut pos, &mut lit, bs + 1)?;
             let data = &input.data[..input.end];
             let avail = data.len() - pos;
+            // The window at `pos` is `len` bytes of old block `block`: the literal bytes
+            // before it go first, then the copy; the next window starts after it, and the
+            // block after this one is tried first there.
+            macro_rules! matched {
+                ($block:expr, $len:expr) => {{
+                    let (block, len): (u32, usize) = ($block, $len);
+                    out.literal(&data[lit..pos])?;
+                    out.copy(block, len as u64)?;
+                    pos += len;
+                    lit = pos;
+                    preferred = block + 1;
+                    roll = None;
+                    after_match = true;
+                    continue;
+                }};
+            }
 
             if after_match {
                 after_match = false;
@@ -271,14 +287,7 @@ impl<'s> Matcher<'s> {
                         && avail >= len
                         && is_block(&blocks[last as usize], &data[pos..pos + len])
                     {
-                        out.literal(&data[lit..pos])?;
-                        out.copy(last, len as u64)?;
-                        pos += len;
-                        lit = pos;
-                        preferred = last + 1;
-                        roll = None;
-                        after_match = true;
-                        continue;
+                        matched!(last, len);
                     }
                 }
             }
@@ -296,13 +305,7 @@ impl<'s> Matcher<'s> {
             if roll.is_none() && (preferred as usize) < self.full_blocks {
                 let st = strong_checksum(window);
                 if st == blocks[preferred as usize].strong {
-                    out.literal(&data[lit..pos])?;
-                    out.copy(preferred, bs as u64)?;
-                    pos += bs;
-                    lit = pos;
-                    preferred += 1;
-                    after_match = true;
-                    continue;
+                    matched!(preferred, bs);
                 }
                 strong = Some(st);
             }
@@ -312,16 +315,7 @@ impl<'s> Matcher<'s> {
                 match self.index.find(blocks, weak, preferred, || {
                     strong.unwrap_or_else(|| strong_checksum(window))
                 }) {
-                    Ok(block) => {
-                        out.literal(&data[lit..pos])?;
-                        out.copy(block, bs as u64)?;
-                        pos += bs;
-                        lit = pos;
-                        preferred = block + 1;
-                        roll = None;
-                        after_match = true;
-                        continue;
-                    }
+                    Ok(block) => matched!(block, bs),
                     Err(alarm) => false_alarms += u64::from(alarm),
                 }
             }
