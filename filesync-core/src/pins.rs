@@ -149,11 +149,14 @@ impl KnownServers {
         }
         // A file edited by hand may not end in a newline: the pin must not be glued to its
         // last line (which would corrupt that line, or hide the pin in its comment).
-        let unterminated = match std::fs::read(&self.path) {
-            Ok(b) => b.last().is_some_and(|&c| c != b'\n'),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        let existing = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
+        let unterminated = existing.last().is_some_and(|&c| c != b'\n');
+        // The pin goes on the line after the file's last one, terminated or not.
+        let line = existing.iter().filter(|&&c| c == b'\n').count() + usize::from(unterminated) + 1;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,9 +167,6 @@ impl KnownServers {
         }
         writeln!(f, "{id} {fingerprint}")?;
         f.sync_all()?;
-        let line = std::fs::read_to_string(&self.path)
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
         self.pins.push(Pin {
             id: id.clone(),
             fingerprint,
