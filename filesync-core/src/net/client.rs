@@ -29,7 +29,7 @@ use crate::error::{Error, ProtocolError};
 use crate::messages::Hash;
 use crate::messages::{seed, Auth, ClientMsg, Entry, ErrorCode, NextSync, ServerMsg};
 use crate::paths::{ClientId, RelPath};
-use crate::pins::{self, Fingerprint, KnownServers, PinCheck};
+use crate::pins::{Fingerprint, KnownServers, PinCheck};
 use crate::session::client::{Client, ClientParams, Finish, Report, Task, Waiting};
 use crate::session::unexpected;
 use crate::session::{batches, entry_weight};
@@ -392,32 +392,30 @@ async fn open_tls(
     idle: Duration,
 ) -> Result<(Transport, Option<(KnownServers, Fingerprint)>), Error> {
     let known = KnownServers::load(&auth.known_servers)?;
-    let allowed: Vec<Fingerprint> = known.pins_for(id).map(|p| p.fingerprint).collect();
-    let first_use = allowed.is_empty();
-    let verifier = Arc::new(PinVerifier::new(allowed));
+    let verifier = Arc::new(PinVerifier::new(known.pins_for(id).cloned().collect()));
     let connector = tls::connector(Arc::clone(&verifier))?;
     match within(idle, connector.connect(tls::server_name(), stream)).await? {
         Ok(s) => {
-            let seen = verifier.seen().filter(|_| first_use);
-            Ok((Transport::Client(Box::new(s)), seen.map(|fp| (known, fp))))
+            let first_use = match verifier.verdict() {
+                Some((fp, PinCheck::FirstUse)) => Some((known, fp)),
+                _ => None,
+            };
+            Ok((Transport::Client(Box::new(s)), first_use))
         }
         Err(e) => {
-            if let Some(fp) = verifier.seen() {
-                if let PinCheck::Changed(pins) = pins::check(known.pins_for(id), &fp) {
-                    let lines: Vec<String> = pins.iter().map(|p| p.line.to_string()).collect();
-                    return Err(refused(format!(
-                        "the server at {addr} presented key {fp}, but client id {id} trusts \
-                         only {} (pinned in {}, line {}). Someone may be impersonating the \
-                         server. If its key was replaced on purpose, delete that line and \
-                         sync again",
-                        pins.iter()
-                            .map(|p| p.fingerprint.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        known.path().display(),
-                        lines.join(", "),
-                    )));
-                }
+            if let Some((fp, PinCheck::Changed(pins))) = verifier.verdict() {
+                let lines: Vec<String> = pins.iter().map(|p| p.line.to_string()).collect();
+                return Err(refused(format!(
+                    "the server at {addr} presented key {fp}, but client id {id} trusts only \
+                     {} (pinned in {}, line {}). Someone may be impersonating the server. If \
+                     its key was replaced on purpose, delete that line and sync again",
+                    pins.iter()
+                        .map(|p| p.fingerprint.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    known.path().display(),
+                    lines.join(", "),
+                )));
             }
             Err(Error::io(format!("TLS handshake with {addr}"), e))
         }

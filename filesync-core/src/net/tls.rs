@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::{EXPORTER_LABEL, EXPORTER_LEN};
 use crate::error::Error;
-use crate::pins::Fingerprint;
+use crate::pins::{self, Fingerprint, PinCheck};
 
 /// The name a client asks for in its ClientHello. The server has one key and the client
 /// checks it by fingerprint, so the name only has to be syntactically valid.
@@ -244,30 +244,37 @@ fn refused(message: String) -> Error {
     }
 }
 
-/// Trusts a server key by fingerprint: any key when `allowed` is empty (first use; the
-/// caller pins it once the server has also proved it knows the client's secret), else
-/// only one of `allowed`. It records the fingerprint it was shown, so the caller can say
-/// which key a refused server presented.
+/// Trusts a server key by the pins of one client id, as [`pins::check`] decides: any key
+/// when there is none (first use; the caller pins it once the server has also proved it
+/// knows the client's secret), else only a pinned one. It records the key it was shown
+/// and the decision, so the caller can say which key a refused server presented, or pin
+/// the key of a first use.
 #[derive(Debug)]
 pub struct PinVerifier {
-    allowed: Vec<Fingerprint>,
-    seen: Mutex<Option<Fingerprint>>,
+    pins: Vec<pins::Pin>,
+    verdict: Mutex<Option<(Fingerprint, PinCheck)>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinVerifier {
-    /// A verifier that trusts `allowed` (or, empty, any key).
-    pub fn new(allowed: Vec<Fingerprint>) -> Self {
+    /// A verifier that trusts `pins` (or, none, any key).
+    pub fn new(pins: Vec<pins::Pin>) -> Self {
         Self {
-            allowed,
-            seen: Mutex::new(None),
+            pins,
+            verdict: Mutex::new(None),
             algorithms: provider().signature_verification_algorithms,
         }
     }
 
     /// The fingerprint of the key the server presented, once the handshake got that far.
     pub fn seen(&self) -> Option<Fingerprint> {
-        self.seen.lock().ok().and_then(|s| *s)
+        self.verdict().map(|(fp, _)| fp)
+    }
+
+    /// The key the server presented and what the pins said of it, once the handshake got
+    /// that far.
+    pub fn verdict(&self) -> Option<(Fingerprint, PinCheck)> {
+        self.verdict.lock().ok().and_then(|v| v.clone())
     }
 }
 
@@ -281,15 +288,17 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fp = cert_fingerprint(end_entity)?;
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(fp);
+        let check = pins::check(&self.pins, &fp);
+        let refused = matches!(check, PinCheck::Changed(_));
+        if let Ok(mut v) = self.verdict.lock() {
+            *v = Some((fp, check));
         }
-        if self.allowed.is_empty() || self.allowed.contains(&fp) {
-            Ok(ServerCertVerified::assertion())
-        } else {
+        if refused {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
+        } else {
+            Ok(ServerCertVerified::assertion())
         }
     }
 
@@ -363,7 +372,15 @@ mod tests {
                 .ok()
                 .map(|s| Transport::Server(Box::new(s)))
         });
-        let verifier = Arc::new(PinVerifier::new(allowed));
+        let pins = allowed
+            .into_iter()
+            .map(|fingerprint| pins::Pin {
+                id: crate::paths::ClientId::parse("lab-1").unwrap(),
+                fingerprint,
+                line: 1,
+            })
+            .collect();
+        let verifier = Arc::new(PinVerifier::new(pins));
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = connector(Arc::clone(&verifier))
             .unwrap()
