@@ -533,8 +533,14 @@ async fn handshake(
         .map_err(|e| Error::io("reading the preamble", e))?;
     let encoding = preamble::decode(&pre)?;
     let mut framed = Framed::new(stream, ServerCodec::new(encoding));
-    let hello = match next_handshake_frame(&mut framed, deadline, "HELLO").await {
-        Ok(m) => m,
+    let greeted = match next_handshake_frame(&mut framed, deadline, "HELLO").await {
+        Ok(hello) => authenticate(ctx, &mut framed, &hello, peer, deadline)
+            .await
+            .map(|()| hello),
+        Err(e) => Err(e),
+    };
+    let hello = match greeted {
+        Ok(hello) => hello,
         Err(e) => {
             let e = if matches!(e, Error::Timeout(_)) {
                 timed_out(summary)
@@ -544,14 +550,6 @@ async fn handshake(
             return Err(fail(&mut framed, e, idle).await);
         }
     };
-    if let Err(e) = authenticate(ctx, &mut framed, &hello, peer, deadline).await {
-        let e = if matches!(e, Error::Timeout(_)) {
-            timed_out(summary)
-        } else {
-            e
-        };
-        return Err(fail(&mut framed, e, idle).await);
-    }
     match srv.on_hello(encoding, hello) {
         Ok((srv, welcome)) => {
             *ticket = Some(pending.identify());
