@@ -71,7 +71,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     match &auth {
         Some(a) => tracing::info!(
             auth_file = %a.path().display(),
-            clients = a.table().len(),
+            clients = a.clients(),
             "only clients that authenticate are let in (TLS 1.3); original FileSync clients are refused"
         ),
         None => tracing::warn!(

@@ -228,6 +228,14 @@ impl AuthFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// How many clients the table last read allows in (without reading the file again).
+    pub fn clients(&self) -> usize {
+        self.last_good
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
 }
 
 /// Which side a proof speaks for: the two proofs of a session differ, so one cannot be
