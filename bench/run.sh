@@ -694,6 +694,20 @@ run_note() { # run_note TOOL: the log line of a run
 
 # ------------------------------------------------------------------- the cases
 
+# timed_run KEY R TOOL [CHANGED_LIST]: one sync of run R (0 = warm-up), recorded and checked.
+timed_run() {
+    local key=$1 r=$2 tool=$3 changed=${4:-}
+    run_sync "$tool" "$key run $r"
+    if ((r == 0)); then
+        log "  warm-up $tool: $(run_note "$tool")"
+        verify "$tool" "$key warm-up" 0 "$changed"
+    else
+        log "  run $r $tool: $(run_note "$tool")"
+        record "$key" "$tool"
+        verify "$tool" "$key run $r" $((r == 1)) "$changed"
+    fi
+}
+
 case_initial() {
     local tree=$1 key="$1-initial" r tool t tools=("${TOOLS[@]}")
     if ((LIMIT)); then tools+=(limit); fi
@@ -705,15 +719,7 @@ case_initial() {
             # Only the source and the copy being made exist during a run (this
             # bounds the space the many/million trees need).
             for t in "${tools[@]}"; do clear_dest "$t"; done
-            run_sync "$tool" "$key run $r"
-            if ((r == 0)); then
-                log "  warm-up $tool: $(run_note "$tool")"
-                verify "$tool" "$key warm-up" 0
-            else
-                log "  run $r $tool: $(run_note "$tool")"
-                record "$key" "$tool"
-                verify "$tool" "$key run $r" $((r == 1))
-            fi
+            timed_run "$key" "$r" "$tool"
         done
     done
     clear_dest limit
@@ -738,15 +744,7 @@ case_changed() {
         next_mtime
         python3 "$GEN" mutate "$tree" "$SRC" "${GARGS[@]}" --mtime "$MTIME_SEQ" >"$changed"
         for tool in $(tools_for_run "$r"); do
-            run_sync "$tool" "$key run $r"
-            if ((r == 0)); then
-                log "  warm-up $tool: $(run_note "$tool")"
-                verify "$tool" "$key warm-up" 0 "$changed"
-            else
-                log "  run $r $tool: $(run_note "$tool")"
-                record "$key" "$tool"
-                verify "$tool" "$key run $r" $((r == 1)) "$changed"
-            fi
+            timed_run "$key" "$r" "$tool" "$changed"
         done
     done
 }
@@ -759,34 +757,12 @@ case_nochange() {
     done
     for ((r = 0; r <= RUNS; r++)); do
         for tool in $(tools_for_run "$r"); do
-            run_sync "$tool" "$key run $r"
-            if ((r == 0)); then
-                log "  warm-up $tool: $(run_note "$tool")"
-                verify "$tool" "$key warm-up" 0
-            else
-                log "  run $r $tool: $(run_note "$tool")"
-                record "$key" "$tool"
-                verify "$tool" "$key run $r" $((r == 1))
-            fi
+            timed_run "$key" "$r" "$tool"
         done
     done
 }
 
 # ------------------------------------------------------- the delta case's cases
-
-# timed_run KEY R TOOL [CHANGED_LIST]: one sync of run R (0 = warm-up), recorded and checked.
-timed_run() {
-    local key=$1 r=$2 tool=$3 changed=${4:-}
-    run_sync "$tool" "$key run $r"
-    if ((r == 0)); then
-        log "  warm-up $tool: $(run_note "$tool")"
-        verify "$tool" "$key warm-up" 0 "$changed"
-    else
-        log "  run $r $tool: $(run_note "$tool")"
-        record "$key" "$tool"
-        verify "$tool" "$key run $r" $((r == 1)) "$changed"
-    fi
-}
 
 # prune_versions: the filesync server keeps what a sync replaces (serve
 # --keep-versions, 30 days by default) under .filesync/versions; every run of the
