@@ -103,7 +103,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls: Some(tls),
         auth,
     };
-    net::server::serve(listener, store, cfg, shutdown)
+    net::server::serve(listener, Arc::new(store), cfg, shutdown)
         .await
         .wrap_err("serving")?;
     if let Some(d) = discovery {

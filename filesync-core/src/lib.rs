@@ -34,6 +34,7 @@
 //!
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
+pub mod archive;
 pub mod auth;
 pub mod codec;
 pub mod delta;

@@ -224,17 +224,7 @@ impl Store {
     /// start, like the temporary directory).
     pub fn spool(&self) -> io::Result<Spool> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self.spools.join(format!("{}-{n}.tail", self.pid));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Spool {
-            path,
-            out: Some(io::BufWriter::new(file)),
-            error: None,
-        })
+        Spool::create(self.spools.join(format!("{}-{n}.tail", self.pid)))
     }
 
     /// What the store holds of the beginnings of `paths` (the files a `TASKS` asks for)
@@ -455,6 +445,20 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// A new spool at `path`, which must not exist.
+    pub fn create(path: PathBuf) -> io::Result<Spool> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spool {
+            path,
+            out: Some(io::BufWriter::new(file)),
+            error: None,
+        })
+    }
+
     /// Appends an op. A write error is kept and reported by [`Spool::check`]; later
     /// pushes are ignored.
     pub fn push(&mut self, op: &TailOp) {
@@ -481,7 +485,7 @@ impl Spool {
     }
 
     /// Reads the ops back, in order.
-    fn read(&mut self) -> io::Result<impl Iterator<Item = io::Result<TailOp>> + '_> {
+    pub(crate) fn read(&mut self) -> io::Result<impl Iterator<Item = io::Result<TailOp>> + '_> {
         use std::io::Seek;
         self.check()?;
         let mut file = match self.out.take() {
@@ -1705,6 +1709,88 @@ pub(crate) fn make_fifo(path: &Path, mode: u32, mtime: filetime::FileTime) -> io
     )?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     filetime::set_symlink_file_times(path, mtime, mtime)
+}
+
+impl crate::archive::HeldIndex for Index {
+    fn take_error(&mut self) -> Option<io::Error> {
+        Index::take_error(self)
+    }
+}
+
+impl crate::archive::Archive for Store {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn keeps_setid(&self) -> bool {
+        Store::keeps_setid(self)
+    }
+
+    fn mtime_precision(&self) -> std::time::Duration {
+        Store::mtime_precision(self)
+    }
+
+    fn index(&self, id: &ClientId) -> Box<dyn crate::archive::HeldIndex> {
+        Box::new(Store::index(self, id))
+    }
+
+    fn spool(&self) -> io::Result<Spool> {
+        Store::spool(self)
+    }
+
+    fn resume_offers(&self, id: &ClientId, paths: &[RelPath]) -> Vec<ResumeAt> {
+        Store::resume_offers(self, id, paths)
+    }
+
+    fn delta_bases(&self, id: &ClientId, paths: &[RelPath]) -> Vec<(RelPath, Signature)> {
+        Store::delta_bases(self, id, paths)
+    }
+
+    fn writer<'a>(
+        &'a self,
+        id: &ClientId,
+        report: crate::archive::Report,
+    ) -> io::Result<Box<dyn crate::archive::Writer + 'a>> {
+        Ok(Box::new(self.receiver(id, report)?))
+    }
+
+    fn purge_versions(&self) -> io::Result<u64> {
+        Store::purge_versions(self)
+    }
+}
+
+impl crate::archive::Writer for Receiver<'_> {
+    fn open(&mut self, h: &FileHeader, mode: Option<u32>) {
+        Receiver::open(self, h, mode);
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        Receiver::write(self, data);
+    }
+
+    fn skip(&mut self, len: u64) {
+        Receiver::skip(self, len);
+    }
+
+    fn copy(&mut self, block: u32, count: u32) {
+        Receiver::copy(self, block, count);
+    }
+
+    fn discard(&mut self) {
+        Receiver::discard(self);
+    }
+
+    fn commit(&mut self, hash: Option<Hash>) -> Vec<(RelPath, Outcome)> {
+        Receiver::commit(self, hash)
+    }
+
+    fn flush(&mut self) {
+        Receiver::flush(self);
+    }
+
+    fn finish(&mut self, tail: Spool, budget: &DeleteBudget) -> Applied {
+        Receiver::finish(self, tail, budget)
+    }
 }
 
 #[cfg(test)]

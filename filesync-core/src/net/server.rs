@@ -31,13 +31,14 @@ use crate::messages::{
 };
 use crate::paths::{ClientId, RelPath};
 
+use crate::archive::{Archive, HeldIndex};
 use crate::planner::{DeleteBudget, DeleteCaps};
 use crate::schedule::Scheduler;
 use crate::session::server::{
     Listed, Listing, Receipt, Receive, Received, Receiving, Server, ServerParams, Tally, Welcomed,
 };
 use crate::session::unexpected;
-use crate::store::{Applied, Index, Spool, Store};
+use crate::store::{Applied, Spool};
 use crate::time::MTime;
 
 /// How a server runs its sessions.
@@ -87,7 +88,7 @@ const HANDSHAKE_BYTES: usize = crate::codec::MAX_FRAME_LEN;
 const DROPPED_REPORT: Duration = Duration::from_secs(10);
 
 pub(super) struct Ctx {
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<dyn Archive>,
     pub(super) queue: Arc<Queue>,
     pub(super) sched: Mutex<Scheduler>,
     pub(super) cfg: ServeConfig,
@@ -184,11 +185,10 @@ pub(super) struct Summary {
 /// (complete files are kept, partial ones discarded) and returns.
 pub async fn serve(
     listener: TcpListener,
-    store: Store,
+    store: Arc<dyn Archive>,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let store = Arc::new(store);
     purge_versions(&store).await;
     let ctx = Arc::new(Ctx {
         store,
@@ -305,7 +305,7 @@ async fn handle(
 }
 
 /// Removes versions past their retention, off the async threads; a failure is logged.
-pub async fn purge_versions(store: &Arc<Store>) {
+pub async fn purge_versions(store: &Arc<dyn Archive>) {
     let store = Arc::clone(store);
     match tokio::task::spawn_blocking(move || store.purge_versions()).await {
         Ok(Ok(0)) => {}
@@ -942,7 +942,7 @@ impl OpBatch {
 }
 
 pub(super) fn spawn_writer(
-    store: Arc<Store>,
+    store: Arc<dyn Archive>,
     id: ClientId,
 ) -> (
     mpsc::Sender<Vec<Op>>,
@@ -954,9 +954,12 @@ pub(super) fn spawn_writer(
     let (res_tx, res_rx) = mpsc::unbounded_channel();
     let handle = tokio::task::spawn_blocking(move || {
         let placed = res_tx.clone();
-        let mut r = match store.receiver(&id, move |out| {
-            let _ = placed.send(Written::Results(out));
-        }) {
+        let mut r = match store.writer(
+            &id,
+            Box::new(move |out| {
+                let _ = placed.send(Written::Results(out));
+            }),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the placer thread");
@@ -993,10 +996,10 @@ pub(super) fn spawn_writer(
 /// The planner's I/O: the server's index of the client folder, read as the manifest
 /// arrives, and the spool its tail goes to.
 struct PlanIo {
-    index: Index,
+    index: Box<dyn HeldIndex>,
     spool: Spool,
     /// For resume offers: the store and the client it files under.
-    store: Arc<Store>,
+    store: Arc<dyn Archive>,
     id: ClientId,
 }
 
