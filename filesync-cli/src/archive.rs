@@ -2,6 +2,10 @@
 //! server, with no server process needed.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use filesync_core::objstore::{self, layout::Location, ObjectArchive};
+use objstore::object_store::ObjectStore;
 
 use filesync_core::paths::{ClientId, RelPath};
 use filesync_core::restore::{self, RestoreError};
@@ -39,13 +43,22 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let list = match versions::list(&args.root, &id, &paths) {
+    let listed = match &args.store {
+        None => versions::list(&args.root, &id, &paths)
+            .map_err(|e| format!("reading the versions under {}: {e}", args.root.display())),
+        Some(url) => on_store(url, |store, loc| {
+            let id = id.clone();
+            async move {
+                objstore::restore::list(&store, &loc, &id, &paths)
+                    .await
+                    .map_err(|e| format!("reading the versions in {}: {e}", loc.url()))
+            }
+        }),
+    };
+    let list = match listed {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "Error: reading the versions under {}: {e}",
-                args.root.display()
-            );
+            eprintln!("Error: {e}");
             return exit::LOCAL;
         }
     };
@@ -105,7 +118,23 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    match restore::restore(&args.root, &id, &args.to, at, &paths) {
+    let restored = match &args.store {
+        None => restore::restore(&args.root, &id, &args.to, at, &paths),
+        Some(url) => {
+            let to = args.to.clone();
+            match on_store(url, |store, loc| async move {
+                Ok(objstore::restore::restore(&store, &loc, &id, &to, at, &paths).await)
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return exit::LOCAL;
+                }
+            }
+        }
+    };
+    let id = ClientId::parse(&args.id).expect("parsed above");
+    match restored {
         Ok(r) => {
             if json {
                 println!(
@@ -148,6 +177,25 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             exit::LOCAL
         }
     }
+}
+
+/// Runs `f` on the archive in the object store at `url` (from `main`'s runtime, whose
+/// worker this blocks).
+fn on_store<T, F>(
+    url: &str,
+    f: impl FnOnce(Arc<dyn ObjectStore>, Location) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let archive = ObjectArchive::open(url)
+                .await
+                .map_err(|e| format!("opening the store {url}: {e}"))?;
+            f(Arc::clone(archive.store()), archive.location().clone()).await
+        })
+    })
 }
 
 fn display(p: &Path) -> String {

@@ -56,6 +56,17 @@ pub(crate) struct VersionsArgs {
     #[arg(long, env = "FILESYNC_ID")]
     pub(crate) id: String,
 
+    /// Read the archive from an S3-compatible object store instead of --root:
+    /// s3://BUCKET[/PREFIX], with credentials, endpoint and region from the AWS_*
+    /// environment variables.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "root",
+        env = "FILESYNC_STORE"
+    )]
+    pub(crate) store: Option<String>,
+
     /// Only versions of these paths (relative to the client's folder) and what is under
     /// them.
     pub(crate) paths: Vec<PathBuf>,
@@ -70,6 +81,17 @@ pub(crate) struct RestoreArgs {
     /// The client whose folder to restore.
     #[arg(long, env = "FILESYNC_ID")]
     pub(crate) id: String,
+
+    /// Read the archive from an S3-compatible object store instead of --root:
+    /// s3://BUCKET[/PREFIX], with credentials, endpoint and region from the AWS_*
+    /// environment variables.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "root",
+        env = "FILESYNC_STORE"
+    )]
+    pub(crate) store: Option<String>,
 
     /// Where to write it: a new or empty folder outside the server root.
     #[arg(long)]
@@ -160,6 +182,25 @@ pub(crate) struct ServeArgs {
     /// host on the network can write to any client's archive, in the clear.
     #[arg(long, value_name = "FILE", env = "FILESYNC_AUTH_FILE")]
     pub(crate) auth_file: Option<PathBuf>,
+
+    /// Keep the archive in an S3-compatible object store instead of under --root:
+    /// s3://BUCKET[/PREFIX], one object per file under PREFIX/client_<id>/. Credentials,
+    /// endpoint and region come from the standard AWS_* environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION,
+    /// AWS_ALLOW_HTTP). Any number of servers may serve one store; see --lease.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "root",
+        env = "FILESYNC_STORE"
+    )]
+    pub(crate) store: Option<String>,
+
+    /// With --store: take a lease on each client id in etcd
+    /// (etcd://HOST:PORT[,HOST:PORT...]) before its session, so that servers sharing the
+    /// store never run two sessions of one client at once.
+    #[arg(long, value_name = "URL", requires = "store", env = "FILESYNC_LEASE")]
+    pub(crate) lease: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -4,10 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr};
+use filesync_core::archive::Archive;
 use filesync_core::auth::AuthFile;
 use filesync_core::messages::Encoding;
 use filesync_core::net::tls::ServerTls;
 use filesync_core::net::{self, server::ServeConfig};
+use filesync_core::objstore::ObjectArchive;
 use filesync_core::planner::DeleteCaps;
 use filesync_core::store::Store;
 use tokio::net::TcpListener;
@@ -26,18 +28,38 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let store = Store::open(&args.root)
-        .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
-        .keep_setid(args.keep_setid)
-        .keep_versions(Some(args.keep_versions));
+    let (store, tls, created): (Arc<dyn Archive>, _, _) = match &args.store {
+        None => {
+            let store = Store::open(&args.root)
+                .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
+                .keep_setid(args.keep_setid)
+                .keep_versions(Some(args.keep_versions));
+            let (tls, created) =
+                ServerTls::load_or_create(&store.root().join(".filesync").join("tls"))
+                    .wrap_err("loading the server's TLS key")?;
+            (Arc::new(store), tls, created)
+        }
+        Some(url) => {
+            let store = ObjectArchive::open(url)
+                .await
+                .wrap_err_with(|| format!("opening the store {url}"))?
+                .keep_setid(args.keep_setid)
+                .keep_versions(Some(args.keep_versions));
+            // Every server of one store has the same key: clients pin one per id.
+            let (pem, created) = store
+                .tls_key()
+                .await
+                .wrap_err("loading the servers' TLS key from the store")?;
+            let tls = ServerTls::from_key_pem(&pem).wrap_err("loading the servers' TLS key")?;
+            (Arc::new(store), tls, created)
+        }
+    };
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(
             AuthFile::open(path).wrap_err("reading --auth-file")?,
         )),
         None => None,
     };
-    let (tls, created) = ServerTls::load_or_create(&store.root().join(".filesync").join("tls"))
-        .wrap_err("loading the server's TLS key")?;
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -53,8 +75,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     // One stable line on stdout, so that people and scripts see where to connect.
     println!(
-        "filesync serve: listening on {local}, root {}, discovery {}",
-        args.root.display(),
+        "filesync serve: listening on {local}, {} {}, discovery {}",
+        if args.store.is_some() {
+            "store"
+        } else {
+            "root"
+        },
+        store.location(),
         if args.no_discovery {
             "off".to_string()
         } else {
@@ -103,7 +130,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls: Some(tls),
         auth,
     };
-    net::server::serve(listener, Arc::new(store), cfg, shutdown)
+    net::server::serve(listener, store, cfg, shutdown)
         .await
         .wrap_err("serving")?;
     if let Some(d) = discovery {

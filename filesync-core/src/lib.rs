@@ -43,6 +43,7 @@ pub mod error;
 pub mod exclude;
 pub mod messages;
 pub mod net;
+pub mod objstore;
 pub mod paths;
 pub mod pins;
 pub mod planner;

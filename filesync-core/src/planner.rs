@@ -41,7 +41,7 @@ pub enum Rule {
 }
 
 /// What the server holds for one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Held {
     /// What kind of entry.
     pub kind: EntryKind,
@@ -509,6 +509,15 @@ pub enum DeleteBudget {
 }
 
 impl DeleteBudget {
+    /// Whether a deletion of `n` entries fits, `deleted` entries having gone already.
+    pub fn allows(&self, deleted: u64, n: u64) -> bool {
+        match self {
+            DeleteBudget::All => true,
+            DeleteBudget::Nothing(_) => false,
+            DeleteBudget::UpTo(max, _) => deleted + n <= *max,
+        }
+    }
+
     /// Why deletions may be held back; `None` for [`DeleteBudget::All`].
     pub fn reason(&self) -> Option<&str> {
         match self {

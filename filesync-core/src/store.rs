@@ -1112,12 +1112,13 @@ impl Placer {
         let errors = &mut done.errors;
         match op {
             TailOp::Delete(p) => {
+                // Counting a subtree costs a walk: only a capped budget needs it.
                 let allowed = match budget {
                     DeleteBudget::All => true,
                     DeleteBudget::Nothing(_) => false,
-                    DeleteBudget::UpTo(max, _) => {
+                    DeleteBudget::UpTo(..) => {
                         let n = self.count(&p);
-                        let fits = done.deleted + n <= *max;
+                        let fits = budget.allows(done.deleted, n);
                         if !fits {
                             done.held_back += n;
                         }

@@ -142,6 +142,14 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// Makes ring rustls's process-wide default provider, for the HTTP clients (the object
+/// store's, etcd's) that take the default: one crypto stack in the binary, the same as
+/// filesync's own TLS. Idempotent.
+pub fn install_default_provider() {
+    // Err means one is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 const KEY_FILE: &str = "server.key";
 const CERT_FILE: &str = "server.crt";
 
@@ -185,6 +193,28 @@ impl ServerTls {
                 cert.der().clone()
             }
         };
+        Ok((Self::with_key(&key, cert_der)?, created))
+    }
+
+    /// A new ECDSA P-256 key, as PEM: for servers that keep their key elsewhere (the
+    /// object store's servers share one).
+    pub fn generate_key_pem() -> Result<String, Error> {
+        Ok(rcgen::KeyPair::generate()
+            .map_err(tls_setup)?
+            .serialize_pem())
+    }
+
+    /// The TLS set-up for the key in `key_pem`, with a self-signed certificate made now
+    /// (the certificate only carries the key; its fingerprint is the key's).
+    pub fn from_key_pem(key_pem: &str) -> Result<Self, Error> {
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(tls_setup)?;
+        let params =
+            rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(tls_setup)?;
+        let cert = params.self_signed(&key).map_err(tls_setup)?;
+        Self::with_key(&key, cert.der().clone())
+    }
+
+    fn with_key(key: &rcgen::KeyPair, cert_der: CertificateDer<'static>) -> Result<Self, Error> {
         let fingerprint = cert_fingerprint(&cert_der).map_err(tls_setup)?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(tls_setup)?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -195,13 +225,10 @@ impl ServerTls {
             .map_err(tls_setup)?;
         // Every session is a full handshake: no tickets, nothing to resume.
         config.send_tls13_tickets = 0;
-        Ok((
-            Self {
-                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-                fingerprint,
-            },
-            created,
-        ))
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            fingerprint,
+        })
     }
 }
 

@@ -1,0 +1,444 @@
+//! The archive in an S3-compatible object store (`serve --store s3://BUCKET[/PREFIX]`),
+//! through the `object_store` crate: one object per file under `PREFIX/client_<id>/`,
+//! readable by any S3 tool, with the servers in front of it keeping no state of their own
+//! (the layout: [`layout`]).
+//!
+//! Guarantees, the same as the local store's:
+//! - A file is reported stored only once the store acknowledged its `PutObject` (or the
+//!   `CompleteMultipartUpload` of a large file). Large files go up as multipart uploads,
+//!   which S3 makes visible only when complete: no torn object, ever.
+//! - What a session replaces or deletes is first copied, server-side, under
+//!   `.filesync/versions/` (Garage has no S3 object versioning, so this does not lean on
+//!   it), and a record of the session says what it added.
+//! - A deletion removes an object only if its `ETag` is still the one the plan saw: an
+//!   object another session wrote in the meantime is kept.
+//!
+//! The client's index (`.filesync/index/client_<id>`) makes a session that changes nothing
+//! cost one `GET` and one `LIST` per thousand objects, not one request per file: each
+//! listed object whose `ETag` is the index's is taken from the index; any other (changed
+//! or put by another tool) is read with a `HEAD`, and objects gone from the listing are
+//! gone from the index. Folders have no object: they live in the index (an empty folder
+//! only there), and folders implied by keys are added.
+
+pub mod layout;
+pub mod restore;
+mod writer;
+
+pub use object_store;
+pub use writer::MULTIPART_MIN;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
+
+use crate::archive::{Archive, HeldIndex, Report, Writer};
+use crate::messages::{stored_mode_bits, EntryKind, SETID_BITS};
+use crate::paths::{ClientId, RelPath};
+use crate::planner::Held;
+use crate::store::Spool;
+use crate::time::MTime;
+
+use layout::{Entry, Location};
+
+/// Requests in flight at once for one session (puts, heads, copies, deletes): per-object
+/// latency, not bandwidth, bounds a tree of small files, so they are overlapped.
+pub const REQUESTS_IN_FLIGHT: usize = 32;
+
+/// The tree of one client as the archive holds it: every entry by path.
+pub(crate) type Tree = BTreeMap<RelPath, Entry>;
+
+/// A client's tree as loaded, and whether the stored index disagreed with the listing
+/// (and must be written again).
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) tree: Tree,
+    pub(crate) stale: bool,
+}
+
+/// An archive in an S3-compatible object store.
+#[derive(Debug)]
+pub struct ObjectArchive {
+    store: Arc<dyn ObjectStore>,
+    loc: Location,
+    rt: tokio::runtime::Handle,
+    /// Local scratch space for the plans' spools (emptied when the archive is dropped).
+    scratch: tempfile::TempDir,
+    seq: AtomicU64,
+    mode_mask: u32,
+    keep_versions: Option<Duration>,
+    /// The tree of each client with a session running, loaded by the session's index and
+    /// changed by its writer (one session per id at a time on a server).
+    trees: Mutex<HashMap<ClientId, Arc<Mutex<Option<Loaded>>>>>,
+}
+
+/// A failed request, as an `io::Error` naming what was being done.
+pub(crate) fn req_err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(object_store::Error) -> io::Error {
+    move |e| match e {
+        object_store::Error::NotFound { .. } => {
+            io::Error::new(io::ErrorKind::NotFound, format!("{what}: {e}"))
+        }
+        e => io::Error::other(format!("{what}: {e}")),
+    }
+}
+
+impl ObjectArchive {
+    /// Opens the archive at `url` (`s3://BUCKET[/PREFIX]`), with credentials, endpoint and
+    /// region from the `AWS_*` environment variables as `object_store` reads them
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`, …), and checks that the bucket answers. Must be called within a
+    /// tokio runtime, whose handle the blocking parts use.
+    pub async fn open(url: &str) -> io::Result<ObjectArchive> {
+        let loc = Location::parse(url).map_err(io::Error::other)?;
+        crate::net::tls::install_default_provider();
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&loc.bucket)
+            .build()
+            .map_err(|e| io::Error::other(format!("configuring {}: {e}", loc.url())))?;
+        Self::with_store(Arc::new(store), loc).await
+    }
+
+    /// Opens an archive at `loc` in `store`, and checks that it answers.
+    pub async fn with_store(store: Arc<dyn ObjectStore>, loc: Location) -> io::Result<Self> {
+        let top = (!loc.prefix.is_empty()).then(|| ObjectPath::from(loc.prefix.as_str()));
+        store
+            .list_with_delimiter(top.as_ref())
+            .await
+            .map_err(req_err(format!("listing {}", loc.url())))?;
+        Ok(ObjectArchive {
+            store,
+            loc,
+            rt: tokio::runtime::Handle::current(),
+            scratch: tempfile::Builder::new().prefix("filesync-").tempdir()?,
+            seq: AtomicU64::new(0),
+            mode_mask: stored_mode_bits(false),
+            keep_versions: Some(crate::store::DEFAULT_KEEP_VERSIONS),
+            trees: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Keeps setuid and setgid bits from clients (see [`crate::store::Store::keep_setid`]).
+    pub fn keep_setid(mut self, keep: bool) -> Self {
+        self.mode_mask = stored_mode_bits(keep);
+        self
+    }
+
+    /// Keeps what sessions replace or delete for this long; `None` or zero: not at all.
+    pub fn keep_versions(mut self, keep: Option<Duration>) -> Self {
+        self.keep_versions = keep.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Where it is.
+    pub fn location(&self) -> &Location {
+        &self.loc
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The servers' shared TLS key (PEM), made and put by the first server that finds
+    /// none. Two servers starting at once may both make one: each reads the key back
+    /// after a pause and uses what the store holds then, the last one put.
+    pub async fn tls_key(&self) -> io::Result<(String, bool)> {
+        let key = self.loc.tls_key();
+        match self.store.get(&key).await {
+            Ok(r) => {
+                let b = r.bytes().await.map_err(req_err("reading the TLS key"))?;
+                return String::from_utf8(b.to_vec())
+                    .map(|s| (s, false))
+                    .map_err(|_| io::Error::other("the stored TLS key is not PEM"));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(req_err("reading the TLS key")(e)),
+        }
+        let pem = crate::net::tls::ServerTls::generate_key_pem().map_err(io::Error::other)?;
+        self.store
+            .put(&key, pem.into_bytes().into())
+            .await
+            .map_err(req_err("storing the new TLS key"))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = self
+            .store
+            .get(&key)
+            .await
+            .map_err(req_err("reading the TLS key back"))?
+            .bytes()
+            .await
+            .map_err(req_err("reading the TLS key back"))?;
+        String::from_utf8(b.to_vec())
+            .map(|s| (s, true))
+            .map_err(|_| io::Error::other("the stored TLS key is not PEM"))
+    }
+
+    /// The shared tree slot of `id`, made if missing.
+    fn tree_slot(&self, id: &ClientId) -> Arc<Mutex<Option<Loaded>>> {
+        let mut trees = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(trees.entry(id.clone()).or_default())
+    }
+
+    /// Forgets the slot of `id` once its session's writer is done.
+    fn drop_slot(&self, id: &ClientId, slot: &Arc<Mutex<Option<Loaded>>>) {
+        let mut trees = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        if trees.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            trees.remove(id);
+        }
+    }
+}
+
+/// What the store holds for a client: the index checked against a listing (see the
+/// module's doc).
+pub(crate) async fn load_tree(
+    store: &Arc<dyn ObjectStore>,
+    loc: &Location,
+    id: &ClientId,
+) -> io::Result<Loaded> {
+    let base = loc.client(id);
+    let mut stale = false;
+    let index = match store.get(&loc.index(id)).await {
+        Ok(r) => {
+            let b = r.bytes().await.map_err(req_err("reading the index"))?;
+            layout::decode_index(&b).unwrap_or_else(|| {
+                tracing::warn!(client = %id, "the stored index is unreadable; rebuilt from a listing");
+                stale = true;
+                Vec::new()
+            })
+        }
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(req_err("reading the index")(e)),
+    };
+    let mut known: HashMap<RelPath, Entry> =
+        index.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let mut tree = Tree::new();
+    let mut unknown = Vec::new();
+    let mut foreign = 0u64;
+    let mut listing = store.list(Some(&base));
+    while let Some(meta) = listing
+        .try_next()
+        .await
+        .map_err(req_err(format!("listing {base}")))?
+    {
+        let Some(rel) = layout::rel_of(&base, &meta.location) else {
+            foreign += 1;
+            continue;
+        };
+        match known.remove(&rel) {
+            Some(e) if e.e_tag.is_some() && e.e_tag == meta.e_tag => {
+                tree.insert(rel, e);
+            }
+            _ => unknown.push((rel, meta)),
+        }
+    }
+    if foreign > 0 {
+        tracing::warn!(client = %id, objects = foreign,
+            "objects under the client's folder whose keys no path maps to are left alone");
+    }
+    // Objects changed or put by another tool: their metadata says what they are.
+    let heads = futures::stream::iter(unknown)
+        .map(|(rel, meta)| {
+            let store = Arc::clone(store);
+            async move {
+                let held = head_entry(&store, &meta).await?;
+                Ok::<_, io::Error>(Entry {
+                    path: rel,
+                    held,
+                    e_tag: meta.e_tag,
+                })
+            }
+        })
+        .buffer_unordered(REQUESTS_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
+    stale |= !heads.is_empty();
+    for e in heads {
+        tree.insert(e.path.clone(), e);
+    }
+    // Folders live in the index only; a folder whose objects went is now empty.
+    for (p, e) in known {
+        if e.held.kind == EntryKind::Dir {
+            tree.insert(p, e);
+        } else {
+            stale = true;
+        }
+    }
+    // Folders implied by keys (objects another tool put, or an index lost).
+    let implied: Vec<RelPath> = tree
+        .keys()
+        .flat_map(|p| p.ancestors().collect::<Vec<_>>())
+        .filter(|a| !tree.contains_key(a))
+        .collect();
+    stale |= !implied.is_empty();
+    for a in implied {
+        tree.entry(a.clone()).or_insert_with(|| Entry {
+            path: a,
+            held: dir_held(MTime::EPOCH, 0o755),
+            e_tag: None,
+        });
+    }
+    Ok(Loaded { tree, stale })
+}
+
+/// A folder's attributes.
+pub(crate) fn dir_held(mtime: MTime, mode: u32) -> Held {
+    Held {
+        kind: EntryKind::Dir,
+        size: 0,
+        mtime,
+        mode,
+        target: None,
+    }
+}
+
+/// What an object stands for, read from its metadata (and a symlink's body).
+pub(crate) async fn head_entry(
+    store: &Arc<dyn ObjectStore>,
+    meta: &object_store::ObjectMeta,
+) -> io::Result<Held> {
+    let what = || format!("reading the metadata of {}", meta.location);
+    let r = store
+        .get_opts(
+            &meta.location,
+            GetOptions {
+                head: true,
+                ..GetOptions::default()
+            },
+        )
+        .await
+        .map_err(req_err(what()))?;
+    let attrs = r.attributes;
+    let get = |k: &str| {
+        attrs
+            .get(&Attribute::Metadata(k.to_owned().into()))
+            .map(|v| v.as_ref().to_owned())
+    };
+    let last = MTime::from_system(meta.last_modified.into()).unwrap_or(MTime::EPOCH);
+    let body = if get(layout::META_KIND).as_deref() == Some("symlink") {
+        Some(
+            store
+                .get(&meta.location)
+                .await
+                .map_err(req_err(what()))?
+                .bytes()
+                .await
+                .map_err(req_err(what()))?,
+        )
+    } else {
+        None
+    };
+    Ok(layout::held_from(get, meta.size, last, body.as_deref()))
+}
+
+/// The archive's index of one client, loaded on first use (on the planner's blocking
+/// thread), in tree order.
+struct ObjectIndex {
+    store: Arc<dyn ObjectStore>,
+    loc: Location,
+    id: ClientId,
+    rt: tokio::runtime::Handle,
+    slot: Arc<Mutex<Option<Loaded>>>,
+    entries: Option<std::vec::IntoIter<(RelPath, Held)>>,
+    error: Option<io::Error>,
+}
+
+impl Iterator for ObjectIndex {
+    type Item = (RelPath, Held);
+
+    fn next(&mut self) -> Option<(RelPath, Held)> {
+        if self.entries.is_none() {
+            let loaded = self
+                .rt
+                .block_on(load_tree(&self.store, &self.loc, &self.id));
+            let loaded = match loaded {
+                Ok(t) => t,
+                Err(e) => {
+                    self.error = Some(e);
+                    self.entries = Some(Vec::new().into_iter());
+                    return None;
+                }
+            };
+            let mut v: Vec<(RelPath, Held)> = loaded
+                .tree
+                .values()
+                .map(|e| (e.path.clone(), e.held.clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.tree_cmp(&b.0));
+            *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+            self.entries = Some(v.into_iter());
+        }
+        self.entries.as_mut()?.next()
+    }
+}
+
+impl HeldIndex for ObjectIndex {
+    fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+}
+
+impl Archive for ObjectArchive {
+    fn location(&self) -> String {
+        self.loc.url()
+    }
+
+    fn keeps_setid(&self) -> bool {
+        self.mode_mask & SETID_BITS != 0
+    }
+
+    fn mtime_precision(&self) -> Duration {
+        // Written as text to the nanosecond.
+        Duration::from_nanos(1)
+    }
+
+    fn index(&self, id: &ClientId) -> Box<dyn HeldIndex> {
+        let slot = Arc::new(Mutex::new(None));
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Arc::clone(&slot));
+        Box::new(ObjectIndex {
+            store: Arc::clone(&self.store),
+            loc: self.loc.clone(),
+            id: id.clone(),
+            rt: self.rt.clone(),
+            slot,
+            entries: None,
+            error: None,
+        })
+    }
+
+    fn spool(&self) -> io::Result<Spool> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        Spool::create(self.scratch.path().join(format!("{n}.tail")))
+    }
+
+    fn writer<'a>(&'a self, id: &ClientId, report: Report) -> io::Result<Box<dyn Writer + 'a>> {
+        // The writer starts with the session, before the manifest is planned: it takes
+        // the tree the index loads when it first needs it.
+        let slot = self.tree_slot(id);
+        Ok(Box::new(writer::ObjectWriter::new(self, id, slot, report)))
+    }
+
+    fn purge_versions(&self) -> io::Result<u64> {
+        let Some(keep) = self.keep_versions else {
+            return Ok(0);
+        };
+        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+        let cutoff = MTime::new(
+            now.secs
+                .saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)),
+            now.nanos,
+        )
+        .unwrap_or(MTime::EPOCH);
+        self.rt
+            .block_on(restore::purge(&self.store, &self.loc, cutoff))
+    }
+}

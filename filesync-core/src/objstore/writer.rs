@@ -1,0 +1,791 @@
+//! One session's writes into the object store: files as objects (small ones buffered and
+//! put with up to [`REQUESTS_IN_FLIGHT`] requests in flight, large ones as multipart
+//! uploads streamed part by part), then the plan's tail, the index and the session's
+//! record.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
+    PutPayload, WriteMultipart,
+};
+use tokio::task::JoinSet;
+
+use super::layout::{self, Entry, Record};
+use super::{dir_held, load_tree, Loaded, ObjectArchive, Tree, REQUESTS_IN_FLIGHT};
+use crate::archive::{Report, Writer};
+use crate::messages::{EntryKind, ErrorCode, FileHeader, Hash, Outcome};
+use crate::paths::{ClientId, RelPath};
+use crate::planner::{DeleteBudget, Held, TailOp};
+use crate::store::{Applied, Spool};
+use crate::time::MTime;
+
+/// Files at least this large go up as multipart uploads; smaller ones are buffered and
+/// put in one request.
+pub const MULTIPART_MIN: u64 = 16 << 20;
+/// The size of each part of a multipart upload (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 << 20;
+/// Parts of one upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Bytes of buffered files in flight at once: bounds a session's memory.
+const BYTES_IN_FLIGHT: u64 = 64 << 20;
+
+/// The file being received.
+enum Open {
+    Buffer {
+        path: RelPath,
+        attrs: (MTime, u32),
+        buf: Vec<u8>,
+    },
+    Multipart {
+        path: RelPath,
+        attrs: (MTime, u32),
+        size: u64,
+        /// What it replaces, versioned before the upload completes.
+        replaced: Option<Entry>,
+        upload: WriteMultipart,
+    },
+    Failed {
+        path: RelPath,
+        error: String,
+    },
+}
+
+/// A put's result, settled on the writer's thread.
+struct Put {
+    path: RelPath,
+    held: Held,
+    replaced: Option<Entry>,
+    result: Result<Option<String>, String>,
+}
+
+pub(super) struct ObjectWriter<'a> {
+    ar: &'a ObjectArchive,
+    id: ClientId,
+    base: ObjectPath,
+    /// Where the index leaves the tree it loaded.
+    slot: Arc<Mutex<Option<Loaded>>>,
+    tree: Option<Tree>,
+    report: Report,
+    open: Option<Open>,
+    puts: JoinSet<Put>,
+    bytes_in_flight: u64,
+    record: Record,
+    /// `.filesync/versions/client_<id>/<stamp>`, if versions are kept.
+    versions: Option<ObjectPath>,
+    /// The index must be written.
+    dirty: bool,
+    /// What failed in the tail (and the links and FIFOs it put), for [`Applied::errors`].
+    tail_errors: Vec<String>,
+}
+
+fn rejected(reason: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        code: ErrorCode::STORAGE,
+        reason: reason.into(),
+    }
+}
+
+fn attributes(kind: EntryKind, mtime: MTime, mode: u32) -> Attributes {
+    let mut a = Attributes::new();
+    for (k, v) in layout::metadata(kind, mtime, mode) {
+        a.insert(Attribute::Metadata(k.into()), v.into());
+    }
+    a
+}
+
+fn file_held(kind: EntryKind, size: u64, (mtime, mode): (MTime, u32)) -> Held {
+    Held {
+        kind,
+        size,
+        mtime,
+        mode,
+        target: None,
+    }
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub(super) fn new(
+        ar: &'a ObjectArchive,
+        id: &ClientId,
+        slot: Arc<Mutex<Option<Loaded>>>,
+        report: Report,
+    ) -> Self {
+        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+        let versions = ar.keep_versions.map(|_| {
+            ObjectPath::from_iter(
+                ar.loc
+                    .versions(id)
+                    .parts()
+                    .chain(std::iter::once(crate::versions::stamp(now).as_str().into())),
+            )
+        });
+        ObjectWriter {
+            ar,
+            id: id.clone(),
+            base: ar.loc.client(id),
+            slot,
+            tree: None,
+            report,
+            open: None,
+            puts: JoinSet::new(),
+            bytes_in_flight: 0,
+            record: Record::default(),
+            versions,
+            dirty: false,
+            tail_errors: Vec::new(),
+        }
+    }
+
+    /// The client's tree: the one the session's index loaded, or read now.
+    fn tree(&mut self) -> io::Result<&mut Tree> {
+        if self.tree.is_none() {
+            let loaded = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let loaded = match loaded {
+                Some(t) => t,
+                None => self
+                    .ar
+                    .rt
+                    .block_on(load_tree(&self.ar.store, &self.ar.loc, &self.id))?,
+            };
+            // An index that the listing contradicted is written again even if nothing
+            // changes.
+            self.dirty |= loaded.stale;
+            let tree = loaded.tree;
+            // A session that makes the client's folder adds everything it places.
+            self.record.whole_folder = tree.is_empty();
+            self.tree = Some(tree);
+        }
+        Ok(self.tree.as_mut().expect("just loaded"))
+    }
+
+    fn key(&self, rel: &RelPath) -> Result<ObjectPath, String> {
+        layout::under(&self.base, rel)
+    }
+
+    /// Where the version of `rel` goes, if versions are kept.
+    fn version_key(&self, rel: &RelPath) -> Option<Result<ObjectPath, String>> {
+        let v = self.versions.as_ref()?;
+        let tree = ObjectPath::from_iter(v.parts().chain(std::iter::once("tree".into())));
+        Some(layout::under(&tree, rel))
+    }
+
+    /// Makes room for an entry at `rel`: its ancestors become folders (anything else
+    /// standing there is versioned and removed), and a folder standing at `rel` itself
+    /// goes likewise. Returns the non-folder entry at `rel`, which the new one replaces.
+    fn prepare(&mut self, rel: &RelPath) -> Result<Option<Entry>, String> {
+        self.make_parents(rel)?;
+        let current = self.tree().map_err(|e| e.to_string())?.get(rel).cloned();
+        match current {
+            Some(e) if e.held.kind == EntryKind::Dir => {
+                self.remove_now(rel, None)?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Makes the ancestors of `rel` folders, top down, versioning and removing anything
+    /// else standing where one must be.
+    fn make_parents(&mut self, rel: &RelPath) -> Result<(), String> {
+        self.dirty = true;
+        let ancestors: Vec<RelPath> = rel.ancestors().collect();
+        for a in ancestors.into_iter().rev() {
+            self.make_dir(&a)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `rel` a folder, replacing whatever else stands there.
+    fn make_dir(&mut self, rel: &RelPath) -> Result<(), String> {
+        let current = self.tree().map_err(|e| e.to_string())?.get(rel).cloned();
+        match current {
+            Some(e) if e.held.kind == EntryKind::Dir => {}
+            Some(_) => {
+                self.remove_now(rel, None)?;
+                self.add_dir(rel);
+            }
+            None => self.add_dir(rel),
+        }
+        Ok(())
+    }
+
+    /// Notes a folder made where nothing stood (attributes come with the tail).
+    fn add_dir(&mut self, rel: &RelPath) {
+        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+        if let Some(t) = self.tree.as_mut() {
+            t.insert(
+                rel.clone(),
+                Entry {
+                    path: rel.clone(),
+                    held: dir_held(now, 0o755),
+                    e_tag: None,
+                },
+            );
+        }
+        if !self.record.whole_folder {
+            self.record.added.push(rel.clone());
+        }
+    }
+
+    /// The entries at and under `rel`, in key order.
+    fn subtree(&mut self, rel: &RelPath) -> io::Result<Vec<Entry>> {
+        let tree = self.tree()?;
+        Ok(tree
+            .range(rel.clone()..)
+            .take_while(|(k, _)| k.as_bytes().starts_with(rel.as_bytes()))
+            .filter(|(k, _)| *k == rel || rel.is_ancestor_of(k))
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    /// Removes `rel` and everything under it now: each object is first copied under the
+    /// session's versions, then deleted, unless (when `check` is given) its ETag is no
+    /// longer the one the plan saw, which means another session wrote it meanwhile: then
+    /// it is kept and counted in `check`. Returns the entries removed.
+    fn remove_now(&mut self, rel: &RelPath, mut check: Option<&mut u64>) -> Result<u64, String> {
+        let entries = self.subtree(rel).map_err(|e| e.to_string())?;
+        let store = Arc::clone(&self.ar.store);
+        let verify = check.is_some();
+        let jobs = entries
+            .iter()
+            .filter(|e| e.e_tag.is_some())
+            .map(|e| {
+                let key = self.key(&e.path);
+                let vkey = self.version_key(&e.path).transpose();
+                (e.clone(), key, vkey)
+            })
+            .collect::<Vec<_>>();
+        let results: Vec<(RelPath, Result<bool, String>)> = self.ar.rt.block_on(
+            futures::stream::iter(jobs)
+                .map(|(e, key, vkey)| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        let r = async {
+                            let key = key?;
+                            if verify {
+                                match store.head(&key).await {
+                                    Ok(m) if m.e_tag != e.e_tag => return Ok(false),
+                                    Ok(_) => {}
+                                    // Gone already: nothing to keep or delete.
+                                    Err(object_store::Error::NotFound { .. }) => return Ok(true),
+                                    Err(err) => return Err(format!("checking {key}: {err}")),
+                                }
+                            }
+                            if let Some(vkey) = vkey? {
+                                match store.copy(&key, &vkey).await {
+                                    Ok(()) => {}
+                                    Err(object_store::Error::NotFound { .. }) => return Ok(true),
+                                    Err(err) => return Err(format!("keeping a version: {err}")),
+                                }
+                            }
+                            match store.delete(&key).await {
+                                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+                                Err(err) => Err(format!("deleting: {err}")),
+                            }
+                        }
+                        .await;
+                        (e.path, r)
+                    }
+                })
+                .buffer_unordered(REQUESTS_IN_FLIGHT)
+                .collect(),
+        );
+        let mut errors = Vec::new();
+        let mut kept = std::collections::HashSet::new();
+        for (p, r) in results {
+            match r {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(client = %self.id, path = %p,
+                        "not deleted: another session wrote it after this one planned");
+                    kept.insert(p);
+                }
+                Err(e) => {
+                    errors.push(format!("{p}: {e}"));
+                    kept.insert(p);
+                }
+            }
+        }
+        let tree = self.tree.as_mut().expect("loaded by subtree");
+        let mut removed = 0;
+        for e in entries {
+            // A folder stays while anything in it stays.
+            let stays = kept.contains(&e.path)
+                || (e.held.kind == EntryKind::Dir && kept.iter().any(|k| e.path.is_ancestor_of(k)));
+            if stays {
+                continue;
+            }
+            tree.remove(&e.path);
+            removed += 1;
+            if self.versions.is_some() {
+                self.record.replaced.push(e);
+            }
+        }
+        self.dirty = true;
+        if let Some(c) = check.as_deref_mut() {
+            *c += kept.len() as u64;
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Puts an object for `rel` in the background; its outcome is settled later.
+    fn spawn_put(
+        &mut self,
+        rel: RelPath,
+        held: Held,
+        body: Vec<u8>,
+        replaced: Option<Entry>,
+    ) -> Result<(), String> {
+        let key = self.key(&rel)?;
+        let vkey = match &replaced {
+            Some(e) if e.e_tag.is_some() => self.version_key(&rel).transpose()?,
+            _ => None,
+        };
+        // Bounded memory: wait for earlier puts when too much is in flight.
+        let size = body.len() as u64;
+        while !self.puts.is_empty()
+            && (self.puts.len() >= REQUESTS_IN_FLIGHT
+                || self.bytes_in_flight + size > BYTES_IN_FLIGHT)
+        {
+            self.settle_one(true);
+        }
+        self.bytes_in_flight += size;
+        let store = Arc::clone(&self.ar.store);
+        let attrs = attributes(held.kind, held.mtime, held.mode);
+        let handle = self.ar.rt.clone();
+        let _guard = handle.enter();
+        self.puts.spawn(async move {
+            let result = async {
+                if let Some(vkey) = vkey {
+                    match store.copy(&key, &vkey).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(format!("keeping the version it replaces: {e}")),
+                    }
+                }
+                let opts = PutOptions {
+                    attributes: attrs,
+                    ..PutOptions::default()
+                };
+                store
+                    .put_opts(&key, PutPayload::from(body), opts)
+                    .await
+                    .map(|r| r.e_tag)
+                    .map_err(|e| format!("storing: {e}"))
+            }
+            .await;
+            Put {
+                path: rel,
+                held,
+                replaced,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// Settles one finished put (waiting for one if `wait`); false if none was ready.
+    fn settle_one(&mut self, wait: bool) -> bool {
+        let next = if wait {
+            let rt = self.ar.rt.clone();
+            rt.block_on(self.puts.join_next())
+        } else {
+            let _guard = self.ar.rt.enter();
+            self.puts.try_join_next()
+        };
+        match next {
+            Some(Ok(put)) => {
+                if put.held.kind == EntryKind::File {
+                    self.bytes_in_flight = self.bytes_in_flight.saturating_sub(put.held.size);
+                }
+                let outcome = self.settled(put);
+                if let Some(o) = outcome {
+                    (self.report)(vec![o]);
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "an upload task failed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a finished put in the tree and the session's record; the file's outcome
+    /// (`None` for a link or FIFO of the tail, whose failure is the tail's).
+    fn settled(&mut self, put: Put) -> Option<(RelPath, Outcome)> {
+        let is_file = put.held.kind == EntryKind::File;
+        match put.result {
+            Ok(e_tag) => {
+                match put.replaced {
+                    Some(old) if self.versions.is_some() => self.record.replaced.push(old),
+                    Some(_) => {}
+                    None if !self.record.whole_folder => self.record.added.push(put.path.clone()),
+                    None => {}
+                }
+                if let Some(t) = self.tree.as_mut() {
+                    t.insert(
+                        put.path.clone(),
+                        Entry {
+                            path: put.path.clone(),
+                            held: put.held,
+                            e_tag,
+                        },
+                    );
+                }
+                is_file.then_some((put.path, Outcome::Stored))
+            }
+            Err(e) => {
+                if is_file {
+                    Some((put.path, rejected(e)))
+                } else {
+                    self.tail_errors.push(format!("{}: {e}", put.path));
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl ObjectWriter<'_> {
+    /// Settles every put in flight.
+    fn drain(&mut self) {
+        while self.settle_one(true) {}
+    }
+
+    /// Writes the index (if anything changed) and the session's record (if it added or
+    /// replaced anything).
+    fn write_index_and_record(&mut self) -> Result<(), String> {
+        let Some(tree) = self.tree.as_ref() else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = tree.values().cloned().collect();
+        let store = Arc::clone(&self.ar.store);
+        let index = self.ar.loc.index(&self.id);
+        let record = self.versions.as_ref().and_then(|v| {
+            let r = &self.record;
+            let something = !r.added.is_empty() || !r.replaced.is_empty() || r.whole_folder;
+            something.then(|| {
+                (
+                    ObjectPath::from_iter(v.parts().chain(std::iter::once("record".into()))),
+                    layout::encode_record(r),
+                )
+            })
+        });
+        self.ar.rt.block_on(async move {
+            if let Some((key, body)) = record {
+                store
+                    .put(&key, body.into())
+                    .await
+                    .map_err(|e| format!("writing the session's record of versions: {e}"))?;
+            }
+            store
+                .put(&index, layout::encode_index(&entries).into())
+                .await
+                .map_err(|e| format!("writing the client's index: {e}"))?;
+            Ok::<(), String>(())
+        })?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn fail(&mut self, path: RelPath, error: String) {
+        self.open = Some(Open::Failed { path, error });
+    }
+
+    /// Applies one op of the tail.
+    fn apply(&mut self, op: TailOp, budget: &DeleteBudget, done: &mut Applied) {
+        match op {
+            TailOp::Delete(p) => {
+                let n = match self.subtree(&p) {
+                    Ok(s) => s.len() as u64,
+                    Err(e) => {
+                        self.tail_errors.push(format!("deleting {p}: {e}"));
+                        return;
+                    }
+                };
+                if !budget.allows(done.deleted, n) {
+                    done.held_back += n;
+                    return;
+                }
+                let mut kept = 0;
+                match self.remove_now(&p, Some(&mut kept)) {
+                    Ok(removed) => done.deleted += removed,
+                    Err(e) => self.tail_errors.push(format!("deleting {p}: {e}")),
+                }
+                done.held_back += kept;
+            }
+            TailOp::MakeDir(d) => {
+                if let Err(e) = self.make_parents(&d).and_then(|()| self.make_dir(&d)) {
+                    self.tail_errors.push(format!("making directory {d}: {e}"));
+                }
+            }
+            TailOp::DirAttrs(d, t, mode) => {
+                let mask = self.ar.mode_mask;
+                if let Some(e) = self.tree.as_mut().and_then(|tr| tr.get_mut(&d)) {
+                    if e.held.kind == EntryKind::Dir {
+                        e.held.mtime = t;
+                        if let Some(m) = mode {
+                            e.held.mode = m & mask;
+                        }
+                        self.dirty = true;
+                    }
+                }
+            }
+            TailOp::Link(p, target, t) => {
+                let held = Held {
+                    kind: EntryKind::Symlink,
+                    size: 0,
+                    mtime: t,
+                    mode: 0o777,
+                    target: Some(target.clone()),
+                };
+                self.put_special(p, held, target.as_bytes().to_vec(), "symlink");
+            }
+            TailOp::Fifo(p, mode, t) => {
+                let held = file_held(EntryKind::Fifo, 0, (t, mode & self.ar.mode_mask));
+                self.put_special(p, held, Vec::new(), "FIFO");
+            }
+            TailOp::Chmod(p, mode) => {
+                let mask = self.ar.mode_mask;
+                match self.tree.as_mut().and_then(|tr| tr.get_mut(&p)) {
+                    Some(e) if e.held.kind == EntryKind::File => {
+                        // The index holds attributes; the object's metadata keeps the mode
+                        // it was put with (S3 cannot change metadata without a copy).
+                        e.held.mode = mode & mask;
+                        self.dirty = true;
+                    }
+                    _ => self
+                        .tail_errors
+                        .push(format!("setting the mode of {p}: no longer a regular file")),
+                }
+            }
+        }
+    }
+
+    fn put_special(&mut self, p: RelPath, held: Held, body: Vec<u8>, what: &str) {
+        let r = self
+            .prepare(&p)
+            .and_then(|replaced| self.spawn_put(p.clone(), held, body, replaced));
+        if let Err(e) = r {
+            self.tail_errors.push(format!("making the {what} {p}: {e}"));
+        }
+    }
+}
+
+impl Writer for ObjectWriter<'_> {
+    fn open(&mut self, h: &FileHeader, mode: Option<u32>) {
+        self.discard();
+        let path = h.path.clone();
+        if h.delta || h.offset > 0 {
+            // Never asked for: this archive offers neither bases nor resumes.
+            self.fail(path, "this archive takes files whole".into());
+            return;
+        }
+        let attrs = (h.mtime, mode.unwrap_or(0o644) & self.ar.mode_mask);
+        if h.size < MULTIPART_MIN {
+            self.open = Some(Open::Buffer {
+                path,
+                attrs,
+                buf: Vec::with_capacity(usize::try_from(h.size).unwrap_or(0)),
+            });
+            return;
+        }
+        let started = self.prepare(&path).and_then(|replaced| {
+            let key = self.key(&path)?;
+            let opts = PutMultipartOptions {
+                attributes: attributes(EntryKind::File, attrs.0, attrs.1),
+                ..PutMultipartOptions::default()
+            };
+            let upload = self
+                .ar
+                .rt
+                .block_on(self.ar.store.put_multipart_opts(&key, opts))
+                .map_err(|e| format!("starting a multipart upload: {e}"))?;
+            Ok((replaced, upload))
+        });
+        match started {
+            Ok((replaced, upload)) => {
+                self.open = Some(Open::Multipart {
+                    path,
+                    attrs,
+                    size: h.size,
+                    replaced,
+                    upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+                });
+            }
+            Err(e) => self.fail(path, e),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        let rt = self.ar.rt.clone();
+        let failed = match &mut self.open {
+            Some(Open::Buffer { buf, .. }) => {
+                buf.extend_from_slice(data);
+                None
+            }
+            Some(Open::Multipart { path, upload, .. }) => {
+                let _guard = rt.enter();
+                upload.write(data);
+                rt.block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
+                    .err()
+                    .map(|e| (path.clone(), format!("uploading a part: {e}")))
+            }
+            _ => None,
+        };
+        if let Some((path, e)) = failed {
+            self.discard();
+            self.fail(path, e);
+        }
+    }
+
+    fn skip(&mut self, len: u64) {
+        // Objects have no holes: a hole is stored as the zeros it reads as.
+        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut left = len;
+        while left > 0
+            && matches!(
+                self.open,
+                Some(Open::Buffer { .. } | Open::Multipart { .. })
+            )
+        {
+            let n = left.min(ZEROS.len() as u64);
+            self.write(&ZEROS[..n as usize]);
+            left -= n;
+        }
+    }
+
+    fn copy(&mut self, _block: u32, _count: u32) {
+        if let Some(Open::Buffer { path, .. } | Open::Multipart { path, .. }) = &self.open {
+            let path = path.clone();
+            self.discard();
+            self.fail(path, "COPY outside a delta".into());
+        }
+    }
+
+    fn discard(&mut self) {
+        if let Some(Open::Multipart { upload, .. }) = self.open.take() {
+            // Never visible; aborted so that its parts do not linger.
+            if let Err(e) = self.ar.rt.block_on(upload.abort()) {
+                tracing::debug!(error = %e, "cannot abort a multipart upload");
+            }
+        }
+    }
+
+    fn commit(&mut self, _hash: Option<Hash>) -> Vec<(RelPath, Outcome)> {
+        // The whole-file hash is checked by the session for deltas only, which this
+        // archive never takes; plain files are checked by TCP and TLS, as on disk.
+        match self.open.take() {
+            None => Vec::new(),
+            Some(Open::Failed { path, error }) => vec![(path, rejected(error))],
+            Some(Open::Buffer { path, attrs, buf }) => {
+                let held = file_held(EntryKind::File, buf.len() as u64, attrs);
+                let r = self
+                    .prepare(&path)
+                    .and_then(|replaced| self.spawn_put(path.clone(), held, buf, replaced));
+                self.flush();
+                match r {
+                    Ok(()) => Vec::new(),
+                    Err(e) => vec![(path, rejected(e))],
+                }
+            }
+            Some(Open::Multipart {
+                path,
+                attrs,
+                size,
+                replaced,
+                upload,
+            }) => {
+                let vkey = match &replaced {
+                    Some(e) if e.e_tag.is_some() => self.version_key(&path).transpose(),
+                    _ => Ok(None),
+                };
+                let key = self.key(&path);
+                let store = Arc::clone(&self.ar.store);
+                let result = self.ar.rt.block_on(async move {
+                    if let (Some(vkey), Ok(key)) = (vkey?, key) {
+                        match store.copy(&key, &vkey).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => {
+                                let _ = upload.abort().await;
+                                return Err(format!("keeping the version it replaces: {e}"));
+                            }
+                        }
+                    }
+                    upload
+                        .finish()
+                        .await
+                        .map(|r| r.e_tag)
+                        .map_err(|e| format!("completing the multipart upload: {e}"))
+                });
+                let put = Put {
+                    path,
+                    held: file_held(EntryKind::File, size, attrs),
+                    replaced,
+                    result,
+                };
+                self.settled(put).into_iter().collect()
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while self.settle_one(false) {}
+    }
+
+    fn finish(&mut self, mut tail: Spool, budget: &DeleteBudget) -> Applied {
+        self.discard();
+        self.drain();
+        let mut done = Applied::default();
+        if let Err(e) = self.tree() {
+            done.errors.push(format!("reading the client's index: {e}"));
+            return done;
+        }
+        match tail.read() {
+            Err(e) => done.errors.push(format!("reading the plan's tail: {e}")),
+            Ok(ops) => {
+                let ops: Vec<io::Result<TailOp>> = ops.collect();
+                for op in ops {
+                    match op {
+                        Ok(op) => self.apply(op, budget, &mut done),
+                        Err(e) => {
+                            done.errors.push(format!("reading the plan's tail: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.drain();
+        if let Err(e) = self.write_index_and_record() {
+            done.errors.push(e);
+        }
+        done.errors.append(&mut self.tail_errors);
+        done
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    /// A session that ended early: the files that arrived whole are kept (their puts
+    /// finish), the partial one is dropped, and the index and record say what happened.
+    fn drop(&mut self) {
+        self.discard();
+        self.drain();
+        if let Err(e) = self.write_index_and_record() {
+            tracing::warn!(client = %self.id, error = %e, "after an interrupted session");
+        }
+        self.ar.drop_slot(&self.id, &self.slot);
+    }
+}
