@@ -31,6 +31,8 @@
 //! - [`precision`]: the mtime step a filesystem keeps, probed once at server start.
 //! - [`versions`]: what syncs replaced or deleted, kept under `.filesync/versions`.
 //! - [`restore`]: a client's folder as it was at a time, written out of the archive.
+//! - [`lease`]: leases on client ids in etcd, so that several servers sharing one
+//!   archive run at most one session per client at a time.
 //!
 //! The specification is `spec/PROTOCOL.md` in the repository.
 
@@ -41,6 +43,7 @@ pub mod delta;
 pub mod discovery;
 pub mod error;
 pub mod exclude;
+pub mod lease;
 pub mod messages;
 pub mod net;
 pub mod objstore;
