@@ -1493,6 +1493,21 @@ mod tests {
         }
     }
 
+    /// How many leases etcd has (`LeaseLeases`).
+    async fn lease_count(leases: &EtcdLeases) -> usize {
+        #[derive(Deserialize)]
+        struct Leases {
+            #[serde(default)]
+            leases: Vec<serde_json::Value>,
+        }
+        let (answer, _) = leases
+            .gateway
+            .call::<Leases>("leases", "/v3/lease/leases", &serde_json::json!({}))
+            .await
+            .unwrap();
+        answer.leases.len()
+    }
+
     #[tokio::test]
     async fn a_held_key_is_taken_for_others_with_the_holders_name() {
         let etcd = Etcd::start().await;
@@ -1505,6 +1520,8 @@ mod tests {
         assert_eq!(taken_by(b.acquire("c1").await.unwrap()), "server-a:1");
         // The same server too: one session per client, whoever asks.
         assert_eq!(taken_by(a.acquire("c1").await.unwrap()), "server-a:1");
+        // The leases granted for the two refused tries were revoked.
+        assert_eq!(lease_count(&a).await, 1);
         // Other keys and other prefixes are independent.
         let other = held(b.acquire("c2").await.unwrap());
         assert!(other.revision() > lease.revision());
