@@ -1623,9 +1623,10 @@ mod tests {
             "{lost}"
         );
         assert_eq!(lost.key, "filesync/sessions/c1");
-        // Not at the first failed keepalive, and no later than TTL after the last good one.
+        // Not at the first failed keepalive, and no later than TTL after the last good one
+        // (which went out at most TTL/3 before the kill), give or take scheduling.
         assert!(
-            took > Duration::from_millis(900) && took <= Duration::from_millis(2100),
+            took > Duration::from_millis(900) && took <= Duration::from_millis(2500),
             "{took:?}"
         );
         assert_eq!(lease.is_lost(), Some(lost));
