@@ -104,7 +104,8 @@ pub enum LeaseError {
 pub struct EndpointFailure {
     /// The endpoint, `HOST:PORT`.
     pub endpoint: String,
-    /// Why: e.g. `connection refused`, `no answer within 5s`, `HTTP 503: etcdserver: no leader`.
+    /// Why: e.g. `cannot connect: Connection refused (os error 111)`, `no answer within
+    /// 3.3 s`, `HTTP 503: etcdserver: no leader`.
     pub error: String,
 }
 
@@ -594,7 +595,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// (`Connection refused (os error 111)`) or the timeout.
 fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return format!("no answer within {timeout:?}");
+        return format!("no answer within {:.1} s", timeout.as_secs_f64());
     }
     let mut inner: &dyn std::error::Error = e;
     while let Some(s) = inner.source() {
@@ -1330,14 +1331,14 @@ mod tests {
                 },
                 EndpointFailure {
                     endpoint: "10.0.0.2:2379".into(),
-                    error: "no answer within 5s".into(),
+                    error: "no answer within 5.0 s".into(),
                 },
             ],
         };
         assert_eq!(
             e.to_string(),
             "etcd unreachable at 10.0.0.1:2379 (cannot connect: Connection refused (os error \
-             111)), 10.0.0.2:2379 (no answer within 5s)"
+             111)), 10.0.0.2:2379 (no answer within 5.0 s)"
         );
         let lost = LeaseError::from(LeaseLost {
             key: "filesync/sessions/c1".into(),
@@ -1533,6 +1534,15 @@ mod tests {
         assert!(lease.is_lost().is_none());
     }
 
+    /// A server spawns its sessions: what they hold and await must be `Send`.
+    #[allow(dead_code)]
+    fn usable_from_spawned_tasks(leases: EtcdLeases, lease: SessionLease) {
+        fn send<T: Send + 'static>(_: T) {}
+        send(async move { leases.acquire("c1").await });
+        send(lease.lost());
+        send(lease.release());
+    }
+
     #[tokio::test]
     async fn of_racing_servers_exactly_one_gets_the_key() {
         let etcd = Etcd::start().await;
@@ -1673,17 +1683,37 @@ mod tests {
         assert!(e.to_string().contains("holder"), "{e}");
     }
 
+    /// A port that accepts connections and never answers, while the task runs.
+    async fn silent_endpoint() -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (port, task)
+    }
+
     #[tokio::test]
     async fn unreachable_endpoints_are_named_in_the_error() {
         let [p1, p2] = free_ports::<2>();
-        let url = format!("etcd://127.0.0.1:{p1},localhost:{p2}");
-        let e = EtcdLeases::connect(&url, Duration::from_secs(10), "s".into())
+        let (p3, silent) = silent_endpoint().await;
+        let url = format!("etcd://127.0.0.1:{p1},localhost:{p2},127.0.0.1:{p3}");
+        // A 2 s TTL: requests time out after 1 s.
+        let e = EtcdLeases::connect(&url, Duration::from_secs(2), "s".into())
             .await
             .unwrap_err();
+        silent.abort();
         let text = e.to_string();
         assert!(
-            matches!(&e, LeaseError::Unreachable { tried } if tried.len() == 2),
+            matches!(&e, LeaseError::Unreachable { tried } if tried.len() == 3),
             "{e:?}"
+        );
+        assert!(
+            text.ends_with(&format!(", 127.0.0.1:{p3} (no answer within 1.0 s)")),
+            "{text}"
         );
         assert!(
             text.starts_with(&format!(
@@ -1701,15 +1731,7 @@ mod tests {
     async fn requests_fail_over_from_dead_and_silent_endpoints() {
         let etcd = Etcd::start().await;
         let [dead] = free_ports::<1>();
-        // Accepts connections, never answers.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_port = silent.local_addr().unwrap().port();
-        let accepting = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = silent.accept().await {
-                held.push(socket);
-            }
-        });
+        let (silent_port, accepting) = silent_endpoint().await;
         let url = format!(
             "etcd://127.0.0.1:{dead},127.0.0.1:{silent_port},127.0.0.1:{}",
             etcd.port
