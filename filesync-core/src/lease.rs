@@ -28,6 +28,40 @@
 //! The module has a pure part (URL parsing, key naming, the JSON shapes of requests and
 //! answers and their interpretation), tested without etcd, and the I/O part
 //! ([`EtcdLeases`], [`SessionLease`]), tested against a real etcd process.
+//!
+//! # Example
+//!
+//! A server connects once at start, then takes the client's id for each session and runs
+//! the session only while the lease holds:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use filesync_core::lease::{Acquired, EtcdLeases, LeaseError};
+//!
+//! # async fn run_session() -> Result<(), LeaseError> { Ok(()) }
+//! # async fn serve() -> Result<(), LeaseError> {
+//! let holder = format!("{}:{}", "host-a", std::process::id());
+//! let leases = EtcdLeases::connect("etcd://etcd-1:2379,etcd-2:2379", Duration::from_secs(10), holder)
+//!     .await?; // etcd unreachable: refuse to start
+//! // For each session, once the client id is known (an Err: refuse the session):
+//! match leases.acquire("lab-7").await? {
+//!     Acquired::Taken { holder } => {
+//!         // Refuse: another session of lab-7 runs, on `holder`; the client retries later.
+//!     }
+//!     Acquired::Held(lease) => {
+//!         let lost = lease.lost();
+//!         tokio::select! {
+//!             result = run_session() => {
+//!                 lease.release().await?; // or just drop it
+//!                 result?;
+//!             }
+//!             // Stop at once: another server may take the client after the TTL.
+//!             lost = lost => return Err(lost.into()),
+//!         }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::future::Future;
