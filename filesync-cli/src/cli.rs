@@ -184,7 +184,7 @@ pub(crate) struct ServeArgs {
     pub(crate) auth_file: Option<PathBuf>,
 
     /// Keep the archive in an S3-compatible object store instead of under --root:
-    /// s3://BUCKET[/PREFIX], one object per file under PREFIX/client_<id>/. Credentials,
+    /// s3://BUCKET[/PREFIX], one object per file under PREFIX/client_ID/. Credentials,
     /// endpoint and region come from the standard AWS_* environment variables
     /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION,
     /// AWS_ALLOW_HTTP). Any number of servers may serve one store; see --lease.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use color_eyre::eyre::{Result, WrapErr};
 use filesync_core::archive::Archive;
 use filesync_core::auth::AuthFile;
+use filesync_core::lease::EtcdLeases;
 use filesync_core::messages::Encoding;
 use filesync_core::net::tls::ServerTls;
 use filesync_core::net::{self, server::ServeConfig};
@@ -26,6 +27,11 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
         }
     }
 }
+
+/// How long a session's lease outlives a server that stops renewing it (killed, or cut
+/// off from etcd): the wait before another server may serve that client. Renewed every
+/// third of it.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (store, tls, created): (Arc<dyn Archive>, _, _) = match &args.store {
@@ -115,6 +121,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_unidentified_per_ip = args.max_unidentified_per_ip,
         "serving"
     );
+    let leases = match &args.lease {
+        Some(url) => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "?".into());
+            let holder = format!("{hostname} ({local}, pid {})", std::process::id());
+            let leases = EtcdLeases::connect(url, LEASE_TTL, holder)
+                .await
+                .wrap_err_with(|| format!("connecting to the lease service {url}"))?;
+            tracing::info!(lease = %url, ttl = ?leases.ttl(),
+                "one session per client id across every server of the store (etcd leases)");
+            Some(leases)
+        }
+        None if args.store.is_some() => {
+            tracing::warn!(
+                "no --lease: servers sharing this store do not coordinate, so two of them may \
+                 run sessions of one client at once. Objects are still never torn, replaced \
+                 ones are kept as versions, and an object written after a session planned its \
+                 deletions is not deleted; but each session writes the client's index as it \
+                 saw it (the next session's listing corrects it). Give --lease etcd://HOST:PORT \
+                 to run one session per client at a time across servers"
+            );
+            None
+        }
+        None => None,
+    };
     let cfg = ServeConfig {
         interval: args.interval,
         max_sessions: args.max_sessions as usize,
@@ -129,6 +161,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_unidentified_per_ip: args.max_unidentified_per_ip as usize,
         tls: Some(tls),
         auth,
+        leases,
     };
     net::server::serve(listener, store, cfg, shutdown)
         .await

@@ -86,6 +86,8 @@ pub(super) async fn session(
     let Some(_lease) = ctx.lease(&id) else {
         return Err(super::server::in_progress(&id));
     };
+    let cancel = &cancel.child_token();
+    let _shared = ctx.shared_lease(&id, cancel).await?;
     tracing::info!(client = %id, %peer, dialect = "seed", files = info.files.len(), "session started");
 
     let store = Arc::clone(&ctx.store);

@@ -32,6 +32,7 @@ use crate::messages::{
 use crate::paths::{ClientId, RelPath};
 
 use crate::archive::{Archive, HeldIndex};
+use crate::lease::{Acquired, EtcdLeases, SessionLease};
 use crate::planner::{DeleteBudget, DeleteCaps};
 use crate::schedule::Scheduler;
 use crate::session::server::{
@@ -70,6 +71,9 @@ pub struct ServeConfig {
     /// original FileSync clients included; with a file, every session must open TLS and
     /// prove its id's secret before it is queued (spec §16).
     pub auth: Option<Arc<AuthFile>>,
+    /// Leases on client ids shared by every server of one archive (`serve --lease`):
+    /// `None` holds ids in this process only.
+    pub leases: Option<EtcdLeases>,
 }
 
 /// How often a queued client hears its position, so it knows the server is alive.
@@ -149,6 +153,50 @@ impl Ctx {
             ctx: self,
             id: id.clone(),
         })
+    }
+
+    /// Takes the lease on `id` shared by the servers of the archive, if they share one
+    /// (`Ok(None)` if not); a session must not start without it. `cancel` is cancelled
+    /// if the lease is lost mid-session, so that the session stops before another server
+    /// may start one.
+    pub(super) async fn shared_lease(
+        &self,
+        id: &ClientId,
+        cancel: &CancellationToken,
+    ) -> Result<Option<SessionLease>, Error> {
+        let Some(leases) = &self.cfg.leases else {
+            return Ok(None);
+        };
+        match leases.acquire(id.as_str()).await {
+            Ok(Acquired::Held(lease)) => {
+                let lost = lease.lost();
+                let cancel = cancel.clone();
+                let client = id.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        l = lost => {
+                            tracing::error!(%client, lost = %l, "the session's lease was lost: stopping it");
+                            cancel.cancel();
+                        }
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+                Ok(Some(lease))
+            }
+            Ok(Acquired::Taken { holder }) => Err(Error::Refused {
+                code: ErrorCode::IN_PROGRESS,
+                message: format!(
+                    "a session for client {id} is already running on {holder}; try again later"
+                ),
+            }),
+            Err(e) => {
+                tracing::error!(client = %id, error = %e, "cannot take the session's lease");
+                Err(Error::Refused {
+                    code: ErrorCode::INTERNAL,
+                    message: "the server cannot reach its lease service; try again later".into(),
+                })
+            }
+        }
     }
 }
 
@@ -401,6 +449,12 @@ async fn session(
     let id = srv.client_id().clone();
     let Some(_lease) = ctx.lease(&id) else {
         return Err(fail(&mut framed, in_progress(&id), idle).await);
+    };
+    // Stopped by shutdown, or by the loss of the shared lease.
+    let cancel = &cancel.child_token();
+    let _shared = match ctx.shared_lease(&id, cancel).await {
+        Ok(l) => l,
+        Err(e) => return Err(fail(&mut framed, e, idle).await),
     };
     // The index is read lazily, batch by batch, as the planner merges it with the
     // manifest; the tail goes to a spool on disk. Neither is ever held whole in memory.

@@ -246,7 +246,7 @@ impl<'a> ObjectWriter<'a> {
     /// session's versions, then deleted, unless (when `check` is given) its ETag is no
     /// longer the one the plan saw, which means another session wrote it meanwhile: then
     /// it is kept and counted in `check`. Returns the entries removed.
-    fn remove_now(&mut self, rel: &RelPath, mut check: Option<&mut u64>) -> Result<u64, String> {
+    fn remove_now(&mut self, rel: &RelPath, check: Option<&mut u64>) -> Result<u64, String> {
         let entries = self.subtree(rel).map_err(|e| e.to_string())?;
         let store = Arc::clone(&self.ar.store);
         let verify = check.is_some();
@@ -326,7 +326,7 @@ impl<'a> ObjectWriter<'a> {
             }
         }
         self.dirty = true;
-        if let Some(c) = check.as_deref_mut() {
+        if let Some(c) = check {
             *c += kept.len() as u64;
         }
         if errors.is_empty() {
@@ -653,7 +653,7 @@ impl Writer for ObjectWriter<'_> {
 
     fn skip(&mut self, len: u64) {
         // Objects have no holes: a hole is stored as the zeros it reads as.
-        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let mut left = len;
         while left > 0
             && matches!(
