@@ -304,6 +304,7 @@ pub fn strip_ansi(s: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct ServeCmd {
     root: PathBuf,
+    store: Option<String>,
     bind: String,
     group: Option<String>,
     max_sessions: u32,
@@ -322,6 +323,7 @@ impl ServeCmd {
     pub fn new(root: &Path) -> ServeCmd {
         ServeCmd {
             root: root.to_path_buf(),
+            store: None,
             bind: "127.0.0.1".into(),
             group: None,
             max_sessions: 1,
@@ -334,6 +336,19 @@ impl ServeCmd {
             interval: "30".into(),
             idle_timeout: "60".into(),
         }
+    }
+
+    /// Keeps the archive in this object store (`--store s3://…`) instead of the root.
+    pub fn store(mut self, url: &str) -> ServeCmd {
+        self.store = Some(url.to_owned());
+        self
+    }
+
+    /// Adds these environment variables (the object store's `AWS_*`, say).
+    pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> ServeCmd {
+        self.envs
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
     }
 
     /// Listens on this port instead of a free one (0), so that a restarted server is
@@ -418,10 +433,12 @@ impl ServeCmd {
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg("serve")
-            .args(["--port", &self.port.to_string(), "--bind", &self.bind])
-            .arg("--root")
-            .arg(&self.root)
-            .args(["--interval", &self.interval])
+            .args(["--port", &self.port.to_string(), "--bind", &self.bind]);
+        match &self.store {
+            Some(url) => cmd.args(["--store", url]),
+            None => cmd.arg("--root").arg(&self.root),
+        };
+        cmd.args(["--interval", &self.interval])
             .args(["--idle-timeout", &self.idle_timeout])
             .args(["--max-sessions", &self.max_sessions.to_string()]);
         match &self.group {
