@@ -22,6 +22,8 @@
 
 pub mod layout;
 pub mod restore;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use object_store;

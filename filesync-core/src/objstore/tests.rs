@@ -1,0 +1,347 @@
+//! The object store's writer, index and versions against `object_store`'s in-memory
+//! store (the same trait the S3 client implements; the end-to-end tests run a real Garage
+//! cluster).
+
+use std::sync::{Arc, Mutex};
+
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::layout::{self, Location};
+use super::{load_tree, restore, ObjectArchive, Tree};
+use crate::archive::Archive;
+use crate::messages::{EntryKind, FileHeader, Outcome};
+use crate::paths::{ClientId, LinkTarget, RelPath};
+use crate::planner::{DeleteBudget, TailOp};
+use crate::store::Applied;
+use crate::time::MTime;
+
+fn rel(s: &str) -> RelPath {
+    RelPath::parse(s).unwrap()
+}
+
+fn t(s: i64) -> MTime {
+    MTime::new(s, 7).unwrap()
+}
+
+fn id() -> ClientId {
+    ClientId::parse("lab").unwrap()
+}
+
+async fn archive(store: &Arc<InMemory>) -> Arc<ObjectArchive> {
+    let loc = Location::parse("s3://b/pre").unwrap();
+    let store: Arc<dyn ObjectStore> = store.clone();
+    Arc::new(ObjectArchive::with_store(store, loc).await.unwrap())
+}
+
+/// A file to send: its path, content and mode.
+struct F(&'static str, Vec<u8>, u32);
+
+/// One session, as the server runs it: the index read, the files written, the tail
+/// applied. Returns the outcomes and what the tail did.
+async fn session(
+    ar: &Arc<ObjectArchive>,
+    files: Vec<F>,
+    tail: Vec<TailOp>,
+    budget: DeleteBudget,
+) -> (Vec<(RelPath, Outcome)>, Applied) {
+    let ar = Arc::clone(ar);
+    tokio::task::spawn_blocking(move || {
+        let mut index = ar.index(&id());
+        // The planner reads the index before any file comes.
+        let _held: Vec<_> = index.by_ref().collect();
+        assert!(index.take_error().is_none());
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let o = Arc::clone(&outcomes);
+        let mut w = ar
+            .writer(&id(), Box::new(move |v| o.lock().unwrap().extend(v)))
+            .unwrap();
+        for f in files {
+            let h = FileHeader {
+                path: rel(f.0),
+                size: f.1.len() as u64,
+                mtime: t(100),
+                mode: f.2,
+                delta: false,
+                offset: 0,
+            };
+            w.open(&h, Some(f.2));
+            for chunk in f.1.chunks(1 << 20) {
+                w.write(chunk);
+            }
+            let now = w.commit(None);
+            outcomes.lock().unwrap().extend(now);
+        }
+        let mut spool = ar.spool().unwrap();
+        for op in &tail {
+            spool.push(op);
+        }
+        let applied = w.finish(spool, &budget);
+        drop(w);
+        let out = outcomes.lock().unwrap().clone();
+        (out, applied)
+    })
+    .await
+    .unwrap()
+}
+
+async fn tree(store: &Arc<InMemory>) -> Tree {
+    let s: Arc<dyn ObjectStore> = store.clone();
+    load_tree(&s, &Location::parse("s3://b/pre").unwrap(), &id())
+        .await
+        .unwrap()
+        .tree
+}
+
+async fn body(store: &Arc<InMemory>, key: &str) -> Option<Vec<u8>> {
+    match store.get(&ObjectPath::parse(key).unwrap()).await {
+        Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+        Err(_) => None,
+    }
+}
+
+fn stored(out: &[(RelPath, Outcome)]) -> usize {
+    out.iter().filter(|(_, o)| *o == Outcome::Stored).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_the_tail_become_objects_and_an_index() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    let big = vec![5u8; (super::MULTIPART_MIN + 3) as usize];
+    let (out, applied) = session(
+        &ar,
+        vec![
+            F("a/x.txt", b"x".to_vec(), 0o640),
+            F("big", big.clone(), 0o644),
+            F("100%", b"p".to_vec(), 0o4755),
+        ],
+        vec![
+            TailOp::MakeDir(rel("empty")),
+            TailOp::DirAttrs(rel("empty"), t(5), Some(0o700)),
+            TailOp::Link(rel("a/l"), LinkTarget::from_bytes(b"../big").unwrap(), t(6)),
+            TailOp::Fifo(rel("a/p"), 0o600, t(7)),
+        ],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 3, "{out:?}");
+    assert!(applied.errors.is_empty(), "{applied:?}");
+    assert_eq!(body(&mem, "pre/client_lab/a/x.txt").await.unwrap(), b"x");
+    assert_eq!(body(&mem, "pre/client_lab/big").await.unwrap(), big);
+    assert_eq!(body(&mem, "pre/client_lab/a/l").await.unwrap(), b"../big");
+    assert_eq!(body(&mem, "pre/client_lab/100%25").await.unwrap(), b"p");
+
+    let held = tree(&mem).await;
+    let kind = |p: &str| held.get(&rel(p)).map(|e| e.held.kind);
+    assert_eq!(kind("a"), Some(EntryKind::Dir));
+    assert_eq!(kind("a/l"), Some(EntryKind::Symlink));
+    assert_eq!(kind("a/p"), Some(EntryKind::Fifo));
+    assert_eq!(kind("empty"), Some(EntryKind::Dir));
+    let e = &held[&rel("empty")].held;
+    assert_eq!((e.mtime, e.mode), (t(5), 0o700));
+    // setuid dropped by default.
+    assert_eq!(held[&rel("100%")].held.mode, 0o755);
+    assert_eq!(held[&rel("a/x.txt")].held.mtime, t(100));
+    assert_eq!(
+        held[&rel("a/l")].held.target.as_ref().unwrap().as_bytes(),
+        b"../big"
+    );
+
+    // The index alone describes it: a lost index is rebuilt from metadata, the same.
+    mem.delete(&ObjectPath::from("pre/.filesync/index/client_lab"))
+        .await
+        .unwrap();
+    let rebuilt = tree(&mem).await;
+    for p in ["a/x.txt", "big", "a/l", "a/p", "100%"] {
+        assert_eq!(rebuilt[&rel(p)].held, held[&rel(p)].held, "{p}");
+    }
+    // Folders without objects live only in the index.
+    assert!(!rebuilt.contains_key(&rel("empty")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_and_deleted_objects_are_kept_and_restorable() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    let (out, _) = session(
+        &ar,
+        vec![
+            F("keep", b"v1".to_vec(), 0o644),
+            F("d/gone", b"g".to_vec(), 0o644),
+        ],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let between = MTime::from_system(std::time::SystemTime::now()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (out, applied) = session(
+        &ar,
+        vec![
+            F("keep", b"v2".to_vec(), 0o644),
+            F("new", b"n".to_vec(), 0o644),
+        ],
+        vec![TailOp::Delete(rel("d"))],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 2);
+    assert_eq!(applied.deleted, 2, "{applied:?}");
+    assert_eq!(body(&mem, "pre/client_lab/d/gone").await, None);
+
+    let s: Arc<dyn ObjectStore> = mem.clone();
+    let loc = Location::parse("s3://b/pre").unwrap();
+    let sessions = restore::sessions(&s, &loc, &id()).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions[0].record.whole_folder);
+    let r = &sessions[1].record;
+    assert_eq!(r.added, vec![rel("new")]);
+    let mut replaced: Vec<String> = r.replaced.iter().map(|e| e.path.to_string()).collect();
+    replaced.sort();
+    assert_eq!(replaced, ["d", "d/gone", "keep"]);
+
+    let dest = tempfile::tempdir().unwrap();
+    let to = dest.path().join("r");
+    let done = restore::restore(&s, &loc, &id(), &to, Some(between), &[])
+        .await
+        .unwrap();
+    assert_eq!(done.sessions_undone, 1);
+    assert_eq!(std::fs::read(to.join("keep")).unwrap(), b"v1");
+    assert_eq!(std::fs::read(to.join("d/gone")).unwrap(), b"g");
+    assert!(!to.join("new").exists());
+
+    // A record lost with its server: the tree/ objects still restore, from metadata.
+    mem.delete(&layout_record(&sessions[1].dir)).await.unwrap();
+    let again = restore::sessions(&s, &loc, &id()).await.unwrap();
+    let mut replaced: Vec<String> = again[1]
+        .record
+        .replaced
+        .iter()
+        .map(|e| e.path.to_string())
+        .collect();
+    replaced.sort();
+    assert_eq!(replaced, ["d/gone", "keep"]);
+}
+
+fn layout_record(dir: &ObjectPath) -> ObjectPath {
+    ObjectPath::from_iter(dir.parts().chain(std::iter::once("record".into())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_rewritten_after_planning_is_not_deleted() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    session(
+        &ar,
+        vec![F("a", b"1".to_vec(), 0o644), F("b", b"1".to_vec(), 0o644)],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    // Another session (another server, no lease) rewrites `a` after this one planned
+    // its deletion: the index still has the old ETag.
+    let ar2 = Arc::clone(&ar);
+    let mem2 = Arc::clone(&mem);
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut index = ar2.index(&id());
+        let _: Vec<_> = index.by_ref().collect();
+        let mut w = ar2.writer(&id(), Box::new(|_| {})).unwrap();
+        ar2.rt.block_on(async {
+            mem2.put(&ObjectPath::from("pre/client_lab/a"), b"2".to_vec().into())
+                .await
+                .unwrap();
+        });
+        let mut spool = ar2.spool().unwrap();
+        spool.push(&TailOp::Delete(rel("a")));
+        spool.push(&TailOp::Delete(rel("b")));
+        w.finish(spool, &DeleteBudget::All)
+    })
+    .await
+    .unwrap();
+    assert_eq!(applied.deleted, 1, "{applied:?}");
+    assert_eq!(applied.held_back, 1, "{applied:?}");
+    assert_eq!(body(&mem, "pre/client_lab/a").await.unwrap(), b"2");
+    assert_eq!(body(&mem, "pre/client_lab/b").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_stay_within_the_budget() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    session(
+        &ar,
+        vec![
+            F("x", b"1".to_vec(), 0o644),
+            F("d/1", b"1".to_vec(), 0o644),
+            F("d/2", b"1".to_vec(), 0o644),
+        ],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    let (_, applied) = session(
+        &ar,
+        vec![],
+        vec![TailOp::Delete(rel("d")), TailOp::Delete(rel("x"))],
+        DeleteBudget::UpTo(2, "test".into()),
+    )
+    .await;
+    // The folder (three entries) does not fit; the file does.
+    assert_eq!((applied.deleted, applied.held_back), (1, 3), "{applied:?}");
+    assert!(body(&mem, "pre/client_lab/d/1").await.is_some());
+    assert_eq!(body(&mem, "pre/client_lab/x").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaces_a_folder_and_a_folder_a_file() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    session(
+        &ar,
+        vec![
+            F("p/in", b"1".to_vec(), 0o644),
+            F("q", b"q".to_vec(), 0o644),
+        ],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    let (out, applied) = session(
+        &ar,
+        vec![
+            F("p", b"now a file".to_vec(), 0o644),
+            F("q/in", b"2".to_vec(), 0o644),
+        ],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 2, "{out:?} {applied:?}");
+    assert_eq!(body(&mem, "pre/client_lab/p/in").await, None);
+    assert_eq!(body(&mem, "pre/client_lab/p").await.unwrap(), b"now a file");
+    assert_eq!(body(&mem, "pre/client_lab/q").await, None);
+    assert_eq!(body(&mem, "pre/client_lab/q/in").await.unwrap(), b"2");
+    let held = tree(&mem).await;
+    assert_eq!(held[&rel("p")].held.kind, EntryKind::File);
+    assert_eq!(held[&rel("q")].held.kind, EntryKind::Dir);
+}
+
+#[test]
+fn keys_of_the_layout_are_where_the_spec_says() {
+    let loc = Location::parse("s3://b/pre").unwrap();
+    assert_eq!(loc.tls_key().as_ref(), "pre/.filesync/tls/server.key");
+    assert_eq!(
+        loc.versions(&id()).as_ref(),
+        "pre/.filesync/versions/client_lab"
+    );
+    assert_eq!(
+        layout::under(&loc.client(&id()), &rel("a b/c"))
+            .unwrap()
+            .as_ref(),
+        "pre/client_lab/a b/c"
+    );
+}
