@@ -14,7 +14,8 @@
 //! - [`connect_from`], [`hold_slot`] and [`read_until_closed`] play raw peers;
 //!   [`open_fds`] counts a process's descriptors.
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
-//!   leaves the test.
+//!   leaves the test; [`Netns::run`] runs a closure with its sockets inside one.
+//! - [`Lan`] joins several namespaces ([`LanHost`]s) on one bridged LAN with multicast.
 //! - [`Relay`] forwards TCP connections with a [`Fault`]: cut, or stalled with both
 //!   sockets held open; [`Relay::recording`] keeps what each connection carried; [`free_port`] gives a port a restarted server can listen on again.
 //!
@@ -22,6 +23,9 @@
 //! including when a test panics.
 
 pub mod fsimage;
+pub mod lan;
+
+pub use lan::{Lan, LanHost};
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -1237,6 +1241,13 @@ impl Netns {
         ip(&v)
     }
 
+    /// Runs `f` on a thread that has entered the namespace, so that the sockets it opens
+    /// live there (as those of a process started with [`exec`](Self::exec) would): a test
+    /// can connect to a server that only the namespace can reach.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        in_netns(Some(&self.name), f)
+    }
+
     /// Routes multicast (224.0.0.0/4) through `dev` inside the namespace.
     pub fn route_multicast(&self, dev: &str) -> Result<(), String> {
         self.exec(&["ip", "route", "add", "224.0.0.0/4", "dev", dev])
@@ -1275,6 +1286,32 @@ impl Netns {
     }
 }
 
+/// Runs `f` inside the network namespace `netns` (on a thread of its own, which `setns(2)`
+/// moves there; other threads are unaffected), or right here if `netns` is `None`.
+pub(crate) fn in_netns<T: Send>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, String> {
+    let Some(name) = netns else {
+        return Ok(f());
+    };
+    let path = Path::new("/run/netns").join(name);
+    let file = fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsFd;
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(|e| format!("entering network namespace {name}: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// Deletes namespaces left by test processes that were killed before their `Drop` ran
 /// (their names carry the pid of a process that no longer exists).
 fn sweep_stale_namespaces() {
@@ -1306,21 +1343,26 @@ pub fn netns_or_skip<T>(test: &str, f: impl FnOnce() -> Result<T, String>) -> Op
     match f() {
         Ok(t) => Some(t),
         Err(e) => {
-            if std::env::var("FILESYNC_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!(
-                    "{test}: cannot set up network namespaces ({e}) and FILESYNC_REQUIRE_NETNS=1"
-                );
-            }
-            // Straight to the stderr handle: the test harness captures `eprintln!` of
-            // passing tests, and a skip must be seen.
-            let msg = format!(
-                "\n!!!!!!!!\nSKIPPED: {test}: cannot set up network namespaces (needs root and \
-                 iproute2): {e}\n!!!!!!!!\n"
+            report_skip(
+                test,
+                &format!("cannot set up network namespaces (needs root and iproute2): {e}"),
+                "FILESYNC_REQUIRE_NETNS",
             );
-            let _ = std::io::stderr().write_all(msg.as_bytes());
             None
         }
     }
+}
+
+/// Reports that `test` is skipped because of `why`: a loud `SKIPPED` line, or a panic
+/// when the environment variable `require` is `1` (CI sets it where the test must run).
+pub fn report_skip(test: &str, why: &str, require: &str) {
+    if std::env::var(require).as_deref() == Ok("1") {
+        panic!("{test}: {why}, and {require}=1");
+    }
+    // Straight to the stderr handle: the test harness captures `eprintln!` of passing
+    // tests, and a skip must be seen.
+    let msg = format!("\n!!!!!!!!\nSKIPPED: {test}: {why}\n!!!!!!!!\n");
+    let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
 // ---------------------------------------------------------------------------------------
