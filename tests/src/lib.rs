@@ -16,15 +16,22 @@
 //! - [`Netns`] creates throwaway network namespaces, so that discovery's multicast never
 //!   leaves the test; [`Netns::run`] runs a closure with its sockets inside one.
 //! - [`Lan`] joins several namespaces ([`LanHost`]s) on one bridged LAN with multicast.
+//! - [`GarageCluster`] runs a real Garage cluster (S3-compatible object store) and [`Etcd`]
+//!   a real etcd, on loopback or on a [`LanHost`]; [`garage_or_skip`] and
+//!   [`etcd_or_skip`] gate the tests that need them.
 //! - [`Relay`] forwards TCP connections with a [`Fault`]: cut, or stalled with both
 //!   sockets held open; [`Relay::recording`] keeps what each connection carried; [`free_port`] gives a port a restarted server can listen on again.
 //!
 //! Every wait is bounded, and every child process is killed when its handle is dropped,
 //! including when a test panics.
 
+pub mod etcd;
 pub mod fsimage;
+pub mod garage;
 pub mod lan;
 
+pub use etcd::{etcd_or_skip, Etcd};
+pub use garage::{garage_or_skip, GarageCluster};
 pub use lan::{Lan, LanHost};
 
 use std::collections::BTreeMap;
@@ -1363,6 +1370,17 @@ pub fn report_skip(test: &str, why: &str, require: &str) {
     // tests, and a skip must be seen.
     let msg = format!("\n!!!!!!!!\nSKIPPED: {test}: {why}\n!!!!!!!!\n");
     let _ = std::io::stderr().write_all(msg.as_bytes());
+}
+
+/// The absolute path of `program`: the first executable file of that name on `PATH`, else
+/// in `fallbacks` (such as `~/.cargo/bin`, which a test's `PATH` may lack).
+pub(crate) fn find_program(program: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(fallbacks.iter().cloned())
+        .map(|d| d.join(program))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 // ---------------------------------------------------------------------------------------
