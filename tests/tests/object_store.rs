@@ -1,0 +1,412 @@
+//! The archive in an object store, end to end: `filesync serve --store s3://…` in front of a
+//! real three-node Garage cluster (replication factor 3), with the real client, `filesync
+//! restore --store` and `filesync versions --store`, and `rclone` reading the bucket as any
+//! S3 tool would.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use filesync_tests::garage::{garage_or_skip, GarageCluster};
+use filesync_tests::{
+    assert_trees_equal, filesync_bin, hold_slot, make_dir, remove, snapshot, ts, write_big_file,
+    write_file, ServeCmd, Server, SyncCmd,
+};
+
+/// A three-node cluster, or `None` (the test is skipped) if Garage is not installed.
+fn cluster(test: &str) -> Option<GarageCluster> {
+    garage_or_skip(test)?;
+    Some(GarageCluster::start(3).unwrap_or_else(|e| panic!("starting Garage: {e}")))
+}
+
+/// A server on the cluster's bucket under `prefix`.
+fn serve(g: &GarageCluster, prefix: &str, extra: &[&str]) -> Server {
+    let mut cmd = ServeCmd::new(Path::new("/nonexistent-root-unused"))
+        .store(&g.store_url(prefix))
+        .envs(g.env());
+    for a in extra {
+        cmd = cmd.arg(a);
+    }
+    cmd.start()
+}
+
+/// Runs `filesync ARGS` with the cluster's environment.
+fn filesync(g: &GarageCluster, args: &[&str]) -> Output {
+    Command::new(filesync_bin())
+        .args(args)
+        .envs(g.env())
+        .env_remove("FILESYNC_ROOT")
+        .env_remove("FILESYNC_ID")
+        .output()
+        .expect("running filesync")
+}
+
+/// Runs rclone against the cluster (its remote is in the environment); its stdout.
+fn rclone(g: &GarageCluster, args: &[&str]) -> String {
+    let out = Command::new("rclone")
+        .args(args)
+        .envs(g.env())
+        // rclone's S3 client refuses a custom CA bundle it cannot use for plain HTTP.
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .expect("running rclone");
+    assert!(
+        out.status.success(),
+        "rclone {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Puts an object with rclone, as another tool would.
+fn rclone_put(g: &GarageCluster, remote: &str, data: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("rclone")
+        .args(["rcat", remote])
+        .envs(g.env())
+        .env_remove("AWS_CA_BUNDLE")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("running rclone");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    assert!(child.wait().unwrap().success(), "rclone rcat {remote}");
+}
+
+/// The keys under `prefix` in the bucket, as rclone lists them.
+fn keys(g: &GarageCluster, prefix: &str) -> Vec<String> {
+    let mut k: Vec<String> = rclone(
+        g,
+        &[
+            "lsf",
+            "-R",
+            "--files-only",
+            &format!("{}/{prefix}", g.rclone_remote()),
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    k.sort();
+    k
+}
+
+/// Restores client `id` from `store` into a new folder, at `at` if given.
+fn restore(g: &GarageCluster, store: &str, id: &str, at: Option<&str>) -> tempfile::TempDir {
+    let dest = tempfile::tempdir().unwrap();
+    let to = dest.path().join("r");
+    let mut args = vec![
+        "restore",
+        "--store",
+        store,
+        "--id",
+        id,
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    if let Some(t) = at {
+        args.extend(["--at", t]);
+    }
+    let out = filesync(g, &args);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest
+}
+
+/// `cp -a`: a reference copy keeping modes, times, links and FIFOs.
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok);
+}
+
+/// Now, as RFC 3339 with nanoseconds, strictly between two syncs.
+fn now_rfc3339() -> String {
+    std::thread::sleep(Duration::from_millis(20));
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A tree with what fidelity asks for: names of any bytes, modes, nanosecond times, an
+/// empty folder, a symlink, a FIFO, and a file large enough for a multipart upload.
+fn varied_tree(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    write_file(dir, "plain.txt", b"hello", ts(1_700_000_000, 123_456_789));
+    write_file(
+        dir,
+        "données/été 100%.csv",
+        "a;b\n".as_bytes(),
+        ts(1_700_000_001, 1),
+    );
+    write_file(dir, "odd/[x] {y} #z ~w?.txt", b"odd", ts(1_700_000_002, 2));
+    let latin1 = std::ffi::OsStr::from_bytes(b"odd/latin1-\xe9t\xe9");
+    std::fs::write(dir.join(latin1), b"bytes").unwrap();
+    filetime::set_file_mtime(dir.join(latin1), ts(1_700_000_003, 3)).unwrap();
+    write_file(dir, "secret.key", b"k", ts(1_700_000_004, 4));
+    std::fs::set_permissions(
+        dir.join("secret.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    write_file(dir, "run.sh", b"#!/bin/sh\n", ts(1_700_000_005, 5));
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    make_dir(dir, "empty/inner");
+    std::os::unix::fs::symlink("../plain.txt", dir.join("odd/link")).unwrap();
+    filetime::set_symlink_file_times(
+        dir.join("odd/link"),
+        ts(1_700_000_006, 6),
+        ts(1_700_000_006, 6),
+    )
+    .unwrap();
+    let fifo = dir.join("odd/pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    filetime::set_symlink_file_times(&fifo, ts(1_700_000_007, 7), ts(1_700_000_007, 7)).unwrap();
+    write_big_file(&dir.join("big.bin"), 20, 7, ts(1_700_000_008, 8));
+    // Folder times last: filling a folder moves its time.
+    for d in ["données", "odd", "empty/inner", "empty"] {
+        filetime::set_file_mtime(dir.join(d), ts(1_600_000_000, 9)).unwrap();
+    }
+}
+
+#[test]
+fn sync_change_delete_and_restore_through_the_store() {
+    let Some(g) = cluster("sync_change_delete_and_restore_through_the_store") else {
+        return;
+    };
+    let store = g.store_url("lab");
+    let server = serve(&g, "lab", &[]);
+    let src = tempfile::tempdir().unwrap();
+    let c = src.path();
+    varied_tree(c);
+
+    let out = SyncCmd::new("scope", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 7, "{out}");
+
+    // One object per file (links and FIFOs too) under PREFIX/client_<id>/<path>, with
+    // the names people gave: any S3 tool reads the archive.
+    let listed = keys(&g, "lab/client_scope");
+    for k in [
+        "big.bin",
+        "données/été 100%25.csv",
+        "odd/link",
+        "odd/pipe",
+        "plain.txt",
+        "run.sh",
+        "secret.key",
+    ] {
+        assert!(listed.iter().any(|l| l == k), "{k} not in {listed:?}");
+    }
+    assert_eq!(
+        rclone(
+            &g,
+            &[
+                "cat",
+                &format!("{}/lab/client_scope/plain.txt", g.rclone_remote())
+            ]
+        ),
+        "hello"
+    );
+    // The large file went up as a multipart upload (its ETag says how many parts).
+    let etag = rclone(
+        &g,
+        &[
+            "lsjson",
+            "--hash",
+            &format!("{}/lab/client_scope/big.bin", g.rclone_remote()),
+        ],
+    );
+    assert!(etag.contains("big.bin"), "{etag}");
+
+    // The whole tree comes back exactly: content, modes, mtimes to the nanosecond, empty
+    // folders, the link's target, the FIFO, the bytes of every name.
+    let back = restore(&g, &store, "scope", None);
+    assert_trees_equal(c, &back.path().join("r"));
+
+    // A sync that changes nothing stores nothing.
+    let out = SyncCmd::new("scope", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 0, "{out}");
+
+    // Change, delete, add; the state before is kept.
+    let before = tempfile::tempdir().unwrap();
+    copy_tree(c, &before.path().join("t"));
+    let t1 = now_rfc3339();
+    write_file(c, "plain.txt", b"changed", ts(1_700_000_100, 0));
+    remove(c, "odd");
+    write_file(c, "new/file", b"new", ts(1_700_000_101, 0));
+    let out = SyncCmd::new("scope", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 2, "{out}");
+    assert!(out.count("deleted") >= 4, "{out}");
+    assert!(!keys(&g, "lab/client_scope")
+        .iter()
+        .any(|k| k.starts_with("odd/")));
+
+    assert_trees_equal(c, &restore(&g, &store, "scope", None).path().join("r"));
+    let then = restore(&g, &store, "scope", Some(&t1));
+    let then = then.path().join("r");
+    let reference = before.path().join("t");
+    // Folder times are not versioned (as on the local store): compare everything else.
+    let strip = |m: BTreeMap<PathBuf, filesync_tests::Node>| {
+        m.into_iter()
+            .filter(|(_, n)| !matches!(n, filesync_tests::Node::Dir { .. }))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(strip(snapshot(&then)), strip(snapshot(&reference)));
+
+    let v = filesync(&g, &["versions", "--store", &store, "--id", "scope"]);
+    let v = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(v.contains("plain.txt") && v.contains("odd/pipe"), "{v}");
+}
+
+#[test]
+fn changes_made_by_other_tools_are_noticed_and_the_guards_hold() {
+    let Some(g) = cluster("changes_made_by_other_tools_are_noticed_and_the_guards_hold") else {
+        return;
+    };
+    let server = serve(&g, "x", &["--max-delete-percent", "100"]);
+    let src = tempfile::tempdir().unwrap();
+    let c = src.path();
+    for i in 0..10 {
+        write_file(
+            c,
+            &format!("f{i}"),
+            format!("data {i}").as_bytes(),
+            ts(1_700_000_000, i),
+        );
+    }
+    SyncCmd::new("t", c)
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+
+    // Another tool deletes one object and adds one: the next sync puts back the first
+    // and deletes the second, although the index said otherwise.
+    let remote = format!("{}/x/client_t", g.rclone_remote());
+    rclone(&g, &["deletefile", &format!("{remote}/f3")]);
+    rclone_put(&g, &format!("{remote}/intruder"), b"put by another tool");
+    let out = SyncCmd::new("t", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 1, "{out}");
+    assert_eq!(out.count("deleted"), 1, "{out}");
+    let k = keys(&g, "x/client_t");
+    assert!(
+        k.contains(&"f3".to_owned()) && !k.contains(&"intruder".to_owned()),
+        "{k:?}"
+    );
+
+    // An empty source never empties the archive.
+    let empty = tempfile::tempdir().unwrap();
+    let out = SyncCmd::new("t", empty.path()).server(&server.addr()).run();
+    out.assert_code(7);
+    assert_eq!(keys(&g, "x/client_t").len(), 10);
+
+    // --max-delete holds.
+    for i in 0..4 {
+        std::fs::remove_file(c.join(format!("f{i}"))).unwrap();
+    }
+    let out = SyncCmd::new("t", c)
+        .server(&server.addr())
+        .arg("--max-delete")
+        .arg("1")
+        .run();
+    out.assert_code(8);
+    assert_eq!(out.count("deleted"), 1, "{out}");
+    assert_eq!(keys(&g, "x/client_t").len(), 9);
+}
+
+#[test]
+fn servers_of_one_store_share_a_key_and_a_lease() {
+    let Some(g) = cluster("servers_of_one_store_share_a_key_and_a_lease") else {
+        return;
+    };
+    let Some(mut etcd) = filesync_tests::etcd::etcd_or_skip("servers_share_a_lease")
+        .map(|_| filesync_tests::etcd::Etcd::start().expect("starting etcd"))
+    else {
+        return;
+    };
+    let lease = etcd.url();
+    let a = serve(&g, "shared", &["--lease", &lease]);
+    let b = serve(&g, "shared", &["--lease", &lease]);
+    // One key for all: a client pins one per id, whichever server answers.
+    let key = |s: &Server| {
+        let line = "filesync serve: server key ";
+        assert!(filesync_tests::poll_until(Duration::from_secs(10), || s
+            .stdout()
+            .contains(line)));
+        s.stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map(|k| k.trim_end_matches(" (new)").to_owned())
+    };
+    assert!(key(&a).is_some());
+    assert_eq!(key(&a), key(&b));
+
+    // While a session of `lab` runs on A, B refuses one.
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "f", b"f", ts(1_700_000_000, 0));
+    let held = hold_slot(&a.addr(), "lab");
+    assert!(a.wait_for_log("session started", Duration::from_secs(10)));
+    let out = SyncCmd::new("lab", src.path()).server(&b.addr()).run();
+    out.assert_code(4);
+    assert!(out.stderr.contains("already running on"), "{out}");
+    drop(held);
+    // Once A's session ends, B serves it.
+    assert!(filesync_tests::poll_until(Duration::from_secs(20), || {
+        SyncCmd::new("lab", src.path()).server(&b.addr()).run().code == 0
+    }));
+
+    // Without etcd, no session starts (no unguarded session), and the servers keep
+    // serving once it is back.
+    etcd.kill();
+    let out = SyncCmd::new("lab", src.path()).server(&a.addr()).run();
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("lease service"), "{out}");
+    etcd.restart().unwrap();
+    assert!(filesync_tests::poll_until(Duration::from_secs(20), || {
+        SyncCmd::new("lab", src.path()).server(&a.addr()).run().code == 0
+    }));
+}
+
+#[test]
+fn a_stopped_storage_node_does_not_stop_syncs_or_restores() {
+    let Some(mut g) = cluster("a_stopped_storage_node_does_not_stop_syncs_or_restores") else {
+        return;
+    };
+    let store = g.store_url("ha");
+    let server = serve(&g, "ha", &[]);
+    let src = tempfile::tempdir().unwrap();
+    let c = src.path();
+    write_file(c, "before", b"1", ts(1_700_000_000, 0));
+    SyncCmd::new("ha", c)
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    // The server talks to node 0; stopping another leaves a quorum of two of three.
+    g.stop_node(2).unwrap();
+    write_file(c, "during", &vec![7u8; 3 << 20], ts(1_700_000_001, 0));
+    write_file(c, "before", b"2", ts(1_700_000_002, 0));
+    let out = SyncCmd::new("ha", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 2, "{out}");
+    assert_trees_equal(c, &restore(&g, &store, "ha", None).path().join("r"));
+    g.start_node(2).unwrap();
+}
