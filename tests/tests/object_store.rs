@@ -387,6 +387,50 @@ fn servers_of_one_store_share_a_key_and_a_lease() {
 }
 
 #[test]
+fn authentication_holds_and_a_pin_fits_every_server_of_the_store() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(g) = cluster("authentication_holds_and_a_pin_fits_every_server_of_the_store") else {
+        return;
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "5".repeat(64);
+    let auth = secrets.path().join("auth");
+    std::fs::write(&auth, format!("cam {secret}\n")).unwrap();
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    for f in [&auth, &secret_file] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let known = secrets.path().join("known_servers");
+    let auth_arg = auth.to_str().unwrap();
+    let a = serve(&g, "sec", &["--auth-file", auth_arg]);
+    let b = serve(&g, "sec", &["--auth-file", auth_arg]);
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "f", b"secret data", ts(1_700_000_000, 0));
+    let sync = |s: &Server, secret: &Path| {
+        SyncCmd::new("cam", src.path())
+            .server(&s.addr())
+            .arg("--secret-file")
+            .arg(secret)
+            .arg("--known-servers")
+            .arg(&known)
+            .run()
+    };
+    // First use pins the store's key on A; B, another process on another port, has
+    // the same key, so the pin holds there too.
+    sync(&a, &secret_file).assert_code(0);
+    write_file(src.path(), "g", b"more", ts(1_700_000_001, 0));
+    sync(&b, &secret_file).assert_code(0);
+    // A wrong secret gets nothing in.
+    let wrong = secrets.path().join("wrong");
+    std::fs::write(&wrong, "6".repeat(64)).unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_file(src.path(), "h", b"not stored", ts(1_700_000_002, 0));
+    sync(&b, &wrong).assert_code(9);
+    assert_eq!(keys(&g, "sec/client_cam"), ["f", "g"]);
+}
+
+#[test]
 fn a_stopped_storage_node_does_not_stop_syncs_or_restores() {
     let Some(mut g) = cluster("a_stopped_storage_node_does_not_stop_syncs_or_restores") else {
         return;
