@@ -51,6 +51,7 @@ consistency_mode = "consistent"
 rpc_bind_addr = "127.0.0.1:$((base + 10 * i + 1))"
 rpc_public_addr = "127.0.0.1:$((base + 10 * i + 1))"
 rpc_secret = "$secret"
+rpc_timeout_msec = 5000 # not 300 s: how long a read waits on an unreachable node
 
 [s3_api]
 api_bind_addr = "127.0.0.1:$((base + 10 * i))"

@@ -49,6 +49,12 @@ const KEY_NAME: &str = "filesync-test";
 pub const RCLONE_REMOTE: &str = "garage";
 /// How long the cluster may take to start, from the first `garage server` to the bucket.
 pub const GARAGE_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node waits for another's answer before it asks a third (Garage's
+/// `rpc_timeout_msec`, 300 s by default). A crashed node refuses connections, and is
+/// skipped at once; an unreachable one (a cable pulled, [`LanHost::unplug`]) is only
+/// skipped after this timeout, or after about a minute of failed pings, so that each
+/// quorum read that picked it stalls this long.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one `garage` command may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many lines of a node's log an error shows.
@@ -712,6 +718,7 @@ fn node_config(
     secret: &str,
 ) -> String {
     let dir = dir.display();
+    let rpc_timeout = RPC_TIMEOUT.as_millis();
     format!(
         r#"metadata_dir = "{dir}/meta"
 data_dir = "{dir}/data"
@@ -721,6 +728,7 @@ consistency_mode = "consistent"
 rpc_bind_addr = "{ip}:{rpc_port}"
 rpc_public_addr = "{ip}:{rpc_port}"
 rpc_secret = "{secret}"
+rpc_timeout_msec = {rpc_timeout}
 
 [s3_api]
 api_bind_addr = "{ip}:{s3_port}"
