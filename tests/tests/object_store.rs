@@ -11,7 +11,7 @@ use std::time::Duration;
 use filesync_tests::garage::{garage_or_skip, GarageCluster};
 use filesync_tests::{
     assert_trees_equal, filesync_bin, hold_slot, make_dir, remove, snapshot, ts, write_big_file,
-    write_file, ServeCmd, Server, SyncCmd,
+    write_file, Relay, ServeCmd, Server, SyncCmd,
 };
 
 /// A three-node cluster, or `None` (the test is skipped) if Garage is not installed.
@@ -428,6 +428,99 @@ fn authentication_holds_and_a_pin_fits_every_server_of_the_store() {
     write_file(src.path(), "h", b"not stored", ts(1_700_000_002, 0));
     sync(&b, &wrong).assert_code(9);
     assert_eq!(keys(&g, "sec/client_cam"), ["f", "g"]);
+}
+
+/// The S3 requests (`METHOD /path`) the relay carried so far, by connection, each in
+/// order (connections are kept alive and reused from one session to the next).
+fn requests(relay: &Relay) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for c in relay.captures() {
+        let mut out = Vec::new();
+        let text = String::from_utf8_lossy(&c.up).into_owned();
+        // A request line may follow a body with no line break between.
+        for line in text.split("\r\n").filter(|l| l.ends_with(" HTTP/1.1")) {
+            let at = ["GET /", "PUT /", "HEAD /", "POST /", "DELETE /"]
+                .iter()
+                .filter_map(|m| line.find(m))
+                .min();
+            if let Some(at) = at {
+                out.push(line[at..].trim_end_matches(" HTTP/1.1").to_owned());
+            }
+        }
+        all.push(out);
+    }
+    all
+}
+
+/// The requests in `after` that `before` did not have yet.
+fn since(before: &[Vec<String>], after: Vec<Vec<String>>) -> Vec<String> {
+    after
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, mut c)| c.split_off(before.get(i).map_or(0, Vec::len)))
+        .collect()
+}
+
+#[test]
+fn a_sync_that_changes_nothing_costs_a_few_requests_not_one_per_file() {
+    let Some(g) = cluster("a_sync_that_changes_nothing_costs_a_few_requests_not_one_per_file")
+    else {
+        return;
+    };
+    // The server reaches Garage through a relay that records every request.
+    let relay = Relay::recording(g.endpoint().trim_start_matches("http://"));
+    let env = g.env().into_iter().map(|(k, v)| match k.as_str() {
+        "AWS_ENDPOINT" | "AWS_ENDPOINT_URL" => (k, format!("http://{}", relay.addr())),
+        _ => (k, v),
+    });
+    let server = ServeCmd::new(Path::new("/nonexistent-root-unused"))
+        .store(&g.store_url("idx"))
+        .envs(env)
+        .start();
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..300 {
+        write_file(
+            src.path(),
+            &format!("d{}/f{i}", i % 7),
+            b"x",
+            ts(1_700_000_000, i),
+        );
+    }
+    SyncCmd::new("n", src.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    let before = requests(&relay);
+    let puts = before
+        .iter()
+        .flatten()
+        .filter(|r| r.starts_with("PUT "))
+        .count();
+    assert!(puts >= 300, "one put per file at first: {puts}");
+
+    let out = SyncCmd::new("n", src.path()).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 0, "{out}");
+    let during = since(&before, requests(&relay));
+    // The index and one listing page (1,000 keys a page): no HEAD, no GET per file,
+    // and nothing written when nothing changed.
+    assert!(during.len() <= 3, "{during:#?}");
+    assert!(during.iter().all(|r| r.starts_with("GET ")), "{during:#?}");
+
+    // A change by another tool costs a request for that object only.
+    rclone_put(
+        &g,
+        &format!("{}/idx/client_n/d0/f0", g.rclone_remote()),
+        b"changed elsewhere",
+    );
+    let before = requests(&relay);
+    let out = SyncCmd::new("n", src.path()).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 1, "put back: {out}");
+    let during = since(&before, requests(&relay));
+    let heads = during.iter().filter(|r| r.starts_with("HEAD ")).count();
+    assert_eq!(heads, 1, "{during:#?}");
+    assert!(during.len() <= 8, "{during:#?}");
 }
 
 #[test]

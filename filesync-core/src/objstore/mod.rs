@@ -77,7 +77,13 @@ pub struct ObjectArchive {
     /// The tree of each client with a session running, loaded by the session's index and
     /// changed by its writer (one session per id at a time on a server).
     trees: Mutex<HashMap<ClientId, Arc<Mutex<Option<Loaded>>>>>,
+    /// When versions were last purged: listing every client's versions costs requests
+    /// that grow with the clients, so it is done at most every [`PURGE_EVERY`].
+    purged: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often versions past their retention are looked for (the retention is in days).
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A failed request, as an `io::Error` naming what was being done.
 pub(crate) fn req_err(
@@ -123,6 +129,7 @@ impl ObjectArchive {
             mode_mask: stored_mode_bits(false),
             keep_versions: Some(crate::store::DEFAULT_KEEP_VERSIONS),
             trees: Mutex::new(HashMap::new()),
+            purged: Mutex::new(None),
         })
     }
 
@@ -433,6 +440,13 @@ impl Archive for ObjectArchive {
         let Some(keep) = self.keep_versions else {
             return Ok(0);
         };
+        {
+            let mut last = self.purged.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < PURGE_EVERY) {
+                return Ok(0);
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
         let cutoff = MTime::new(
             now.secs
