@@ -56,15 +56,10 @@ pub(crate) struct VersionsArgs {
     #[arg(long, env = "FILESYNC_ID")]
     pub(crate) id: String,
 
-    /// Read the archive from an S3-compatible object store instead of --root:
-    /// s3://BUCKET[/PREFIX], with credentials, endpoint and region from the AWS_*
-    /// environment variables.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "root",
-        env = "FILESYNC_STORE"
-    )]
+    /// Read the archive from an S3-compatible object store instead of --root (which is
+    /// then not used): s3://BUCKET[/PREFIX], with credentials, endpoint and region from
+    /// the AWS_* environment variables.
+    #[arg(long, value_name = "URL", env = "FILESYNC_STORE")]
     pub(crate) store: Option<String>,
 
     /// Only versions of these paths (relative to the client's folder) and what is under
@@ -82,15 +77,10 @@ pub(crate) struct RestoreArgs {
     #[arg(long, env = "FILESYNC_ID")]
     pub(crate) id: String,
 
-    /// Read the archive from an S3-compatible object store instead of --root:
-    /// s3://BUCKET[/PREFIX], with credentials, endpoint and region from the AWS_*
-    /// environment variables.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "root",
-        env = "FILESYNC_STORE"
-    )]
+    /// Read the archive from an S3-compatible object store instead of --root (which is
+    /// then not used): s3://BUCKET[/PREFIX], with credentials, endpoint and region from
+    /// the AWS_* environment variables.
+    #[arg(long, value_name = "URL", env = "FILESYNC_STORE")]
     pub(crate) store: Option<String>,
 
     /// Where to write it: a new or empty folder outside the server root.
@@ -172,7 +162,8 @@ pub(crate) struct ServeArgs {
     pub(crate) max_delete_percent: u32,
 
     /// Keep files that syncs replace or delete for this long, under
-    /// ROOT/.filesync/versions (`filesync versions`, `filesync restore`); 0 keeps none.
+    /// ROOT/.filesync/versions, or PREFIX/.filesync/versions with --store (`filesync
+    /// versions`, `filesync restore`); 0 keeps none.
     #[arg(long, default_value = "30d", value_parser = parse_duration, env = "FILESYNC_KEEP_VERSIONS")]
     pub(crate) keep_versions: Duration,
     /// Let in only the clients listed in FILE, one `<client-id> <secret>` per line (`#`
@@ -183,17 +174,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "FILESYNC_AUTH_FILE")]
     pub(crate) auth_file: Option<PathBuf>,
 
-    /// Keep the archive in an S3-compatible object store instead of under --root:
-    /// s3://BUCKET[/PREFIX], one object per file under PREFIX/client_ID/. Credentials,
+    /// Keep the archive in an S3-compatible object store instead of under --root (which
+    /// is then not used): s3://BUCKET[/PREFIX], one object per file under
+    /// PREFIX/client_ID/. Credentials,
     /// endpoint and region come from the standard AWS_* environment variables
     /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION,
     /// AWS_ALLOW_HTTP). Any number of servers may serve one store; see --lease.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "root",
-        env = "FILESYNC_STORE"
-    )]
+    #[arg(long, value_name = "URL", env = "FILESYNC_STORE")]
     pub(crate) store: Option<String>,
 
     /// With --store: take a lease on each client id in etcd

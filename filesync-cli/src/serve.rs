@@ -138,10 +138,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::warn!(
                 "no --lease: servers sharing this store do not coordinate, so two of them may \
                  run sessions of one client at once. Objects are still never torn, replaced \
-                 ones are kept as versions, and an object written after a session planned its \
-                 deletions is not deleted; but each session writes the client's index as it \
-                 saw it (the next session's listing corrects it). Give --lease etcd://HOST:PORT \
-                 to run one session per client at a time across servers"
+                 ones are kept as versions, and an object rewritten after a session planned \
+                 its deletions is kept (checked just before, not atomically); but each \
+                 session writes the client's index as it saw it, so folder attributes and \
+                 mode changes of the other may be lost (objects are found again by the next \
+                 listing). Give --lease etcd://HOST:PORT to run one session per client at a \
+                 time across servers"
             );
             None
         }

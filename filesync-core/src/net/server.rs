@@ -32,7 +32,7 @@ use crate::messages::{
 use crate::paths::{ClientId, RelPath};
 
 use crate::archive::{Archive, HeldIndex};
-use crate::lease::{Acquired, EtcdLeases, SessionLease};
+use crate::lease::{Acquired, EtcdLeases, LostReason, SessionLease};
 use crate::planner::{DeleteBudget, DeleteCaps};
 use crate::schedule::Scheduler;
 use crate::session::server::{
@@ -175,8 +175,11 @@ impl Ctx {
                 tokio::spawn(async move {
                     tokio::select! {
                         l = lost => {
-                            tracing::error!(%client, lost = %l, "the session's lease was lost: stopping it");
-                            cancel.cancel();
+                            // Released: the session ended and let it go.
+                            if !matches!(l.reason, LostReason::Released) {
+                                tracing::error!(%client, lost = %l, "the session's lease was lost: stopping it");
+                                cancel.cancel();
+                            }
                         }
                         _ = cancel.cancelled() => {}
                     }
@@ -1275,6 +1278,11 @@ async fn receive(
         )
     })?;
     let ops = batch.into_sender();
+    // Deletions come next: never once the session's lease is gone (another server may
+    // be serving the client by now).
+    if cancel.is_cancelled() {
+        return Err(shutting_down(framed).await);
+    }
     if let Some(why) = srv.delete_budget().reason() {
         tracing::warn!(client = %srv.client_id(), "deletions may be held back: {why}");
     }

@@ -131,6 +131,18 @@ pub fn under(base: &ObjectPath, rel: &RelPath) -> Result<ObjectPath, String> {
     ObjectPath::parse(&key).map_err(|e| format!("no object key for it: {e}"))
 }
 
+/// Where a session keeps the version of `rel`: `<session>/tree/<path>`, or, for a path
+/// whose key would pass S3's limit there (the version key is longer than the live one),
+/// `<session>/long/<hex of its BLAKE3 hash>`. Never fails, so that no file is ever kept
+/// from being replaced or deleted by its version's name.
+pub fn version_key(session: &ObjectPath, rel: &RelPath) -> ObjectPath {
+    let tree = ObjectPath::from_iter(session.parts().chain(std::iter::once("tree".into())));
+    under(&tree, rel).unwrap_or_else(|_| {
+        let hash = hex::encode(blake3::hash(rel.as_bytes()).as_bytes());
+        ObjectPath::from_iter(session.parts().chain(["long".into(), hash.as_str().into()]))
+    })
+}
+
 /// The path a key under `base` stands for; `None` for a key outside `base` or one that
 /// no path maps to (an object another tool put there under a name filesync would write
 /// differently).
@@ -360,10 +372,25 @@ mod tests {
     }
 
     #[test]
-    fn too_long_keys_are_refused() {
+    fn too_long_keys_are_refused_but_their_versions_have_a_key() {
         let base = ObjectPath::parse("client_a").unwrap();
         let long = rel("d/".repeat(600).trim_end_matches('/').as_bytes());
         assert!(under(&base, &long).unwrap_err().contains("1024"));
+        // A path whose live key fits but whose version key would not.
+        let near = rel(vec!["n".repeat(200); 5].join("/").as_bytes());
+        assert!(under(&base, &near).is_ok());
+        let session =
+            ObjectPath::parse("pre/.filesync/versions/client_a/2026-11-30T07:00:00.000000000Z")
+                .unwrap();
+        let v = version_key(&session, &near);
+        assert!(
+            v.as_ref().contains("/long/") && v.as_ref().len() <= MAX_KEY_LEN,
+            "{v}"
+        );
+        assert_eq!(
+            version_key(&session, &rel(b"a/b")).as_ref(),
+            format!("{session}/tree/a/b")
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   `.filesync/versions/` (Garage has no S3 object versioning, so this does not lean on
 //!   it), and a record of the session says what it added.
 //! - A deletion removes an object only if its `ETag` is still the one the plan saw: an
-//!   object another session wrote in the meantime is kept.
+//!   object another session wrote in the meantime is kept. The check is a request of its
+//!   own before the copy and the delete: with `--lease` no other session of the client
+//!   runs; without, it narrows the window, and the copy keeps what falls in it.
 //!
 //! The client's index (`.filesync/index/client_<id>`) makes a session that changes nothing
 //! cost one `GET` and one `LIST` per thousand objects, not one request per file: each
@@ -172,7 +174,7 @@ impl ObjectArchive {
         }
         let pem = crate::net::tls::ServerTls::generate_key_pem().map_err(io::Error::other)?;
         self.store
-            .put(&key, pem.into_bytes().into())
+            .put(&key, pem.clone().into_bytes().into())
             .await
             .map_err(req_err("storing the new TLS key"))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -185,7 +187,10 @@ impl ObjectArchive {
             .await
             .map_err(req_err("reading the TLS key back"))?;
         String::from_utf8(b.to_vec())
-            .map(|s| (s, true))
+            .map(|s| {
+                let ours = s == pem;
+                (s, ours)
+            })
             .map_err(|_| io::Error::other("the stored TLS key is not PEM"))
     }
 
@@ -256,17 +261,23 @@ pub(crate) async fn load_tree(
         .map(|(rel, meta)| {
             let store = Arc::clone(store);
             async move {
-                let held = head_entry(&store, &meta).await?;
-                Ok::<_, io::Error>(Entry {
-                    path: rel,
-                    held,
-                    e_tag: meta.e_tag,
-                })
+                match head_entry(&store, &meta).await {
+                    Ok(held) => Ok(Some(Entry {
+                        path: rel,
+                        held,
+                        e_tag: meta.e_tag,
+                    })),
+                    // Gone since the listing, or a folder marker another tool made
+                    // (`dir/`, listed without its slash): nothing held there.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
         })
         .buffer_unordered(REQUESTS_IN_FLIGHT)
-        .try_collect::<Vec<_>>()
+        .try_collect::<Vec<Option<Entry>>>()
         .await?;
+    let heads: Vec<Entry> = heads.into_iter().flatten().collect();
     stale |= !heads.is_empty();
     for e in heads {
         tree.insert(e.path.clone(), e);

@@ -205,7 +205,7 @@ pub async fn list(
 pub(crate) enum Source {
     /// The live object (or a folder).
     Live,
-    /// A version, under this session's `tree/`.
+    /// A version kept by the session in this folder (see [`layout::version_key`]).
     Kept(ObjectPath),
 }
 
@@ -234,7 +234,7 @@ pub(crate) fn state_at(
             let source = if e.held.kind == EntryKind::Dir {
                 Source::Live
             } else {
-                Source::Kept(child(&s.dir, "tree"))
+                Source::Kept(s.dir.clone())
             };
             state.insert(e.path.clone(), (e.held.clone(), source));
         }
@@ -336,13 +336,25 @@ pub async fn restore(
             // Never held: a manifest's marker only.
             EntryKind::Keep => {}
             EntryKind::File => {
-                let base = match source {
-                    Source::Live => &client,
-                    Source::Kept(tree) => tree,
+                let key = match source {
+                    Source::Live => layout::under(&client, rel)
+                        .map_err(|e| io_err(&what)(io::Error::other(e)))?,
+                    Source::Kept(session) => layout::version_key(session, rel),
                 };
-                let key =
-                    layout::under(base, rel).map_err(|e| io_err(&what)(io::Error::other(e)))?;
-                let n = download(store, &key, &to).await.map_err(io_err(&what))?;
+                let n = match download(store, &key, &to).await {
+                    Ok(n) => n,
+                    // A version noted by a session whose copy found the object gone
+                    // already (another tool deleted it): nothing to put back.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            && matches!(source, Source::Kept(_)) =>
+                    {
+                        tracing::warn!(path = %rel, "a kept version is missing from the store; left out");
+                        let _ = fs::remove_file(&to);
+                        continue;
+                    }
+                    Err(e) => return Err(io_err(&what)(e)),
+                };
                 fs::set_permissions(&to, fs::Permissions::from_mode(held.mode))
                     .map_err(io_err(&what))?;
                 filetime::set_file_times(&to, t, t).map_err(io_err(&what))?;
@@ -455,7 +467,7 @@ mod tests {
         assert_eq!(before_2[&rel("a/x")].0.size, 10);
         assert_eq!(
             before_2[&rel("a/x")].1,
-            Source::Kept(ObjectPath::from("v/2/tree"))
+            Source::Kept(ObjectPath::from("v/2"))
         );
         assert_eq!(before_2[&rel("a")].1, Source::Live);
         // Before the first session: nothing.

@@ -57,6 +57,8 @@ enum Open {
 /// A put's result, settled on the writer's thread.
 struct Put {
     path: RelPath,
+    /// Its body's size, counted in [`ObjectWriter::bytes_in_flight`] while it runs.
+    bytes: u64,
     held: Held,
     replaced: Option<Entry>,
     result: Result<Option<String>, String>,
@@ -167,10 +169,8 @@ impl<'a> ObjectWriter<'a> {
     }
 
     /// Where the version of `rel` goes, if versions are kept.
-    fn version_key(&self, rel: &RelPath) -> Option<Result<ObjectPath, String>> {
-        let v = self.versions.as_ref()?;
-        let tree = ObjectPath::from_iter(v.parts().chain(std::iter::once("tree".into())));
-        Some(layout::under(&tree, rel))
+    fn version_key(&self, rel: &RelPath) -> Option<ObjectPath> {
+        Some(layout::version_key(self.versions.as_ref()?, rel))
     }
 
     /// Makes room for an entry at `rel`: its ancestors become folders (anything else
@@ -181,7 +181,7 @@ impl<'a> ObjectWriter<'a> {
         let current = self.tree().map_err(|e| e.to_string())?.get(rel).cloned();
         match current {
             Some(e) if e.held.kind == EntryKind::Dir => {
-                self.remove_now(rel, None)?;
+                self.remove_now(rel, false)?;
                 Ok(None)
             }
             other => Ok(other),
@@ -205,7 +205,7 @@ impl<'a> ObjectWriter<'a> {
         match current {
             Some(e) if e.held.kind == EntryKind::Dir => {}
             Some(_) => {
-                self.remove_now(rel, None)?;
+                self.remove_now(rel, false)?;
                 self.add_dir(rel);
             }
             None => self.add_dir(rel),
@@ -243,19 +243,21 @@ impl<'a> ObjectWriter<'a> {
     }
 
     /// Removes `rel` and everything under it now: each object is first copied under the
-    /// session's versions, then deleted, unless (when `check` is given) its ETag is no
-    /// longer the one the plan saw, which means another session wrote it meanwhile: then
-    /// it is kept and counted in `check`. Returns the entries removed.
-    fn remove_now(&mut self, rel: &RelPath, check: Option<&mut u64>) -> Result<u64, String> {
+    /// session's versions, then deleted, unless (with `verify`) its ETag is no longer the
+    /// one the plan saw, which means another session wrote it meanwhile: then it is kept.
+    /// (The check and the deletion are separate requests: this narrows the window for a
+    /// session without a lease, and the copy keeps what falls in it.) Returns the entries
+    /// removed.
+    fn remove_now(&mut self, rel: &RelPath, verify: bool) -> Result<u64, String> {
         let entries = self.subtree(rel).map_err(|e| e.to_string())?;
         let store = Arc::clone(&self.ar.store);
-        let verify = check.is_some();
         let jobs = entries
             .iter()
-            .filter(|e| e.e_tag.is_some())
+            // Folders have no object; everything else has one.
+            .filter(|e| e.held.kind != EntryKind::Dir)
             .map(|e| {
                 let key = self.key(&e.path);
-                let vkey = self.version_key(&e.path).transpose();
+                let vkey = self.version_key(&e.path);
                 (e.clone(), key, vkey)
             })
             .collect::<Vec<_>>();
@@ -268,14 +270,16 @@ impl<'a> ObjectWriter<'a> {
                             let key = key?;
                             if verify {
                                 match store.head(&key).await {
-                                    Ok(m) if m.e_tag != e.e_tag => return Ok(false),
+                                    Ok(m) if e.e_tag.is_some() && m.e_tag != e.e_tag => {
+                                        return Ok(false)
+                                    }
                                     Ok(_) => {}
                                     // Gone already: nothing to keep or delete.
                                     Err(object_store::Error::NotFound { .. }) => return Ok(true),
                                     Err(err) => return Err(format!("checking {key}: {err}")),
                                 }
                             }
-                            if let Some(vkey) = vkey? {
+                            if let Some(vkey) = vkey {
                                 match store.copy(&key, &vkey).await {
                                     Ok(()) => {}
                                     Err(object_store::Error::NotFound { .. }) => return Ok(true),
@@ -326,9 +330,6 @@ impl<'a> ObjectWriter<'a> {
             }
         }
         self.dirty = true;
-        if let Some(c) = check {
-            *c += kept.len() as u64;
-        }
         if errors.is_empty() {
             Ok(removed)
         } else {
@@ -346,7 +347,7 @@ impl<'a> ObjectWriter<'a> {
     ) -> Result<(), String> {
         let key = self.key(&rel)?;
         let vkey = match &replaced {
-            Some(e) if e.e_tag.is_some() => self.version_key(&rel).transpose()?,
+            Some(e) if e.held.kind != EntryKind::Dir => self.version_key(&rel),
             _ => None,
         };
         // Bounded memory: wait for earlier puts when too much is in flight.
@@ -383,6 +384,7 @@ impl<'a> ObjectWriter<'a> {
             .await;
             Put {
                 path: rel,
+                bytes: size,
                 held,
                 replaced,
                 result,
@@ -402,9 +404,7 @@ impl<'a> ObjectWriter<'a> {
         };
         match next {
             Some(Ok(put)) => {
-                if put.held.kind == EntryKind::File {
-                    self.bytes_in_flight = self.bytes_in_flight.saturating_sub(put.held.size);
-                }
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(put.bytes);
                 let outcome = self.settled(put);
                 if let Some(o) = outcome {
                     (self.report)(vec![o]);
@@ -519,12 +519,13 @@ impl ObjectWriter<'_> {
                     done.held_back += n;
                     return;
                 }
-                let mut kept = 0;
-                match self.remove_now(&p, Some(&mut kept)) {
+                // Objects another session rewrote since this one planned are kept and
+                // logged: not a cap holding deletions back, nor a failure of this
+                // session (the next sync deletes them if they are still gone).
+                match self.remove_now(&p, true) {
                     Ok(removed) => done.deleted += removed,
                     Err(e) => self.tail_errors.push(format!("deleting {p}: {e}")),
                 }
-                done.held_back += kept;
             }
             TailOp::MakeDir(d) => {
                 if let Err(e) = self.make_parents(&d).and_then(|()| self.make_dir(&d)) {
@@ -709,13 +710,13 @@ impl Writer for ObjectWriter<'_> {
                 upload,
             }) => {
                 let vkey = match &replaced {
-                    Some(e) if e.e_tag.is_some() => self.version_key(&path).transpose(),
-                    _ => Ok(None),
+                    Some(e) if e.held.kind != EntryKind::Dir => self.version_key(&path),
+                    _ => None,
                 };
                 let key = self.key(&path);
                 let store = Arc::clone(&self.ar.store);
                 let result = self.ar.rt.block_on(async move {
-                    if let (Some(vkey), Ok(key)) = (vkey?, key) {
+                    if let (Some(vkey), Ok(key)) = (vkey, key) {
                         match store.copy(&key, &vkey).await {
                             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                             Err(e) => {
@@ -732,6 +733,7 @@ impl Writer for ObjectWriter<'_> {
                 });
                 let put = Put {
                     path,
+                    bytes: 0,
                     held: file_held(EntryKind::File, size, attrs),
                     replaced,
                     result,
