@@ -85,6 +85,28 @@ pub fn filesync_bin() -> &'static Path {
                 "filesync",
             ])
             .args(["--profile", &profile]);
+        // `cargo test` runs this executable with the variables of the package under test
+        // set (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …), which the `cargo test` that built
+        // it did not have. Build scripts that watch them (ring's, by
+        // `rerun-if-env-changed`) would see a change: ring, rustls and everything above
+        // them would be rebuilt here, and again by the next `cargo test`, every run.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let set_by_cargo_test = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "OUT_DIR";
+            if set_by_cargo_test {
+                cmd.env_remove(&*k);
+            }
+        }
         // The target directory is the one this test executable was built into, wherever
         // CARGO_TARGET_DIR put it.
         if let Some(target) = profile_dir.parent() {
