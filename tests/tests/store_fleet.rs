@@ -439,8 +439,14 @@ fn three_servers_share_the_archive_and_answer_discovery() {
     // Each session took its id's lease and gave it back: none was lost.
     for s in &f.servers {
         let log = s.log();
-        assert!(log.contains("etcd leases"), "{log}");
-        assert!(!log.contains("lease was lost"), "{log}");
+        assert!(
+            log.contains("etcd leases"),
+            "not serving with --lease:\n{log}"
+        );
+        assert!(
+            !log.contains("lease was lost"),
+            "a session that ended logged its lease lost:\n{log}"
+        );
         assert!(!log.contains("session failed"), "{log}");
     }
 
@@ -529,7 +535,7 @@ fn a_server_killed_mid_upload_leaves_no_torn_object_and_its_client_moves_on() {
         synced,
         "the client was not served again within {RECOVERY:?} of the kill:\n{stderr}"
     );
-    eprintln!("{test}: served again {took:?} after the kill");
+    eprintln!("{test}: served again {took:?} after the kill; the client said:\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(
         client
             .stdout()
@@ -723,6 +729,12 @@ fn without_a_lease_concurrent_sessions_lose_nothing() {
         f.servers[a].log()
     );
     first.pause();
+    assert_eq!(
+        f.servers[a].log().matches("session done").count(),
+        1,
+        "the first session ended before it could be overlapped:\n{}",
+        f.servers[a].log()
+    );
     let out = f.direct("pair", two.path(), b).run();
     out.assert_code(0);
     assert_eq!(out.count("files_stored"), 8, "{out}");
