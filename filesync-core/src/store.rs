@@ -610,7 +610,8 @@ enum Job {
 pub struct Applied {
     /// Entries deleted (every entry of a deleted folder counts).
     pub deleted: u64,
-    /// Entries not deleted because the budget did not allow them.
+    /// Entries not deleted because the budget did not allow them, or (in an object
+    /// store) because another session wrote them after this one planned their deletion.
     pub held_back: u64,
     /// What could not be done (a deletion, a folder, a link, a mode), for the log; each
     /// counts as a failure of the session.

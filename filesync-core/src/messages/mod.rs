@@ -658,7 +658,9 @@ pub struct NextSync {
     /// Entries deleted this session.
     pub deleted: u64,
     /// Entries the plan would have deleted but a deletion cap held back (the client's
-    /// `max_delete`, the server's `--max-delete` or `--max-delete-percent`); 0 normally.
+    /// `max_delete`, the server's `--max-delete` or `--max-delete-percent`), or that
+    /// another session of the same client wrote after this one planned (servers sharing
+    /// an object store without `--lease`); 0 normally.
     pub held_back: u64,
     /// Why they were held back, for people; empty when nothing was.
     pub held_back_reason: String,

@@ -103,6 +103,12 @@ pub struct Received {
     deletions: Deletions,
 }
 
+/// Why deletions were held back when no cap was in force: the object store does not
+/// delete an object another session wrote after this one planned its deletion.
+const CHANGED_SINCE_PLANNED: &str = "another session wrote them after this one planned to \
+     delete them (servers sharing a store without --lease); the next sync deletes them if \
+     they are still gone from the folder";
+
 /// The plan's deletions and what the caps allow of them.
 #[derive(Debug, Clone)]
 struct Deletions {
@@ -811,7 +817,12 @@ impl Server<Received> {
             deleted: tally.deleted,
             held_back,
             held_back_reason: if held_back > 0 {
-                d.budget.reason().unwrap_or_default().to_owned()
+                // No cap: the store kept objects that changed since the plan (see
+                // `Applied::held_back`).
+                d.budget
+                    .reason()
+                    .unwrap_or(CHANGED_SINCE_PLANNED)
+                    .to_owned()
             } else {
                 String::new()
             },
