@@ -263,8 +263,8 @@ async fn an_object_rewritten_after_planning_is_not_deleted() {
     .await
     .unwrap();
     assert_eq!(applied.deleted, 1, "{applied:?}");
-    // Kept, but neither a cap nor a failure.
-    assert_eq!(applied.held_back, 0, "{applied:?}");
+    // Kept, held back (the client hears why), not a failure.
+    assert_eq!(applied.held_back, 1, "{applied:?}");
     assert!(applied.errors.is_empty(), "{applied:?}");
     assert_eq!(body(&mem, "pre/client_lab/a").await.unwrap(), b"2");
     assert_eq!(body(&mem, "pre/client_lab/b").await, None);

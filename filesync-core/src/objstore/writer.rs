@@ -247,8 +247,8 @@ impl<'a> ObjectWriter<'a> {
     /// one the plan saw, which means another session wrote it meanwhile: then it is kept.
     /// (The check and the deletion are separate requests: this narrows the window for a
     /// session without a lease, and the copy keeps what falls in it.) Returns the entries
-    /// removed.
-    fn remove_now(&mut self, rel: &RelPath, verify: bool) -> Result<u64, String> {
+    /// removed and the objects kept that way.
+    fn remove_now(&mut self, rel: &RelPath, verify: bool) -> Result<(u64, u64), String> {
         let entries = self.subtree(rel).map_err(|e| e.to_string())?;
         let store = Arc::clone(&self.ar.store);
         let jobs = entries
@@ -299,6 +299,7 @@ impl<'a> ObjectWriter<'a> {
                 .collect(),
         );
         let mut errors = Vec::new();
+        let mut changed = 0;
         let mut kept = std::collections::HashSet::new();
         for (p, r) in results {
             match r {
@@ -306,6 +307,7 @@ impl<'a> ObjectWriter<'a> {
                 Ok(false) => {
                     tracing::warn!(client = %self.id, path = %p,
                         "not deleted: another session wrote it after this one planned");
+                    changed += 1;
                     kept.insert(p);
                 }
                 Err(e) => {
@@ -331,7 +333,7 @@ impl<'a> ObjectWriter<'a> {
         }
         self.dirty = true;
         if errors.is_empty() {
-            Ok(removed)
+            Ok((removed, changed))
         } else {
             Err(errors.join("; "))
         }
@@ -519,11 +521,13 @@ impl ObjectWriter<'_> {
                     done.held_back += n;
                     return;
                 }
-                // Objects another session rewrote since this one planned are kept and
-                // logged: not a cap holding deletions back, nor a failure of this
-                // session (the next sync deletes them if they are still gone).
+                // Objects another session rewrote since this one planned are kept, and
+                // held back: the client hears that the archive still has them, and why.
                 match self.remove_now(&p, true) {
-                    Ok(removed) => done.deleted += removed,
+                    Ok((removed, changed)) => {
+                        done.deleted += removed;
+                        done.held_back += changed;
+                    }
                     Err(e) => self.tail_errors.push(format!("deleting {p}: {e}")),
                 }
             }
