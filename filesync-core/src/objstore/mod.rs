@@ -26,6 +26,7 @@ pub mod layout;
 pub mod restore;
 #[cfg(test)]
 mod tests;
+mod upload;
 mod writer;
 
 pub use object_store;
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
 
@@ -66,9 +68,10 @@ pub(crate) struct Loaded {
 }
 
 /// An archive in an S3-compatible object store.
-#[derive(Debug)]
 pub struct ObjectArchive {
     store: Arc<dyn ObjectStore>,
+    /// The same store, for multipart uploads part by part ([`upload`]).
+    parts: Arc<dyn MultipartStore>,
     loc: Location,
     rt: tokio::runtime::Handle,
     /// Local scratch space for the plans' spools (emptied when the archive is dropped).
@@ -86,6 +89,16 @@ pub struct ObjectArchive {
 
 /// How often versions past their retention are looked for (the retention is in days).
 pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+impl std::fmt::Debug for ObjectArchive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectArchive")
+            .field("store", &self.store)
+            .field("loc", &self.loc)
+            .field("keep_versions", &self.keep_versions)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A failed request, as an `io::Error` naming what was being done.
 pub(crate) fn req_err(
@@ -116,7 +129,12 @@ impl ObjectArchive {
     }
 
     /// Opens an archive at `loc` in `store`, and checks that it answers.
-    pub async fn with_store(store: Arc<dyn ObjectStore>, loc: Location) -> io::Result<Self> {
+    pub async fn with_store<S: ObjectStore + MultipartStore>(
+        s: Arc<S>,
+        loc: Location,
+    ) -> io::Result<Self> {
+        let parts: Arc<dyn MultipartStore> = s.clone();
+        let store: Arc<dyn ObjectStore> = s;
         let top = (!loc.prefix.is_empty()).then(|| ObjectPath::from(loc.prefix.as_str()));
         store
             .list_with_delimiter(top.as_ref())
@@ -124,6 +142,7 @@ impl ObjectArchive {
             .map_err(req_err(format!("listing {}", loc.url())))?;
         Ok(ObjectArchive {
             store,
+            parts,
             loc,
             rt: tokio::runtime::Handle::current(),
             scratch: tempfile::Builder::new().prefix("filesync-").tempdir()?,
@@ -465,6 +484,17 @@ impl Archive for ObjectArchive {
             now.nanos,
         )
         .unwrap_or(MTime::EPOCH);
+        // Housekeeping at the same pace: uploads a killed server left behind.
+        match self.rt.block_on(upload::sweep(
+            &self.store,
+            &self.parts,
+            &self.loc,
+            upload::ABANDONED_AFTER,
+        )) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "aborted abandoned multipart uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned multipart uploads"),
+        }
         self.rt
             .block_on(restore::purge(&self.store, &self.loc, cutoff))
     }

@@ -31,8 +31,11 @@ fn id() -> ClientId {
 
 async fn archive(store: &Arc<InMemory>) -> Arc<ObjectArchive> {
     let loc = Location::parse("s3://b/pre").unwrap();
-    let store: Arc<dyn ObjectStore> = store.clone();
-    Arc::new(ObjectArchive::with_store(store, loc).await.unwrap())
+    Arc::new(
+        ObjectArchive::with_store(Arc::clone(store), loc)
+            .await
+            .unwrap(),
+    )
 }
 
 /// A file to send: its path, content and mode.
@@ -384,4 +387,62 @@ async fn a_file_near_the_key_limit_can_be_replaced_and_its_version_restored() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(to.join(long)).unwrap(), b"v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_left_by_a_killed_server_is_swept_and_a_finished_one_leaves_no_journal() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    let parts: Arc<dyn object_store::multipart::MultipartStore> = mem.clone();
+    let loc = Location::parse("s3://b/pre").unwrap();
+    let journal = ObjectPath::from("pre/.filesync/uploads");
+    let journaled = || async {
+        let v: Vec<_> = futures::TryStreamExt::try_collect(mem.list(Some(&journal)))
+            .await
+            .unwrap();
+        v.len()
+    };
+    // A file sent whole through the writer: completed, journal entry gone.
+    let big = vec![1u8; (super::MULTIPART_MIN + 1) as usize];
+    let (out, _) = session(
+        &ar,
+        vec![F("big", big.clone(), 0o644)],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 1);
+    assert_eq!(journaled().await, 0);
+    assert_eq!(body(&mem, "pre/client_lab/big").await.unwrap(), big);
+
+    // An upload whose server was killed after a part: journaled, invisible.
+    let key = ObjectPath::from("pre/client_lab/half");
+    let mut up = super::upload::Upload::start(
+        Arc::clone(&store),
+        Arc::clone(&parts),
+        &loc,
+        key.clone(),
+        object_store::Attributes::new(),
+    )
+    .await
+    .unwrap();
+    up.write(&vec![2u8; super::upload::PART_SIZE])
+        .await
+        .unwrap();
+    std::mem::forget(up);
+    assert_eq!(journaled().await, 1);
+    assert_eq!(body(&mem, "pre/client_lab/half").await, None);
+    // Too young to be taken for abandoned.
+    let n = super::upload::sweep(&store, &parts, &loc, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((n, journaled().await), (0, 1));
+    // Old enough: aborted and forgotten.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let n = super::upload::sweep(&store, &parts, &loc, std::time::Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!((n, journaled().await), (1, 0));
+    assert_eq!(body(&mem, "pre/client_lab/half").await, None);
 }

@@ -8,13 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
-    PutPayload, WriteMultipart,
-};
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use tokio::task::JoinSet;
 
 use super::layout::{self, Entry, Record};
+use super::upload::Upload;
 use super::{dir_held, load_tree, Loaded, ObjectArchive, Tree, REQUESTS_IN_FLIGHT};
 use crate::archive::{Report, Writer};
 use crate::messages::{EntryKind, ErrorCode, FileHeader, Hash, Outcome};
@@ -26,10 +24,6 @@ use crate::time::MTime;
 /// Files at least this large go up as multipart uploads; smaller ones are buffered and
 /// put in one request.
 pub const MULTIPART_MIN: u64 = 16 << 20;
-/// The size of each part of a multipart upload (S3's minimum is 5 MiB).
-const PART_SIZE: usize = 8 << 20;
-/// Parts of one upload in flight at once.
-const PARTS_IN_FLIGHT: usize = 4;
 /// Bytes of buffered files in flight at once: bounds a session's memory.
 const BYTES_IN_FLIGHT: u64 = 64 << 20;
 
@@ -46,7 +40,7 @@ enum Open {
         size: u64,
         /// What it replaces, versioned before the upload completes.
         replaced: Option<Entry>,
-        upload: WriteMultipart,
+        upload: Box<Upload>,
     },
     Failed {
         path: RelPath,
@@ -609,16 +603,18 @@ impl Writer for ObjectWriter<'_> {
         }
         let started = self.prepare(&path).and_then(|replaced| {
             let key = self.key(&path)?;
-            let opts = PutMultipartOptions {
-                attributes: attributes(EntryKind::File, attrs.0, attrs.1),
-                ..PutMultipartOptions::default()
-            };
             let upload = self
                 .ar
                 .rt
-                .block_on(self.ar.store.put_multipart_opts(&key, opts))
-                .map_err(|e| format!("starting a multipart upload: {e}"))?;
-            Ok((replaced, upload))
+                .block_on(Upload::start(
+                    Arc::clone(&self.ar.store),
+                    Arc::clone(&self.ar.parts),
+                    &self.ar.loc,
+                    key,
+                    attributes(EntryKind::File, attrs.0, attrs.1),
+                ))
+                .map_err(|e| e.to_string())?;
+            Ok((replaced, Box::new(upload)))
         });
         match started {
             Ok((replaced, upload)) => {
@@ -627,7 +623,7 @@ impl Writer for ObjectWriter<'_> {
                     attrs,
                     size: h.size,
                     replaced,
-                    upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+                    upload,
                 });
             }
             Err(e) => self.fail(path, e),
@@ -641,13 +637,10 @@ impl Writer for ObjectWriter<'_> {
                 buf.extend_from_slice(data);
                 None
             }
-            Some(Open::Multipart { path, upload, .. }) => {
-                let _guard = rt.enter();
-                upload.write(data);
-                rt.block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
-                    .err()
-                    .map(|e| (path.clone(), format!("uploading a part: {e}")))
-            }
+            Some(Open::Multipart { path, upload, .. }) => rt
+                .block_on(upload.write(data))
+                .err()
+                .map(|e| (path.clone(), e.to_string())),
             _ => None,
         };
         if let Some((path, e)) = failed {
@@ -683,9 +676,7 @@ impl Writer for ObjectWriter<'_> {
     fn discard(&mut self) {
         if let Some(Open::Multipart { upload, .. }) = self.open.take() {
             // Never visible; aborted so that its parts do not linger.
-            if let Err(e) = self.ar.rt.block_on(upload.abort()) {
-                tracing::debug!(error = %e, "cannot abort a multipart upload");
-            }
+            self.ar.rt.block_on(upload.abort());
         }
     }
 
@@ -724,7 +715,7 @@ impl Writer for ObjectWriter<'_> {
                         match store.copy(&key, &vkey).await {
                             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                             Err(e) => {
-                                let _ = upload.abort().await;
+                                upload.abort().await;
                                 return Err(format!("keeping the version it replaces: {e}"));
                             }
                         }
@@ -733,7 +724,7 @@ impl Writer for ObjectWriter<'_> {
                         .finish()
                         .await
                         .map(|r| r.e_tag)
-                        .map_err(|e| format!("completing the multipart upload: {e}"))
+                        .map_err(|e| e.to_string())
                 });
                 let put = Put {
                     path,
