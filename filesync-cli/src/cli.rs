@@ -176,10 +176,10 @@ pub(crate) struct ServeArgs {
 
     /// Keep the archive in an S3-compatible object store instead of under --root (which
     /// is then not used): s3://BUCKET[/PREFIX], one object per file under
-    /// PREFIX/client_ID/. Credentials,
-    /// endpoint and region come from the standard AWS_* environment variables
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION,
-    /// AWS_ALLOW_HTTP). Any number of servers may serve one store; see --lease.
+    /// PREFIX/client_ID/. Credentials, endpoint and region come from the standard AWS_*
+    /// environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT,
+    /// AWS_REGION, AWS_ALLOW_HTTP). Any number of servers may serve one store; see
+    /// --lease.
     #[arg(long, value_name = "URL", env = "FILESYNC_STORE")]
     pub(crate) store: Option<String>,
 
