@@ -8,10 +8,13 @@
 #   --fs tmpfs|ext4     filesystem made for the run (default tmpfs)
 #   --fs-size SIZE      size of the tmpfs / ext4 image (default 8G; 16G tmpfs or
 #                       24G ext4 when the full million tree is among the cases)
-#   --cases LIST        comma-separated trees: small,large,many,million,delta
+#   --cases LIST        comma-separated trees: small,large,many,million,delta,store
 #                       (default small,large; delta: a 512 MiB file with 4 KiB
 #                       changed and rewritten, and a 1 GiB file cut at 90% and
-#                       resumed; see bench/README.md)
+#                       resumed; store: the small tree pushed into a 3-node Garage
+#                       cluster by `filesync serve --store s3://…` and by `rclone
+#                       sync`, initial and no change, then 1 vs 2 filesync servers,
+#                       and the per-request costs of the cluster; see bench/README.md)
 #   --only TOOL         rsync | filesync | both (default both)
 #   --tools LIST        comma-separated tools: rsync,filesync,filesync-auth (default
 #                       rsync,filesync). filesync-auth is filesync with authentication
@@ -36,10 +39,13 @@
 #   FILESYNC_VERIFY_EXCLUDE  space-separated file/dir names that verification ignores
 #   BENCH_TMPDIR             where the work dir (logs, rsyncd.conf, ext4 image) goes
 #                            (default /tmp)
+#   GARAGE_BIN               the store case's Garage (default: garage on PATH, else
+#                            ~/.cargo/bin/garage)
 #
 # Needs root (it mounts a filesystem), rsync, python3, diffutils, tar, util-linux
 # (unshare, nsenter) and iproute2 (ip), and a kernel with taskstats (for the
-# rsync server's peak RSS). Only 127.0.0.1 is ever contacted.
+# rsync server's peak RSS); the store case also Garage and rclone. Only 127.0.0.1
+# is ever contacted.
 
 set -euo pipefail
 
@@ -112,8 +118,8 @@ TREES=()
 IFS=, read -r -a _cases <<<"$CASES"
 for c in "${_cases[@]}"; do
     case $c in
-        small | large | many | million | delta) TREES+=("$c") ;;
-        *) die "unknown case '$c' (expected small,large,many,million,delta)" ;;
+        small | large | many | million | delta | store) TREES+=("$c") ;;
+        *) die "unknown case '$c' (expected small,large,many,million,delta,store)" ;;
     esac
 done
 ((${#TREES[@]})) || die "no cases selected"
@@ -175,10 +181,22 @@ POKE_OFFSET=$((DELTA_BYTES / 2 + 12345)) # the middle, not aligned to any block 
 # Room on the filesystem. At most three copies of a tree exist at once (source and
 # the two tools' destinations; the initial case keeps only the source and the copy
 # being made). Tiny files take a 4 KiB block (ext4) or page (tmpfs) each.
+# The store case keeps every tree it pushes (a fresh prefix for each run; Garage frees
+# the blocks of deleted objects only 10 minutes later, so deleting would not help):
+# 4 pushes of the whole tree per run (filesync and rclone initial, and the two scale
+# variants), each about 18 KB a file on the 3 nodes together (data, and SQLite
+# metadata that also holds the objects under 3 KiB), plus the Garage block files'
+# inodes (one per object of 3 KiB or more, on each node).
+STORE_PUSHES=$((4 * (RUNS + 1)))
+STORE_NEED_MB=$((STORE_PUSHES * SMALL_FILES * 18 / 1000 + 1024))
 if [[ -z $FS_SIZE ]]; then
     FS_SIZE=8G
     if has_tree million && ((MILLION_FILES > 200000)); then
         if [[ $FS == ext4 ]]; then FS_SIZE=24G; else FS_SIZE=16G; fi
+    fi
+    if has_tree store; then
+        store_gib=$(((STORE_NEED_MB * 5 / 4 + 1023) / 1024 + 2))
+        if ((store_gib > ${FS_SIZE%G})); then FS_SIZE=${store_gib}G; fi
     fi
 fi
 # Inodes: four copies of the largest tree (files + directories), plus slack.
@@ -187,6 +205,7 @@ for t in "${TREES[@]}"; do
     case $t in
         many) n=$(((MANY_FILES + MANY_DIRS) * 4 + 50000)) ;;
         million) n=$(((MILLION_FILES + MILLION_DIRS) * 4 + 50000)) ;;
+        store) n=$((STORE_PUSHES * SMALL_FILES * 3 + 300000)) ;;
         *) n=0 ;;
     esac
     if ((n > NEED_INODES)); then NEED_INODES=$n; fi
@@ -210,6 +229,21 @@ fi
 if [[ $FS == ext4 ]]; then
     command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found: apt-get install -y e2fsprogs"
 fi
+GARAGE_CLUSTER="$REPO_DIR/tests/garage-cluster.sh"
+if has_tree store; then
+    has_tool filesync || die "the store case needs the filesync tool (--tools …,filesync)"
+    GARAGE_BIN=${GARAGE_BIN:-$(command -v garage || echo "$HOME/.cargo/bin/garage")}
+    [[ -x $GARAGE_BIN ]] || die "garage not found (the store case runs a 3-node Garage cluster): cargo install garage, or set GARAGE_BIN"
+    export GARAGE_BIN
+    command -v rclone >/dev/null || die "rclone not found (the store case's peer): apt-get install -y rclone"
+    [[ -f $GARAGE_CLUSTER ]] || die "$GARAGE_CLUSTER not found (the store case starts its cluster with it)"
+    if [[ $FS == tmpfs ]]; then
+        # The cluster's data lives on the tmpfs, in memory.
+        avail_mb=$(awk '/^MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
+        ((STORE_NEED_MB + 2048 < avail_mb)) ||
+            die "the store case needs about $STORE_NEED_MB MB on the tmpfs (Garage's data, $STORE_PUSHES pushes of the tree) and only $avail_mb MB of memory is available: use fewer --runs, or --fs ext4"
+    fi
+fi
 
 if has_filesync; then
     if [[ -n ${FILESYNC_BIN:-} ]]; then
@@ -226,6 +260,8 @@ if has_filesync; then
 fi
 
 # ---------------------------------------------------------- work dir, cleanup
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 WORK=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/filesync-bench.XXXXXX")
 MNT="$WORK/mnt"
@@ -677,6 +713,7 @@ gen_args() { # gen_args TREE -> GARGS
         many) GARGS=("${MANY_ARGS[@]}") ;;
         million) GARGS=("${MILLION_ARGS[@]}") ;;
         delta) GARGS=("${DELTA_ARGS[@]}") ;;
+        store) GARGS=("${SMALL_ARGS[@]}") ;;
     esac
 }
 
@@ -872,6 +909,357 @@ case_resume() {
     done
 }
 
+# ------------------------------------------------------------- the store case
+
+# The small tree pushed into an S3-compatible object store: a 3-node Garage cluster
+# (replication 3, started by tests/garage-cluster.sh) whose data lives on the benchmark
+# filesystem and which listens in the benchmark's network namespace. filesync: `serve
+# --store s3://BUCKET/fs`, each initial run with a client id of its own (a fresh key
+# prefix, fs/client_<id>/); rclone: `rclone sync` with its defaults into a fresh
+# rclone/<run>/ of the same bucket. See bench/README.md, "Object store".
+CLK_TCK=$(getconf CLK_TCK)
+STORE_BUCKET="" STORE_URL="" GARAGE_DIR="" IDLE_WAIT="" GARAGE_CPU="" OTHER_CPU="" LOAD1="" STORE_OUT="" STORE_LAST=""
+GARAGE_PIDS=() STORE_SERVER_PIDS=()
+declare -A STORE_PORT=() STORE_PID=()
+# Per key|tool, one value per timed run: wall time, CPU of the client command(s), of the
+# filesync servers, of the Garage nodes, loopback bytes, the wait for Garage to go idle,
+# the CPU other processes took during the run, and the 1-minute load average before it.
+declare -A S_TIMES=() S_CCPU=() S_SCPU=() S_GCPU=() S_WIRE=() S_WAIT=() S_OTHER=() S_LOAD=()
+STORE_KEYS=()
+declare -A STORE_LABEL=()
+STORE_PROBE="" STORE_NOTES=()
+
+ticks_of() { # ticks_of PID...: user + system clock ticks of these processes, summed
+    local p x t=0
+    for p in "$@"; do
+        x=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || die "process $p is gone (a filesync server or Garage node died; logs in $LOGS)"
+        t=$((t + x))
+    done
+    echo "$t"
+}
+ticks_s() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN {printf "%.2f", t / h}'; }
+# busy_ticks: clock ticks all CPUs of the machine spent busy so far (/proc/stat: user,
+# nice, system, irq, softirq, steal), for the CPU that other processes took during a run.
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# garage_idle: waits (at most 10 minutes) until the Garage nodes are idle: at most 2
+# clock ticks of CPU in 0.5 s, twice in a row. A burst of writes leaves background work
+# (Merkle trees, counters, reference GC) that must not run into the next timed command.
+# Sets IDLE_WAIT (seconds waited).
+garage_idle() {
+    local t0 a b quiet=0 i
+    t0=$(date +%s.%N)
+    for ((i = 0; i < 1200 && quiet < 2; i++)); do
+        a=$(ticks_of "${GARAGE_PIDS[@]}")
+        sleep 0.5
+        b=$(ticks_of "${GARAGE_PIDS[@]}")
+        if ((b - a <= 2)); then quiet=$((quiet + 1)); else quiet=0; fi
+    done
+    IDLE_WAIT=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    ((quiet >= 2)) || log "  Garage still busy after ${IDLE_WAIT}s; going on"
+}
+
+# store_run TAG CMD...: one timed command, in the namespace, once Garage is idle. Sets
+# ELAPSED, CLIENT_CPU (the command and everything it ran, wait4), SERVER_CPU (the filesync
+# servers, /proc/PID/stat), GARAGE_CPU (the three nodes), WIRE (loopback bytes: clients,
+# servers, Garage's S3 and RPC traffic) and STORE_OUT (the command's output); dies on
+# failure.
+store_run() {
+    local tag=$1 logf="$LOGS/store.log" out secs rc s0 s1 g0 g1 lo0 lo1 b0 b1 off
+    shift
+    sync -f "$MNT"
+    garage_idle
+    printf '\n=== %s %s (Garage idle after %s s): %s\n' "$(date +%T)" "$tag" "$IDLE_WAIT" "$*" >>"$logf"
+    off=$(stat -c %s "$logf")
+    s0=$(ticks_of "${STORE_SERVER_PIDS[@]}")
+    g0=$(ticks_of "${GARAGE_PIDS[@]}")
+    lo0=$(lo_bytes)
+    LOAD1=$(cut -d' ' -f1 /proc/loadavg)
+    b0=$(busy_ticks)
+    out=$("${NS[@]}" python3 -c "$TIMER_PY" "$TIMEOUT" "$logf" "$@")
+    b1=$(busy_ticks)
+    lo1=$(lo_bytes)
+    g1=$(ticks_of "${GARAGE_PIDS[@]}")
+    s1=$(ticks_of "${STORE_SERVER_PIDS[@]}")
+    read -r secs rc _ CLIENT_CPU <<<"$out"
+    printf '=== exit %s after %s s\n' "$rc" "$secs" >>"$logf"
+    STORE_OUT=$(tail -c +$((off + 1)) "$logf")
+    if ((rc != 0)); then
+        tail -n 30 "$logf" >&2
+        ((rc == 124)) && log "(exit 124: killed after the --timeout of $TIMEOUT s)"
+        die "store: $tag failed with exit code $rc; log: $logf (servers: $LOGS/store-serve-*.log, Garage: $GARAGE_DIR/node*/garage.log)"
+    fi
+    ELAPSED=$secs
+    SERVER_CPU=$(ticks_s $((s1 - s0)))
+    GARAGE_CPU=$(ticks_s $((g1 - g0)))
+    WIRE=$((lo1 - lo0))
+    # Whatever else ran on the machine meanwhile (another user's build, say).
+    OTHER_CPU=$(awk -v b="$(ticks_s $((b1 - b0)))" -v c="$CLIENT_CPU" -v s="$SERVER_CPU" -v g="$GARAGE_CPU" \
+        'BEGIN {o = b - c - s - g; printf "%.2f", o < 0 ? 0 : o}')
+}
+
+store_new_case() { # store_new_case KEY LABEL
+    STORE_KEYS+=("$1")
+    STORE_LABEL["$1"]=$2
+    log "case: $2"
+}
+
+store_record() { # store_record KEY TOOL: the figures of the last store_run
+    S_TIMES["$1|$2"]="${S_TIMES["$1|$2"]:-} $ELAPSED"
+    S_CCPU["$1|$2"]="${S_CCPU["$1|$2"]:-} $CLIENT_CPU"
+    S_SCPU["$1|$2"]="${S_SCPU["$1|$2"]:-} $SERVER_CPU"
+    S_GCPU["$1|$2"]="${S_GCPU["$1|$2"]:-} $GARAGE_CPU"
+    S_WIRE["$1|$2"]="${S_WIRE["$1|$2"]:-} $WIRE"
+    S_WAIT["$1|$2"]="${S_WAIT["$1|$2"]:-} $IDLE_WAIT"
+    S_OTHER["$1|$2"]="${S_OTHER["$1|$2"]:-} $OTHER_CPU"
+    S_LOAD["$1|$2"]="${S_LOAD["$1|$2"]:-} $LOAD1"
+}
+
+store_note() { echo "${ELAPSED}s, CPU client $CLIENT_CPU s, filesync servers $SERVER_CPU s, Garage $GARAGE_CPU s, others $OTHER_CPU s, loopback $((WIRE >> 20)) MiB (Garage idle after ${IDLE_WAIT}s, load $LOAD1)"; }
+
+# store_stored: files_stored summed over the filesync --json lines of the last run.
+store_stored() {
+    python3 -c '
+import json, sys
+print(sum(json.loads(l)["files_stored"] for l in sys.stdin.read().splitlines() if l.startswith("{")))' <<<"$STORE_OUT"
+}
+store_json_lines() { grep -c '^{' <<<"$STORE_OUT" || true; }
+
+rclone_ns() { "${NS[@]}" env -u AWS_CA_BUNDLE rclone "$@"; }
+
+# Paths and sizes, "path<TAB>size", sorted: of the files under a folder, and of the
+# objects under a key prefix (LIST requests only).
+src_listing() { (cd "$1" && find . -type f -printf '%P\t%s\n') | LC_ALL=C sort; }
+store_listing() {
+    rclone_ns lsf -R --files-only --fast-list --format ps --separator $'\t' "garage:$STORE_BUCKET/$1" | LC_ALL=C sort
+}
+
+# store_verify TAG SRC KIND WHAT LEVEL: the objects of filesync client id WHAT (KIND
+# filesync) or under rclone/WHAT (KIND rclone) against the folder SRC. Level 0: paths and
+# sizes (LIST requests). Level 1, also the contents: `rclone check` (sizes, and the MD5 of
+# each file against the object's ETag, which the store computed from the bytes it
+# received; both ways). Level 2 (filesync only; every level with --full-verify): also
+# `filesync restore --store` into a new folder, compared by listing (types, paths,
+# sizes, mtimes to the second) and `diff -r`: the client's index and the objects'
+# metadata as filesync reads them back.
+store_verify() {
+    local tag=$1 src=$2 kind=$3 what=$4 level=$5 prefix dst="$MNT/restore" vlog="$LOGS/store-verify.log"
+    case $kind in
+        filesync) prefix="fs/client_$what" ;;
+        rclone) prefix="rclone/$what" ;;
+    esac
+    if ((FULL_VERIFY)); then level=2; fi
+    if ! diff <(src_listing "$src") <(store_listing "$prefix") >"$LOGS/verify-store.diff"; then
+        head -n 20 "$LOGS/verify-store.diff" >&2
+        die "VERIFY FAILED ($tag): the objects under $prefix (paths, sizes) differ from $src ($(wc -l <"$LOGS/verify-store.diff") diff lines; $LOGS/verify-store.diff)"
+    fi
+    ((level >= 1)) || return 0
+    printf '\n=== %s %s: rclone check %s garage:%s/%s\n' "$(date +%T)" "$tag" "$src" "$STORE_BUCKET" "$prefix" >>"$vlog"
+    rclone_ns check "$src" "garage:$STORE_BUCKET/$prefix" >>"$vlog" 2>&1 ||
+        { tail -n 20 "$vlog" >&2; die "VERIFY FAILED ($tag): rclone check of $prefix against $src failed ($vlog)"; }
+    log "  check ok: rclone check of $prefix against $(basename "$src") (sizes, MD5s, both ways)"
+    ((level >= 2)) && [[ $kind == filesync ]] || return 0
+    rm -rf "$dst"
+    printf '\n=== %s %s: filesync restore --store %s --id %s --to %s\n' "$(date +%T)" "$tag" "$STORE_URL" "$what" "$dst" >>"$vlog"
+    local t0=$SECONDS
+    "${NS[@]}" "$FILESYNC_BIN" restore --store "$STORE_URL" --id "$what" --to "$dst" >>"$vlog" 2>&1 ||
+        { tail -n 20 "$vlog" >&2; die "VERIFY FAILED ($tag): filesync restore --store of $what failed ($vlog)"; }
+    if ! diff <(listing "$src") <(listing "$dst") >"$LOGS/verify-store.diff"; then
+        head -n 20 "$LOGS/verify-store.diff" >&2
+        die "VERIFY FAILED ($tag): the restored listing (types, paths, sizes, mtimes) differs from $src ($LOGS/verify-store.diff)"
+    fi
+    diff -r -q --no-dereference "$src" "$dst" >"$LOGS/verify-store.diff" 2>&1 ||
+        { head -n 20 "$LOGS/verify-store.diff" >&2; die "VERIFY FAILED ($tag): diff -r of $src and the restored copy found differences"; }
+    rm -rf "$dst"
+    log "  check ok: filesync restore --store of $what ($((SECONDS - t0)) s) equals $(basename "$src") (listing with mtimes, diff -r)"
+}
+
+# store_cmd TOOL WHAT SRC: the command pushing SRC as client id / rclone prefix WHAT.
+store_cmd() {
+    case $1 in
+        filesync) CMD=("$FILESYNC_BIN" sync --once --json --id "$2" --server "127.0.0.1:${STORE_PORT[a]}" --dir "$3") ;;
+        rclone) CMD=(env -u AWS_CA_BUNDLE rclone sync "$3" "garage:$STORE_BUCKET/rclone/$2") ;;
+    esac
+}
+
+# Two clients at once, each pushing one folder to one server; fails if either fails.
+PAIR_SH='"$1" sync --once --json --id "$2" --server "$3" --dir "$4" & a=$!
+"$1" sync --once --json --id "$5" --server "$6" --dir "$7" & b=$!
+wait "$a"; ra=$?; wait "$b"; rb=$?; exit $((ra | rb))'
+
+start_store_server() { # start_store_server NAME [FLAGS...]
+    local name=$1 port pid logf="$LOGS/store-serve-$1.log"
+    shift
+    port=$(free_port)
+    "${NS[@]}" "$FILESYNC_BIN" serve --port "$port" --bind 127.0.0.1 --no-discovery --interval 30 \
+        --store "$STORE_URL" "$@" >>"$logf" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listen "$port" "$pid" "filesync server $name" "$logf"
+    STORE_PORT[$name]=$port
+    STORE_PID[$name]=$pid
+    STORE_SERVER_PIDS+=("$pid")
+    log "filesync server $name (pid $pid) on 127.0.0.1:$port, --store $STORE_URL${*:+ $*}"
+}
+
+# free_port_base: a base for Garage's six ports (BASE+0/1, +10/11, +20/21) with none in
+# use (only needed outside the benchmark's own namespace).
+free_port_base() {
+    local base off
+    for base in $(seq 23900 1000 60900); do
+        for off in 0 1 10 11 20 21; do
+            python3 -c 'import socket,sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' $((base + off)) 2>/dev/null || continue 2
+        done
+        echo "$base"
+        return 0
+    done
+    die "no free ports for Garage"
+}
+
+start_garage() {
+    local base=3900 rc=0
+    GARAGE_DIR="$MNT/garage"
+    if ((!USE_NETNS)); then base=$(free_port_base); fi
+    log "starting a 3-node Garage cluster (replication 3) in $GARAGE_DIR: $GARAGE_CLUSTER"
+    "${NS[@]}" env GARAGE_PORT_BASE="$base" bash "$GARAGE_CLUSTER" "$GARAGE_DIR" >"$WORK/garage.env" 2>"$LOGS/garage-cluster.log" || rc=$?
+    GARAGE_PIDS=()
+    if [[ -f $GARAGE_DIR/pids ]]; then
+        mapfile -t GARAGE_PIDS < <(grep . "$GARAGE_DIR/pids")
+        PIDS+=("${GARAGE_PIDS[@]}")
+    fi
+    if ((rc != 0)) || ((${#GARAGE_PIDS[@]} != 3)); then
+        tail -n 30 "$LOGS/garage-cluster.log" >&2
+        die "the Garage cluster did not start (exit $rc; $LOGS/garage-cluster.log, $GARAGE_DIR/node*/garage.log)"
+    fi
+    # AWS_* for filesync and s3probe.py, RCLONE_CONFIG_GARAGE_* for rclone, BUCKET.
+    # shellcheck disable=SC1091
+    source "$WORK/garage.env"
+    export RCLONE_CONFIG="$WORK/rclone.conf" # empty: the remote comes from the environment
+    : >"$RCLONE_CONFIG"
+    STORE_BUCKET=$BUCKET
+    STORE_URL="s3://$STORE_BUCKET/fs"
+    log "Garage up (pids ${GARAGE_PIDS[*]}), S3 at $AWS_ENDPOINT, bucket $STORE_BUCKET"
+}
+
+stop_garage() {
+    local p i alive
+    for p in "${GARAGE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for ((i = 0; i < 200; i++)); do
+        alive=0
+        for p in "${GARAGE_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.05
+    done
+    for p in "${GARAGE_PIDS[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
+        forget_pid "$p"
+    done
+    GARAGE_PIDS=()
+}
+
+# store_case: the whole case on the tree in SRC.
+store_case() {
+    local r tool v id files mb last half d dirs n
+    files=$(find "$SRC" -type f | wc -l)
+    mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
+    start_garage
+    # a and b: default servers (one session at a time); m: one that runs two at once.
+    STORE_SERVER_PIDS=()
+    start_store_server a
+    start_store_server b
+    start_store_server m --max-sessions 2
+
+    # Initial: each run pushes the tree to a fresh prefix, filesync and rclone in turn.
+    store_new_case store-initial "store: initial ($(fmt_int "$files") files, $mb MB)"
+    for ((r = 0; r <= RUNS; r++)); do
+        for tool in $(tools_for_run "$r" filesync rclone); do
+            id="init-r$r"
+            store_cmd "$tool" "$id" "$SRC"
+            store_run "store-initial run $r $tool" "${CMD[@]}"
+            if [[ $tool == filesync ]] && [[ $(store_stored) != "$files" ]]; then
+                die "store-initial run $r: filesync reported $(store_stored) files stored, not $files ($LOGS/store.log)"
+            fi
+            if ((r == 0)); then log "  warm-up $tool: $(store_note)"; else
+                log "  run $r $tool: $(store_note)"
+                store_record store-initial "$tool"
+            fi
+            # Contents: the warm-up and first timed run; filesync's read back by restore once.
+            store_verify "store-initial run $r $tool" "$SRC" "$tool" "$id" $((r > 1 ? 0 : r == 1 ? 2 : 1))
+        done
+    done
+
+    # No change: the last run's copies, pushed again unchanged.
+    last="init-r$RUNS" STORE_LAST="init-r$RUNS"
+    store_new_case store-nochange "store: no change"
+    for ((r = 0; r <= RUNS; r++)); do
+        for tool in $(tools_for_run "$r" filesync rclone); do
+            store_cmd "$tool" "$last" "$SRC"
+            store_run "store-nochange run $r $tool" "${CMD[@]}"
+            if [[ $tool == filesync ]] && [[ $(store_json_lines) != 1 || $(store_stored) != 0 ]]; then
+                die "store-nochange run $r: filesync reported $(store_stored) files stored, not 0 ($LOGS/store.log)"
+            fi
+            if ((r == 0)); then log "  warm-up $tool: $(store_note)"; else
+                log "  run $r $tool: $(store_note)"
+                store_record store-nochange "$tool"
+            fi
+            store_verify "store-nochange run $r $tool" "$SRC" "$tool" "$last" 0
+        done
+    done
+
+    # 1 vs 2 servers: two clients (ids of their own), each pushing half of the tree's
+    # top-level folders, at once; to one server running both sessions at once, or one
+    # client to each of two servers on the same store.
+    rm -rf "$MNT/half0" "$MNT/half1"
+    mkdir -p "$MNT/half0" "$MNT/half1"
+    mapfile -t dirs < <(cd "$SRC" && find . -mindepth 1 -maxdepth 1 -printf '%P\n' | LC_ALL=C sort)
+    n=${#dirs[@]}
+    for ((d = 0; d < n; d++)); do
+        half=$((d * 2 >= n))
+        cp -al "$SRC/${dirs[d]}" "$MNT/half$half/"
+    done
+    STORE_NOTES+=("1 vs 2 servers: half0 = the first $((n - n / 2)) of the tree's $n top-level folders ($(find "$MNT/half0" -type f | wc -l) files), half1 = the other $((n / 2)) ($(find "$MNT/half1" -type f | wc -l) files), hard links to the source")
+    store_new_case store-scale "store: initial, 2 clients with half the files each, at once"
+    for ((r = 0; r <= RUNS; r++)); do
+        for v in $(tools_for_run "$r" one two); do
+            id="scale-$v-r$r"
+            if [[ $v == one ]]; then
+                CMD=(bash -c "$PAIR_SH" pair "$FILESYNC_BIN" "$id-0" "127.0.0.1:${STORE_PORT[m]}" "$MNT/half0" \
+                    "$id-1" "127.0.0.1:${STORE_PORT[m]}" "$MNT/half1")
+            else
+                CMD=(bash -c "$PAIR_SH" pair "$FILESYNC_BIN" "$id-0" "127.0.0.1:${STORE_PORT[a]}" "$MNT/half0" \
+                    "$id-1" "127.0.0.1:${STORE_PORT[b]}" "$MNT/half1")
+            fi
+            store_run "store-scale run $r $v" "${CMD[@]}"
+            if [[ $(store_json_lines) != 2 || $(store_stored) != "$files" ]]; then
+                die "store-scale run $r ($v): the two clients reported $(store_stored) files stored, not $files ($LOGS/store.log)"
+            fi
+            if ((r == 0)); then log "  warm-up $v: $(store_note)"; else
+                log "  run $r $v: $(store_note)"
+                store_record store-scale "$v"
+            fi
+            store_verify "store-scale run $r $v" "$MNT/half0" filesync "$id-0" $((r <= 1))
+            store_verify "store-scale run $r $v" "$MNT/half1" filesync "$id-1" $((r <= 1))
+        done
+    done
+    rm -rf "$MNT/half0" "$MNT/half1"
+
+    # Per-request costs of the cluster, one request at a time (bench/s3probe.py).
+    n=500
+    if ((QUICK)); then n=200; fi
+    sync -f "$MNT"
+    garage_idle
+    log "per-request costs: s3probe.py, $n requests of each kind, one at a time"
+    STORE_PROBE=$("${NS[@]}" python3 "$BENCH_DIR/s3probe.py" --json --n "$n" --size 1024 4096 \
+        --pids "${GARAGE_PIDS[*]}" --list-prefix "fs/client_$last" --get-key "fs/.filesync/index/client_$last" \
+        "$STORE_BUCKET" probe 2>>"$LOGS/store.log") || die "s3probe.py failed ($LOGS/store.log)"
+    STORE_NOTES+=("Garage's data at the end: $(du -sh "$GARAGE_DIR" | cut -f1) on the benchmark filesystem (3 nodes: data $(du -sch "$GARAGE_DIR"/node*/data | tail -n 1 | cut -f1), metadata $(du -sch "$GARAGE_DIR"/node*/meta | tail -n 1 | cut -f1))")
+
+    for v in a b m; do stop_pid "${STORE_PID[$v]}"; done
+    STORE_SERVER_PIDS=()
+    stop_garage
+    rm -rf "$GARAGE_DIR"
+}
+
 # -------------------------------------------------------------------- daemons
 
 if has_tool rsync; then
@@ -996,12 +1384,15 @@ for tree in "${TREES[@]}"; do
     t0=$(date +%s.%N)
     gtree=$tree
     if [[ $tree == delta ]]; then gtree=large; fi
+    if [[ $tree == store ]]; then gtree=small; fi
     python3 "$GEN" "$gtree" "$SRC" "${GARGS[@]}" 2>"$LOGS/gen-$tree.txt" || { cat "$LOGS/gen-$tree.txt" >&2; die "gen_tree.py $tree failed"; }
     t1=$(date +%s.%N)
     GEN_NOTES+=("$(head -n 1 "$LOGS/gen-$tree.txt")")
     log "  $(head -n 1 "$LOGS/gen-$tree.txt") ($(python3 -c "print(f'{$t1-$t0:.1f}')") s)"
-    start_servers
+    # The store case runs servers of its own (and a Garage cluster).
+    if [[ $tree != store ]]; then start_servers; fi
     case $tree in
+        store) store_case ;;
         small)
             nfiles=$(fmt_int "$SMALL_FILES")
             mb=$(find "$SRC" -type f -printf '%s\n' | awk '{t += $1} END {printf "%.0f", t / 1e6}')
@@ -1043,7 +1434,7 @@ for tree in "${TREES[@]}"; do
             RSYNC_EXTRA=() FS_EXTRA=()
             ;;
     esac
-    stop_servers
+    if [[ $tree != store ]]; then stop_servers; fi
     rm -rf "$SRC"
     for tool in "${TOOLS[@]}" limit; do clear_dest "$tool"; done
 done
@@ -1297,17 +1688,194 @@ if has_tool filesync-auth; then
 - filesync-auth: the same binary; client: \`filesync sync --once --id bench --server 127.0.0.1:PORT --dir SRC --secret-file SECRET --known-servers KNOWN\`, server: the same as filesync's plus \`--auth-file AUTH\` (its own root and port; the secret from \`filesync gen-secret\`)"
 fi
 
+# The store case: its figures against the targets of issue 12 (filesync initial ≤ 1.0 ×
+# rclone's time, no change ≤ 0.5 ×), where the CPU went, 1 vs 2 servers, the per-request
+# costs and every run. Input lines: key TAB label TAB tool TAB times TAB client-CPU TAB
+# server-CPU TAB Garage-CPU TAB loopback-bytes TAB idle-waits TAB other-CPU TAB load (one
+# value per timed run);
+# argv: files in the tree, nproc, the s3probe.py JSON lines.
+STORE_PY='
+import json, statistics, sys
+files, nproc, probe = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rows, order = {}, []
+for line in sys.stdin.read().splitlines():
+    f = (line.split("\t") + [""] * 11)[:11]
+    vals = lambda s: [float(x) for x in s.split() if x != "nan"]
+    if f[0] not in rows:
+        rows[f[0]] = {"label": f[1]}
+        order.append(f[0])
+    rows[f[0]][f[2]] = dict(zip(("t", "cc", "sc", "gc", "w", "idle", "oc", "load"), map(vals, f[3:11])))
+med = lambda v: statistics.median(v) if v else None
+names = {"filesync": "filesync", "rclone": "rclone", "one": "1 server (--max-sessions 2)", "two": "2 servers"}
+def g(key, tool, what="t"):
+    return med(rows.get(key, {}).get(tool, {}).get(what, []))
+def s(v): return "–" if v is None else "%.3f" % v
+out = ["| target (issue 12) | filesync median (s) | rclone median (s) | ratio (filesync/rclone) | per-run ratios: median (min–max) | target | met |",
+       "|---|---:|---:|---:|---|---:|---|"]
+for key, target in (("store-initial", 1.0), ("store-nochange", 0.5)):
+    if key not in rows:
+        continue
+    f, r = g(key, "filesync"), g(key, "rclone")
+    pr = [a / b for a, b in zip(rows[key]["filesync"]["t"], rows[key]["rclone"]["t"]) if b > 0]
+    ratio = f / r if f and r else None
+    out.append("| %s | %s | %s | %s | %s | ≤ %.1f | %s |" % (rows[key]["label"], s(f), s(r),
+               "–" if ratio is None else "%.2f" % ratio,
+               "%.2f (%.2f–%.2f)" % (med(pr), min(pr), max(pr)) if pr else "–", target,
+               "–" if ratio is None else ("yes" if ratio <= target else "**no**")))
+print("\n".join(out))
+print("----")
+out = ["| case | tool | wall (s) | CPU client (s) | CPU filesync server(s) (s) | CPU Garage, 3 nodes (s) | CPU all / (%d × wall) | CPU of other processes (s) | Garage CPU per file (ms) | filesync server CPU per file (ms) | loopback (MiB) |" % nproc,
+       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+for key in order:
+    for tool in ("filesync", "rclone", "one", "two"):
+        if tool not in rows[key]:
+            continue
+        t, cc, sc, gc, w, oc = (g(key, tool, x) for x in ("t", "cc", "sc", "gc", "w", "oc"))
+        busy = (cc or 0) + (sc or 0) + (gc or 0)
+        per = lambda c: "–" if c is None else "%.2f" % (c * 1000 / files)
+        initial = key != "store-nochange"
+        out.append("| %s | %s | %s | %.2f | %s | %.2f | %.0f %% | %.2f | %s | %s | %.1f |" % (
+            rows[key]["label"], names[tool], s(t), cc or 0, "%.2f" % sc if tool != "rclone" else "–", gc or 0,
+            100 * busy / (nproc * t) if t else 0, oc or 0, per(gc) if initial else "–",
+            per(sc) if initial and tool != "rclone" else "–", (w or 0) / 1048576))
+print("\n".join(out))
+print("----")
+out = []
+if "store-scale" in rows:
+    one, two = g("store-scale", "one"), g("store-scale", "two")
+    out = ["| store: %d files in two halves, 2 clients at once | median (s) | files/s | ratio (2 servers / 1 server) |" % files,
+           "|---|---:|---:|---:|"]
+    for tool, t in (("one", one), ("two", two)):
+        out.append("| %s | %s | %s | %s |" % (names[tool], s(t), "%.0f" % (files / t) if t else "–",
+                   "%.2f" % (t / one) if t and one and tool == "two" else "–"))
+    fi = g("store-initial", "filesync")
+    if fi:
+        out.append("| (for reference) 1 server, 1 client with the whole tree (initial) | %s | %.0f | – |" % (s(fi), files / fi))
+print("\n".join(out))
+print("----")
+out = ["| request (one at a time, keep-alive) | n | latency median (ms) | p10–p90 (ms) | requests/s one at a time | Garage CPU per request, 3 nodes (ms) |",
+       "|---|---:|---:|---|---:|---:|"]
+what = {"put-1024": "PUT of 1 KiB (stored inline in the metadata)", "put-4096": "PUT of 4 KiB (a data block)",
+        "head": "HEAD", "list-1000": "LIST page of 1000 keys", "get": "GET of the index (%s)", "delete": "DELETE"}
+for line in probe.splitlines():
+    if not line.startswith("{"):
+        continue
+    p = json.loads(line)
+    label = what.get(p["kind"], p["kind"])
+    if p["kind"] == "get":
+        label = label % ("%.0f KiB" % (p.get("bytes", 0) / 1024))
+    out.append("| %s | %d | %.2f | %.2f–%.2f | %.0f | %s |" % (label, p["n"], p["median_ms"], p["p10_ms"], p["p90_ms"],
+               p["per_s_sequential"], "–" if p["server_cpu_ms"] is None else "%.2f" % p["server_cpu_ms"]))
+print("\n".join(out))
+print("----")
+out = ["| case | tool | runs (s) | min | median | max | CPU of other processes per run (s) | load average (1 min) before each run | Garage idle waits before the runs (s) |", "|---|---|---|---:|---:|---:|---|---|---|"]
+for key in order:
+    for tool in ("filesync", "rclone", "one", "two"):
+        x = rows[key].get(tool)
+        if not x:
+            continue
+        t = x["t"]
+        out.append("| %s | %s | %s| %s | %s | %s | %s | %s | %s |" % (rows[key]["label"], names[tool], "".join("%.3f " % v for v in t),
+                   s(min(t)), s(med(t)), s(max(t)), " ".join("%.2f" % v for v in x["oc"]),
+                   " ".join("%.2f" % v for v in x["load"]), " ".join("%.1f" % v for v in x["idle"])))
+print("\n".join(out))
+'
+STORE_REPORT=""
+if has_tree store; then
+    SMEAS="$LOGS/store.tsv"
+    : >"$SMEAS"
+    for key in "${STORE_KEYS[@]}"; do
+        for tool in filesync rclone one two; do
+            [[ -n ${S_TIMES["$key|$tool"]:-} ]] || continue
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "${STORE_LABEL[$key]}" "$tool" "${S_TIMES["$key|$tool"]}" \
+                "${S_CCPU["$key|$tool"]}" "${S_SCPU["$key|$tool"]}" "${S_GCPU["$key|$tool"]}" \
+                "${S_WIRE["$key|$tool"]}" "${S_WAIT["$key|$tool"]}" "${S_OTHER["$key|$tool"]}" "${S_LOAD["$key|$tool"]}" >>"$SMEAS"
+        done
+    done
+    stables=$(python3 -c "$STORE_PY" "$SMALL_FILES" "$(nproc)" "$STORE_PROBE" <"$SMEAS") || die "store report failed ($SMEAS)"
+    parts=()
+    while [[ $stables == *$'\n----\n'* ]]; do
+        parts+=("${stables%%$'\n'----$'\n'*}")
+        stables=${stables#*$'\n'----$'\n'}
+    done
+    parts+=("$stables")
+    ((${#parts[@]} == 5)) || die "store report: expected 5 tables, got ${#parts[@]} ($SMEAS)"
+    st_target=${parts[0]} st_cpu=${parts[1]} st_scale=${parts[2]} st_probe=${parts[3]} st_runs=${parts[4]}
+    STORE_REPORT="
+## Object store: filesync serve --store vs rclone sync (3-node Garage)
+
+$st_target
+
+Median of $RUNS timed runs after one warm-up run, wall-clock seconds of the client
+command (monotonic clock). Ratio < 1 means filesync is faster; per-run ratios: within
+each run, where the two tools go back to back (alternating which goes first).$quick_note
+Each initial run pushes the tree to a fresh key prefix: filesync as a client id of its
+own (\`fs/client_init-rN/\`), rclone into \`rclone/init-rN/\`. The no-change runs push
+the last initial run's copies again. Before every timed command the harness waits until
+the Garage nodes are idle (the background work a burst of writes leaves behind).
+
+### Where the CPU went
+
+$st_cpu
+
+CPU: user + system seconds, medians: of the client command (wait4: filesync's client, or
+rclone, which is client and S3 uploader in one), of the filesync server(s)
+(\`/proc/PID/stat\`, summed over the three servers of the case) and of the three Garage
+nodes. CPU all / ($(nproc) × wall): the share of the machine's $(nproc) CPUs the benchmark's
+processes kept busy; near 100 % the run is CPU-bound. CPU of other processes: all the
+machine's busy time during the run (\`/proc/stat\`) less the figures before it, i.e. what
+anything else running on the machine took from the benchmark. Per file: over the $(fmt_int "$SMALL_FILES")
+files of the tree. Loopback: bytes of IP packets on the namespace's loopback (client to
+server, server to Garage, and Garage's replication between its nodes).
+
+### 1 vs 2 servers
+
+$st_scale
+
+Two clients with client ids of their own, each pushing one half of the tree (a fresh
+prefix each run), started at once; the time is until both are done. 1 server: both to one
+\`filesync serve --store … --max-sessions 2\` (so that it runs both sessions at once);
+2 servers: one client to each of two \`filesync serve --store …\` (default
+--max-sessions 1) on the same store. On a machine of $(nproc) CPUs that the Garage nodes
+already keep busy, a second server cannot add throughput: see bench/README.md.
+
+### Per-request costs of the cluster
+
+$st_probe
+
+\`bench/s3probe.py\`: one request at a time on one keep-alive connection (SigV4-signed,
+path-style, from Python), so the latency is the cluster's plus the probe's own, not a
+queue's; Garage CPU: user + system time of the three nodes over those requests, per
+request. The LIST pages and the GET are of the last initial run's filesync client
+(\`fs/client_$STORE_LAST\`; its index).
+
+### Setup
+
+- Garage: $("$GARAGE_BIN" --version 2>/dev/null | head -n 1); 3 nodes on 127.0.0.1 (\`tests/garage-cluster.sh\`: replication_factor 3, consistency_mode consistent, db_engine sqlite), metadata and data on the benchmark filesystem
+- filesync servers: \`filesync serve --port PORT --bind 127.0.0.1 --no-discovery --interval 30 --store s3://$STORE_BUCKET/fs\` (AWS_* from the cluster script), started once for the whole case; clients: \`filesync sync --once --json --id ID --server 127.0.0.1:PORT --dir SRC\`
+- rclone: $(rclone version 2>/dev/null | head -n 1); \`rclone sync SRC garage:$STORE_BUCKET/rclone/ID\` with its defaults (--transfers 4, --checkers 8), remote from RCLONE_CONFIG_GARAGE_* (type s3, provider Other, region garage, force_path_style, no_check_bucket), run with \`env -u AWS_CA_BUNDLE\`
+$(printf -- '- %s\n' "${STORE_NOTES[@]}")
+- Verification: every run lists the objects (paths and sizes, \`rclone lsf\`) against the source, and filesync's \`--json\` must report every file stored (initial) or none (no change); the warm-up and first timed run of the initial and scale cases also check the contents with \`rclone check\` (each file's MD5 against its object's ETag, both ways), and the first timed filesync initial run is read back with \`filesync restore --store\` and compared with \`diff -r\` and a listing with mtimes$verify_note.
+
+### All runs (store)
+
+$st_runs
+"
+fi
 STAMP=$(date +%F)
 if [[ -z $OUT ]]; then
     suffix=""
     if ((QUICK)); then suffix+="-quick"; fi
     if ((${#TOOLS[@]} == 1)); then suffix+="-${TOOLS[0]}-only"; fi
     if has_tool filesync-auth && ((${#TOOLS[@]} > 1)); then suffix+="-auth"; fi
+    if has_tree store; then suffix+="-store"; fi
     OUT="$BENCH_DIR/results-$STAMP$suffix.md"
 fi
 
-REPORT="# filesync vs rsync benchmark — $(date -u '+%F %T UTC')
-
+TITLE="filesync vs rsync benchmark"
+MAIN_REPORT="" ALL_RUNS=""
+if ((${#CASE_KEYS[@]})); then
+    MAIN_REPORT="
 $TABLE
 
 Median of $RUNS timed runs after one warm-up run, wall-clock seconds per sync command
@@ -1320,10 +1888,22 @@ connection (taskstats hiwater_rss). Wire: bytes of IP packets on the loopback
 interface during the sync, both directions (each packet once, headers included), MiB
 (2^20 bytes), median$wire_note.
 
+"
+    ALL_RUNS="
+## All runs
+
+$DETAILS
+"
+else
+    TITLE="filesync benchmark: object store"
+fi
+REPORT="# $TITLE — $(date -u '+%F %T UTC')
+$MAIN_REPORT
 ## Machine and setup
 
 - CPU: ${cpu:-unknown}; nproc: $(nproc); memory: ${mem:-unknown}
 - Kernel: $(uname -sr)
+- Load average (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end
 - Filesystem: $FS_DESC (source, both destinations and the durable-limit copy on it)
 - rsync: $(rsync --version | head -n 1), daemon mode on 127.0.0.1, client: \`$rsync_cmd\`
 - filesync: $fs_version, git $rev; client: \`filesync sync --once --id bench --server 127.0.0.1:PORT --dir SRC\`, server: \`filesync serve --port PORT --root DIR --bind 127.0.0.1 --no-discovery --interval 30\`$auth_setup
@@ -1333,15 +1913,12 @@ $(printf -- '  - %s\n' "${GEN_NOTES[@]}")
 - The page cache was not dropped between runs: every run after the warm-up reads a warm cache.
 - Verification: every timed run compares a listing (paths, sizes, mtimes to the second) of source and destination, plus the contents of the changed files; the first timed run of each case does a full \`diff -r\`$verify_note.
 
-$DELTA_REPORT$AUTH_REPORT
-## All runs
-
-$DETAILS
-"
+$DELTA_REPORT$AUTH_REPORT$STORE_REPORT$ALL_RUNS"
 
 printf '%s\n' "$REPORT" >"$OUT"
 printf '\n%s\n\n' "$TABLE"
 if [[ -n $DELTA_REPORT ]]; then printf '%s\n' "$DELTA_REPORT"; fi
 if [[ -n $AUTH_REPORT ]]; then printf '%s\n' "$AUTH_REPORT"; fi
+if [[ -n $STORE_REPORT ]]; then printf '%s\n' "$STORE_REPORT"; fi
 log "results written to $OUT"
 SUCCESS=1
