@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -310,6 +310,7 @@ pub async fn restore(
         ..Restored::default()
     };
     let mut dirs: Vec<(PathBuf, MTime, u32)> = Vec::new();
+    let mut files = Vec::new();
     for (rel, (held, source)) in &state {
         let to = rel.to_path(dest);
         let what = format!("restoring {}", to.display());
@@ -341,27 +342,37 @@ pub async fn restore(
                         .map_err(|e| io_err(&what)(io::Error::other(e)))?,
                     Source::Kept(session) => layout::version_key(session, rel),
                 };
-                let n = match download(store, &key, &to).await {
-                    Ok(n) => n,
-                    // A version noted by a session whose copy found the object gone
-                    // already (another tool deleted it): nothing to put back.
-                    Err(e)
-                        if e.kind() == io::ErrorKind::NotFound
-                            && matches!(source, Source::Kept(_)) =>
-                    {
-                        tracing::warn!(path = %rel, "a kept version is missing from the store; left out");
-                        let _ = fs::remove_file(&to);
-                        continue;
-                    }
-                    Err(e) => return Err(io_err(&what)(e)),
-                };
-                fs::set_permissions(&to, fs::Permissions::from_mode(held.mode))
-                    .map_err(io_err(&what))?;
-                filetime::set_file_times(&to, t, t).map_err(io_err(&what))?;
-                done.files += 1;
-                done.bytes += n;
+                let kept = matches!(source, Source::Kept(_));
+                files.push((rel.clone(), key, to, held.mode, t, kept));
             }
         }
+    }
+    // Files are fetched many at once: one at a time, per-request latency (tens of ms
+    // on a cluster) would make a restore of many small files take minutes.
+    let fetched: Vec<Option<u64>> = futures::stream::iter(files)
+        .map(|(rel, key, to, mode, t, kept)| async move {
+            let what = format!("restoring {}", to.display());
+            let n = match download(store, &key, &to).await {
+                Ok(n) => n,
+                // A version noted by a session whose copy found the object gone
+                // already (another tool deleted it): nothing to put back.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && kept => {
+                    tracing::warn!(path = %rel, "a kept version is missing from the store; left out");
+                    let _ = fs::remove_file(&to);
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_err(&what)(e)),
+            };
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_err(&what))?;
+            filetime::set_file_times(&to, t, t).map_err(io_err(&what))?;
+            Ok::<_, RestoreError>(Some(n))
+        })
+        .buffer_unordered(super::REQUESTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    for n in fetched.into_iter().flatten() {
+        done.files += 1;
+        done.bytes += n;
     }
     // Folder times and modes last, deepest first.
     for (d, mtime, mode) in dirs.iter().rev() {
