@@ -184,11 +184,12 @@ POKE_OFFSET=$((DELTA_BYTES / 2 + 12345)) # the middle, not aligned to any block 
 # The store case keeps every tree it pushes (a fresh prefix for each run; Garage frees
 # the blocks of deleted objects only 10 minutes later, so deleting would not help):
 # 4 pushes of the whole tree per run (filesync and rclone initial, and the two scale
-# variants), each about 18 KB a file on the 3 nodes together (data, and SQLite
-# metadata that also holds the objects under 3 KiB), plus the Garage block files'
-# inodes (one per object of 3 KiB or more, on each node).
+# variants), each about 10 KB a file on the 3 nodes together, nearly all of it SQLite
+# metadata (which also holds the objects under 3 KiB; Garage stores each distinct data
+# block once, and every push has the same content), so 12 KB a file is counted, plus the
+# Garage block files' inodes (one per object of 3 KiB or more, on each node).
 STORE_PUSHES=$((4 * (RUNS + 1)))
-STORE_NEED_MB=$((STORE_PUSHES * SMALL_FILES * 18 / 1000 + 1024))
+STORE_NEED_MB=$((STORE_PUSHES * SMALL_FILES * 12 / 1000 + 1024))
 if [[ -z $FS_SIZE ]]; then
     FS_SIZE=8G
     if has_tree million && ((MILLION_FILES > 200000)); then
@@ -282,6 +283,11 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null
     done
+    # The store case's Garage logs live on the benchmark filesystem.
+    if ((!SUCCESS)) && [[ -n ${GARAGE_DIR:-} && -d ${GARAGE_DIR:-} ]]; then
+        local n
+        for n in 0 1 2; do cp "$GARAGE_DIR/node$n/garage.log" "$LOGS/garage-node$n.log" 2>/dev/null; done
+    fi
     if mountpoint -q "$MNT"; then
         local i
         for i in 1 2 3 4 5; do
@@ -987,7 +993,7 @@ store_run() {
     if ((rc != 0)); then
         tail -n 30 "$logf" >&2
         ((rc == 124)) && log "(exit 124: killed after the --timeout of $TIMEOUT s)"
-        die "store: $tag failed with exit code $rc; log: $logf (servers: $LOGS/store-serve-*.log, Garage: $GARAGE_DIR/node*/garage.log)"
+        die "store: $tag failed with exit code $rc; log: $logf (servers: $LOGS/store-serve-*.log, Garage: $LOGS/garage-node*.log, copied at exit)"
     fi
     ELAPSED=$secs
     SERVER_CPU=$(ticks_s $((s1 - s0)))
@@ -1129,7 +1135,7 @@ start_garage() {
     fi
     if ((rc != 0)) || ((${#GARAGE_PIDS[@]} != 3)); then
         tail -n 30 "$LOGS/garage-cluster.log" >&2
-        die "the Garage cluster did not start (exit $rc; $LOGS/garage-cluster.log, $GARAGE_DIR/node*/garage.log)"
+        die "the Garage cluster did not start (exit $rc; $LOGS/garage-cluster.log, and the nodes' logs, copied to $LOGS/garage-node*.log at exit)"
     fi
     # AWS_* for filesync and s3probe.py, RCLONE_CONFIG_GARAGE_* for rclone, BUCKET.
     # shellcheck disable=SC1091
