@@ -263,6 +263,9 @@ fi
 # ---------------------------------------------------------- work dir, cleanup
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# The commit measured (read now: the work tree may change while a long run goes on).
+rev=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+if [[ -n $(git -C "$REPO_DIR" status --porcelain 2>/dev/null || true) ]]; then rev+=" (work tree has uncommitted changes at the start)"; fi
 
 WORK=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/filesync-bench.XXXXXX")
 MNT="$WORK/mnt"
@@ -1670,8 +1673,6 @@ fi
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo 2>/dev/null || true)
-rev=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-if [[ -n $(git -C "$REPO_DIR" status --porcelain 2>/dev/null || true) ]]; then rev+=" (work tree has uncommitted changes)"; fi
 fs_version="not run (tools: ${TOOLS[*]})"
 if has_filesync; then
     fs_version=$("$FILESYNC_BIN" --version 2>/dev/null | head -n 1 || true)
@@ -1857,9 +1858,9 @@ request. The LIST pages and the GET are of the last initial run's filesync clien
 
 ### Setup
 
-- Garage: $("$GARAGE_BIN" --version 2>/dev/null | head -n 1); 3 nodes on 127.0.0.1 (\`tests/garage-cluster.sh\`: replication_factor 3, consistency_mode consistent, db_engine sqlite), metadata and data on the benchmark filesystem
+- Garage: $("$GARAGE_BIN" --version 2>/dev/null | sed -n 1p); 3 nodes on 127.0.0.1 (\`tests/garage-cluster.sh\`: replication_factor 3, consistency_mode consistent, db_engine sqlite), metadata and data on the benchmark filesystem
 - filesync servers: \`filesync serve --port PORT --bind 127.0.0.1 --no-discovery --interval 30 --store s3://$STORE_BUCKET/fs\` (AWS_* from the cluster script), started once for the whole case; clients: \`filesync sync --once --json --id ID --server 127.0.0.1:PORT --dir SRC\`
-- rclone: $(rclone version 2>/dev/null | head -n 1); \`rclone sync SRC garage:$STORE_BUCKET/rclone/ID\` with its defaults (--transfers 4, --checkers 8), remote from RCLONE_CONFIG_GARAGE_* (type s3, provider Other, region garage, force_path_style, no_check_bucket), run with \`env -u AWS_CA_BUNDLE\`
+- rclone: $(rclone version 2>/dev/null | sed -n 1p); \`rclone sync SRC garage:$STORE_BUCKET/rclone/ID\` with its defaults (--transfers 4, --checkers 8), remote from RCLONE_CONFIG_GARAGE_* (type s3, provider Other, region garage, force_path_style, no_check_bucket), run with \`env -u AWS_CA_BUNDLE\`
 $(printf -- '- %s\n' "${STORE_NOTES[@]}")
 - Verification: every run lists the objects (paths and sizes, \`rclone lsf\`) against the source, and filesync's \`--json\` must report every file stored (initial) or none (no change); the warm-up and first timed run of the initial and scale cases also check the contents with \`rclone check\` (each file's MD5 against its object's ETag, both ways), and the first timed filesync initial run is read back with \`filesync restore --store\` and compared with \`diff -r\` and a listing with mtimes$verify_note.
 
@@ -1880,6 +1881,16 @@ fi
 
 TITLE="filesync vs rsync benchmark"
 MAIN_REPORT="" ALL_RUNS=""
+# Lines of the setup that concern the rsync/filesync cases only (not the store case).
+fs_what="" RSYNC_SETUP="" FS_SETUP="" VERIFY_SETUP=""
+if ((${#CASE_KEYS[@]})); then
+    fs_what=" (source, both destinations and the durable-limit copy on it)"
+    RSYNC_SETUP="- rsync: $(rsync --version | sed -n 1p), daemon mode on 127.0.0.1, client: \`$rsync_cmd\`
+"
+    FS_SETUP="; client: \`filesync sync --once --id bench --server 127.0.0.1:PORT --dir SRC\`, server: \`filesync serve --port PORT --root DIR --bind 127.0.0.1 --no-discovery --interval 30\`$auth_setup"
+    VERIFY_SETUP="- Verification: every timed run compares a listing (paths, sizes, mtimes to the second) of source and destination, plus the contents of the changed files; the first timed run of each case does a full \`diff -r\`$verify_note.
+"
+fi
 if ((${#CASE_KEYS[@]})); then
     MAIN_REPORT="
 $TABLE
@@ -1893,7 +1904,6 @@ runs; client = the sync command (taskstats hiwater_rss); server = the filesync s
 connection (taskstats hiwater_rss). Wire: bytes of IP packets on the loopback
 interface during the sync, both directions (each packet once, headers included), MiB
 (2^20 bytes), median$wire_note.
-
 "
     ALL_RUNS="
 ## All runs
@@ -1910,15 +1920,13 @@ $MAIN_REPORT
 - CPU: ${cpu:-unknown}; nproc: $(nproc); memory: ${mem:-unknown}
 - Kernel: $(uname -sr)
 - Load average (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end
-- Filesystem: $FS_DESC (source, both destinations and the durable-limit copy on it)
-- rsync: $(rsync --version | head -n 1), daemon mode on 127.0.0.1, client: \`$rsync_cmd\`
-- filesync: $fs_version, git $rev; client: \`filesync sync --once --id bench --server 127.0.0.1:PORT --dir SRC\`, server: \`filesync serve --port PORT --root DIR --bind 127.0.0.1 --no-discovery --interval 30\`$auth_setup
+- Filesystem: $FS_DESC$fs_what
+$RSYNC_SETUP- filesync: $fs_version, git $rev$FS_SETUP
 - Python: $(python3 -V 2>&1 | cut -d' ' -f2); trees from \`bench/gen_tree.py\` (seed $SEED)
 $(printf -- '  - %s\n' "${GEN_NOTES[@]}")
 - Client and server of each tool run on the same machine over loopback and share its $(nproc) CPUs.
 - The page cache was not dropped between runs: every run after the warm-up reads a warm cache.
-- Verification: every timed run compares a listing (paths, sizes, mtimes to the second) of source and destination, plus the contents of the changed files; the first timed run of each case does a full \`diff -r\`$verify_note.
-
+$VERIFY_SETUP
 $DELTA_REPORT$AUTH_REPORT$STORE_REPORT$ALL_RUNS"
 
 printf '%s\n' "$REPORT" >"$OUT"
