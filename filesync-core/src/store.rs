@@ -158,13 +158,7 @@ impl Store {
         let Some(keep) = self.keep_versions else {
             return Ok(0);
         };
-        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
-        let cutoff = MTime::new(
-            now.secs
-                .saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)),
-            now.nanos,
-        )
-        .unwrap_or(MTime::EPOCH);
+        let cutoff = crate::versions::retention_cutoff(keep);
         crate::versions::purge(&self.root, cutoff)
     }
 

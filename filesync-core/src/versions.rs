@@ -61,6 +61,18 @@ pub fn client_versions(root: &Path, id: &ClientId) -> PathBuf {
     versions_root(root).join(id.folder_name())
 }
 
+/// The time before which kept versions are past a retention of `keep`: now less `keep`
+/// (the epoch if that is earlier).
+pub fn retention_cutoff(keep: std::time::Duration) -> MTime {
+    let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
+    MTime::new(
+        now.secs
+            .saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)),
+        now.nanos,
+    )
+    .unwrap_or(MTime::EPOCH)
+}
+
 /// The name of a session record: its start as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC, fixed
 /// width, so that names sort by time).
 pub fn stamp(t: MTime) -> String {

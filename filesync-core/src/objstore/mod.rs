@@ -477,13 +477,7 @@ impl Archive for ObjectArchive {
             }
             *last = Some(std::time::Instant::now());
         }
-        let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
-        let cutoff = MTime::new(
-            now.secs
-                .saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)),
-            now.nanos,
-        )
-        .unwrap_or(MTime::EPOCH);
+        let cutoff = crate::versions::retention_cutoff(keep);
         // Housekeeping at the same pace: uploads a killed server left behind.
         match self.rt.block_on(upload::sweep(
             &self.store,
