@@ -128,6 +128,21 @@ impl Node {
     }
 }
 
+/// Whether `rclone` runs; if not, a loud skip (or a panic under
+/// `FILESYNC_REQUIRE_GARAGE=1`).
+pub fn rclone_or_skip(test: &str) -> bool {
+    let ok = std::process::Command::new("rclone")
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        crate::report_skip(test, "no `rclone` (apt-get install rclone)", REQUIRE_ENV);
+    }
+    ok
+}
+
 /// A running Garage cluster with a bucket ([`bucket`](Self::bucket)) and a key that may
 /// read, write and own it. Every node is killed when the cluster is dropped.
 ///

@@ -876,6 +876,18 @@ impl RunningSync {
 // Trees
 // ---------------------------------------------------------------------------------------
 
+/// `cp -a`: a reference copy keeping modes, times, links and FIFOs.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
 /// Writes `data` to `root/rel` (creating parent directories) and sets its mtime.
 pub fn write_file(root: &Path, rel: &str, data: &[u8], mtime: FileTime) {
     let p = root.join(rel);

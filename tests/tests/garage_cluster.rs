@@ -13,26 +13,11 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use filesync_tests::garage::REQUIRE_ENV;
+use filesync_tests::garage::rclone_or_skip;
 use filesync_tests::{
-    assert_trees_equal, etcd_or_skip, garage_or_skip, netns_or_skip, pseudo_random, report_skip,
-    ts, write_file, Etcd, GarageCluster, Lan, Netns, ServeCmd, SyncCmd,
+    assert_trees_equal, etcd_or_skip, garage_or_skip, netns_or_skip, pseudo_random, ts, write_file,
+    Etcd, GarageCluster, Lan, Netns, ServeCmd, SyncCmd,
 };
-
-/// Whether `rclone` runs; if not, a loud skip (or a panic under
-/// `FILESYNC_REQUIRE_GARAGE=1`).
-fn rclone_or_skip(test: &str) -> bool {
-    let ok = Command::new("rclone")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        report_skip(test, "no `rclone` (apt-get install rclone)", REQUIRE_ENV);
-    }
-    ok
-}
 
 /// Runs `rclone ARGS` with `env` (inside `ns` if given), `input` on its standard input;
 /// its standard output, or an error with its standard error.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use filesync_tests::garage::{garage_or_skip, GarageCluster};
 use filesync_tests::{
-    assert_trees_equal, filesync_bin, hold_slot, make_dir, remove, snapshot, ts, write_big_file,
-    write_file, Relay, ServeCmd, Server, SyncCmd,
+    assert_trees_equal, copy_tree, filesync_bin, hold_slot, make_dir, remove, snapshot, ts,
+    write_big_file, write_file, Relay, ServeCmd, Server, SyncCmd,
 };
 
 /// A three-node cluster, or `None` (the test is skipped) if Garage is not installed.
@@ -114,18 +114,6 @@ fn restore(g: &GarageCluster, store: &str, id: &str, at: Option<&str>) -> tempfi
         String::from_utf8_lossy(&out.stderr)
     );
     dest
-}
-
-/// `cp -a`: a reference copy keeping modes, times, links and FIFOs.
-fn copy_tree(from: &Path, to: &Path) {
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp")
-        .success();
-    assert!(ok);
 }
 
 /// Now, as RFC 3339 with nanoseconds, strictly between two syncs.

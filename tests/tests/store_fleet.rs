@@ -23,11 +23,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use filesync_tests::garage::REQUIRE_ENV;
+use filesync_tests::garage::rclone_or_skip;
 use filesync_tests::{
     assert_trees_equal, etcd_or_skip, filesync_bin, garage_or_skip, make_dir, netns_or_skip,
-    poll_until, pseudo_random, report_skip, ts, write_big_file, write_file, Etcd, GarageCluster,
-    Lan, LanHost, RunningSync, ServeCmd, Server, SyncCmd,
+    poll_until, pseudo_random, ts, write_big_file, write_file, Etcd, GarageCluster, Lan, LanHost,
+    RunningSync, ServeCmd, Server, SyncCmd,
 };
 
 /// The prefix of the archive in the bucket.
@@ -53,21 +53,6 @@ struct Fleet {
     _lan: Lan,
     group: String,
     store: String,
-}
-
-/// Whether `rclone` runs; if not, a loud skip (or a panic under
-/// `FILESYNC_REQUIRE_GARAGE=1`).
-fn rclone_or_skip(test: &str) -> bool {
-    let ok = Command::new("rclone")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        report_skip(test, "no `rclone` (apt-get install rclone)", REQUIRE_ENV);
-    }
-    ok
 }
 
 impl Fleet {

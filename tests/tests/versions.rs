@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use filesync_tests::{
-    assert_dir_mtimes_equal, assert_trees_equal, filesync_bin, make_dir, remove, snapshot, ts,
-    write_file, ServeCmd, Server, SyncCmd,
+    assert_dir_mtimes_equal, assert_trees_equal, copy_tree, filesync_bin, make_dir, remove,
+    snapshot, ts, write_file, ServeCmd, Server, SyncCmd,
 };
 
 /// Runs `filesync ARGS`; returns its output.
@@ -25,18 +25,6 @@ fn filesync(args: &[&std::ffi::OsStr]) -> Output {
 
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
-}
-
-/// `cp -a`: a reference copy keeping modes, times, links and FIFOs.
-fn copy_tree(from: &Path, to: &Path) {
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp")
-        .success();
-    assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
 /// The current time as RFC 3339 with nanoseconds, between two syncs: sessions are
