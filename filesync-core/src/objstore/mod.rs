@@ -181,15 +181,12 @@ impl ObjectArchive {
     /// after a pause and uses what the store holds then, the last one put.
     pub async fn tls_key(&self) -> io::Result<(String, bool)> {
         let key = self.loc.tls_key();
-        match self.store.get(&key).await {
-            Ok(r) => {
-                let b = r.bytes().await.map_err(req_err("reading the TLS key"))?;
-                return String::from_utf8(b.to_vec())
-                    .map(|s| (s, false))
-                    .map_err(|_| io::Error::other("the stored TLS key is not PEM"));
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(req_err("reading the TLS key")(e)),
+        let pem_of = |b: bytes::Bytes| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| io::Error::other("the stored TLS key is not PEM"))
+        };
+        if let Some(b) = get_if_any(&self.store, &key, "reading the TLS key").await? {
+            return Ok((pem_of(b)?, false));
         }
         let pem = crate::net::tls::ServerTls::generate_key_pem().map_err(io::Error::other)?;
         self.store
@@ -197,20 +194,12 @@ impl ObjectArchive {
             .await
             .map_err(req_err("storing the new TLS key"))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = self
-            .store
-            .get(&key)
-            .await
-            .map_err(req_err("reading the TLS key back"))?
-            .bytes()
-            .await
-            .map_err(req_err("reading the TLS key back"))?;
-        String::from_utf8(b.to_vec())
-            .map(|s| {
-                let ours = s == pem;
-                (s, ours)
-            })
-            .map_err(|_| io::Error::other("the stored TLS key is not PEM"))
+        let stored = get_if_any(&self.store, &key, "reading the TLS key back")
+            .await?
+            .ok_or_else(|| io::Error::other("the TLS key just stored is gone"))?;
+        let stored = pem_of(stored)?;
+        let ours = stored == pem;
+        Ok((stored, ours))
     }
 
     /// The shared tree slot of `id`, made if missing.
@@ -228,6 +217,20 @@ impl ObjectArchive {
     }
 }
 
+/// The whole content of the object at `key`, or `None` if there is none; `what` names
+/// the read in an error.
+pub(crate) async fn get_if_any(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    what: &str,
+) -> io::Result<Option<bytes::Bytes>> {
+    match store.get(key).await {
+        Ok(r) => r.bytes().await.map(Some).map_err(req_err(what)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(req_err(what)(e)),
+    }
+}
+
 /// What the store holds for a client: the index checked against a listing (see the
 /// module's doc).
 pub(crate) async fn load_tree(
@@ -237,17 +240,13 @@ pub(crate) async fn load_tree(
 ) -> io::Result<Loaded> {
     let base = loc.client(id);
     let mut stale = false;
-    let index = match store.get(&loc.index(id)).await {
-        Ok(r) => {
-            let b = r.bytes().await.map_err(req_err("reading the index"))?;
-            layout::decode_index(&b).unwrap_or_else(|| {
-                tracing::warn!(client = %id, "the stored index is unreadable; rebuilt from a listing");
-                stale = true;
-                Vec::new()
-            })
-        }
-        Err(object_store::Error::NotFound { .. }) => Vec::new(),
-        Err(e) => return Err(req_err("reading the index")(e)),
+    let index = match get_if_any(store, &loc.index(id), "reading the index").await? {
+        Some(b) => layout::decode_index(&b).unwrap_or_else(|| {
+            tracing::warn!(client = %id, "the stored index is unreadable; rebuilt from a listing");
+            stale = true;
+            Vec::new()
+        }),
+        None => Vec::new(),
     };
     let mut known: HashMap<RelPath, Entry> =
         index.into_iter().map(|e| (e.path.clone(), e)).collect();

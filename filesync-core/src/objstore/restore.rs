@@ -21,7 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::layout::{self, Entry, Location, Record};
-use super::{head_entry, load_tree, req_err, Tree};
+use super::{get_if_any, head_entry, load_tree, req_err, Tree};
 use crate::messages::EntryKind;
 use crate::paths::{ClientId, RelPath};
 use crate::planner::Held;
@@ -61,14 +61,10 @@ pub async fn sessions(
         let Some(at) = dir.filename().and_then(parse_stamp) else {
             continue;
         };
-        let record = match store.get(&child(&dir, "record")).await {
-            Ok(r) => {
-                let b = r.bytes().await.map_err(req_err("reading a record"))?;
-                layout::decode_record(&b)
-                    .ok_or_else(|| io::Error::other(format!("{dir}/record is unreadable")))?
-            }
-            Err(object_store::Error::NotFound { .. }) => rebuilt_record(store, &dir).await?,
-            Err(e) => return Err(req_err("reading a record")(e)),
+        let record = match get_if_any(store, &child(&dir, "record"), "reading a record").await? {
+            Some(b) => layout::decode_record(&b)
+                .ok_or_else(|| io::Error::other(format!("{dir}/record is unreadable")))?,
+            None => rebuilt_record(store, &dir).await?,
         };
         out.push(Session { at, dir, record });
     }
@@ -104,14 +100,10 @@ async fn purged_before(
     loc: &Location,
     id: &ClientId,
 ) -> io::Result<Option<MTime>> {
-    match store.get(&child(&loc.versions(id), "purged-before")).await {
-        Ok(r) => {
-            let b = r.bytes().await.map_err(req_err("reading purged-before"))?;
-            Ok(std::str::from_utf8(&b).ok().and_then(parse_stamp))
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(req_err("reading purged-before")(e)),
-    }
+    let key = child(&loc.versions(id), "purged-before");
+    Ok(get_if_any(store, &key, "reading purged-before")
+        .await?
+        .and_then(|b| std::str::from_utf8(&b).ok().and_then(parse_stamp)))
 }
 
 /// Removes the session records of every client that started before `cutoff`, after
