@@ -273,11 +273,16 @@ pub async fn serve(
                             tracing::debug!("too many unidentified connections; evicted the oldest");
                         }
                         let _ = stream.set_nodelay(true);
+                        // Greeted here, in accept order, not in the spawned task: with
+                        // several worker threads, tasks may start out of order, and the
+                        // first to connect must be the one greeted READY.
+                        let pending = ctx.queue.greet();
                         tracker.spawn(handle(
                             Arc::clone(&ctx),
                             stream,
                             peer,
                             admitted,
+                            pending,
                             cancel.child_token(),
                         ));
                     }
@@ -309,6 +314,7 @@ async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
+    pending: Pending,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
@@ -321,6 +327,7 @@ async fn handle(
         stream,
         peer,
         admitted,
+        pending,
         &mut ticket,
         &cancel,
         &mut summary,
@@ -403,6 +410,7 @@ async fn session(
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
+    pending: Pending,
     ticket: &mut Option<Ticket>,
     cancel: &CancellationToken,
     summary: &mut Summary,
@@ -411,7 +419,7 @@ async fn session(
     // Until it has identified itself, a connection holds no place in line, is closed
     // after the handshake timeout, and may be evicted by a newer one (see `Gate`).
     let identified = tokio::select! {
-        r = handshake(ctx, stream, peer, ticket, summary) => r?,
+        r = handshake(ctx, stream, peer, pending, ticket, summary) => r?,
         _ = admitted.evicted() => {
             summary.unidentified_end = Some(EVICTED);
             return Err(Error::Closed);
@@ -499,7 +507,7 @@ async fn session(
     outcome
 }
 
-/// Greets the connection and reads until it has identified itself, all within the
+/// Greets the connection (its place, `pending`, taken in accept order) and reads until it has identified itself, all within the
 /// handshake timeout; then it joins the queue (`ticket`).
 ///
 /// The greeting is provisional: READY if a slot is free and nobody is owed it, else BUSY
@@ -514,6 +522,7 @@ async fn handshake(
     ctx: &Ctx,
     mut stream: TcpStream,
     peer: SocketAddr,
+    mut pending: Pending,
     ticket: &mut Option<Ticket>,
     summary: &mut Summary,
 ) -> Result<Identified, Error> {
@@ -530,7 +539,6 @@ async fn handshake(
         delete_caps: ctx.cfg.delete_caps,
         auth_required: ctx.cfg.auth.is_some(),
     };
-    let mut pending = ctx.queue.greet();
     let (srv, status) = Server::new(params, peer.ip()).greet(pending.greeting());
     let mut greeting = BytesMut::new();
     // The greeting ends in `\n` although the original's does not: its clients parse one
