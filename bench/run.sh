@@ -828,9 +828,14 @@ prune_versions() {
 # case_delta_edit KIND LABEL: KIND poke (POKE_LEN bytes of new content at POKE_OFFSET)
 # or rewrite (the whole file new, same size), applied before every run; both tools
 # then sync the same change. The tools start in sync (after case_initial).
+# A rewrite run is followed by a second rewrite synced by filesync --whole-file
+# (key delta-rewrite-whole): the same work with deltas off, the rewrite's baseline.
 case_delta_edit() {
-    local kind=$1 key="delta-$1" r tool changed="$MNT/tmp/changed.txt"
+    local kind=$1 key="delta-$1" r tool changed="$MNT/tmp/changed.txt" fs_extra
     new_case "$key" "$2"
+    if [[ $kind == rewrite ]] && has_tool filesync; then
+        new_case delta-rewrite-whole "${2/rewritten/rewritten, sent with --whole-file}"
+    fi
     echo "$DELTA_REL" >"$changed"
     for tool in "${TOOLS[@]}"; do # make sure both start in sync
         run_sync "$tool" "$key prepare"
@@ -846,6 +851,18 @@ case_delta_edit() {
         for tool in $(tools_for_run "$r"); do
             timed_run "$key" "$r" "$tool" "$changed"
         done
+        if [[ $kind == rewrite ]] && has_tool filesync; then
+            next_mtime
+            python3 "$DTOOL" rewrite "$SRC/$DELTA_REL" --seed "$SEED" --variant $((r + 1000)) --mtime "$MTIME_SEQ"
+            fs_extra=("${FS_EXTRA[@]}")
+            FS_EXTRA+=(--whole-file)
+            timed_run delta-rewrite-whole "$r" filesync "$changed"
+            FS_EXTRA=("${fs_extra[@]}")
+            # rsync syncs it too, untimed, so that both tools start the next run alike.
+            for tool in "${TOOLS[@]}"; do
+                [[ $tool == filesync ]] || run_sync "$tool" "$key run $r catch-up"
+            done
+        fi
     done
     prune_versions
 }
@@ -1591,16 +1608,19 @@ fw, rw = med("delta-poke", "filesync", "w"), med("delta-poke", "rsync", "w")
 out.append(line("%s changed in %s: bytes on the wire vs rsync" % (b(poke_len), b(delta_bytes)), b(fw), "rsync " + b(rw), R(fw, rw), 1.5))
 ft, rt = med("delta-poke", "filesync", "t"), med("delta-poke", "rsync", "t")
 out.append(line("%s changed in %s: time vs rsync" % (b(poke_len), b(delta_bytes)), s(ft), "rsync " + s(rt), R(ft, rt), 0.5))
-ft, it = med("delta-rewrite", "filesync", "t"), med("delta-initial", "filesync", "t")
-out.append(line("%s rewritten: time vs its whole-file send (initial sync)" % b(delta_bytes), s(ft), "filesync initial " + s(it), R(ft, it), 1.0))
+ft, wt = med("delta-rewrite", "filesync", "t"), med("delta-rewrite-whole", "filesync", "t")
+out.append(line("%s rewritten: time vs the same rewrite sent with --whole-file" % b(delta_bytes), s(ft), "--whole-file " + s(wt), R(ft, wt), 1.0))
+it = med("delta-initial", "filesync", "t")
+out.append(line("%s rewritten: time vs a whole-file send to an empty server (initial sync)" % b(delta_bytes), s(ft), "filesync initial " + s(it), R(ft, it), 1.0))
 fs_ = med("delta-resume", "filesync", "sent")
 out.append(line("%s cut at 90 %%: bytes sent to finish, share of the file" % b(resume_bytes), b(fs_), "file " + b(resume_bytes), R(fs_, resume_bytes), 0.15))
 print("\n".join(out))
 print("----")
 det = ["| case | tool | client bytes sent | client bytes received | files_delta | files_resumed | killed at | server kept | wire |",
        "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-names = {"delta-initial": "initial", "delta-poke": "%s changed" % b(poke_len), "delta-rewrite": "rewritten", "delta-resume": "resume after cut at 90 %"}
-for key in ("delta-initial", "delta-poke", "delta-rewrite", "delta-resume"):
+names = {"delta-initial": "initial", "delta-poke": "%s changed" % b(poke_len), "delta-rewrite": "rewritten",
+         "delta-rewrite-whole": "rewritten, --whole-file", "delta-resume": "resume after cut at 90 %"}
+for key in ("delta-initial", "delta-poke", "delta-rewrite", "delta-rewrite-whole", "delta-resume"):
     for tool in ("rsync", "filesync", "filesync-auth"):
         if (key, tool) not in rows:
             continue
@@ -1614,7 +1634,7 @@ DELTA_REPORT=""
 if has_tree delta; then
     DMEAS="$LOGS/delta.tsv"
     : >"$DMEAS"
-    for key in delta-initial delta-poke delta-rewrite delta-resume; do
+    for key in delta-initial delta-poke delta-rewrite delta-rewrite-whole delta-resume; do
         for tool in "${TOOLS[@]}"; do
             [[ -n ${TIMES["$key|$tool"]:-} ]] || continue
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$tool" "${TIMES["$key|$tool"]}" \
@@ -1631,8 +1651,10 @@ ${dtables%%$'\n'----$'\n'*}
 
 Medians over the runs. In this case the clients also get \`--stats\` (rsync) and
 \`--json\` (filesync), for their byte counts. Wire: bytes on the loopback, both directions, headers included
-(as in the table above). The rewrite's baseline is filesync's own initial sync of the
-same file (a whole-file send to an empty server), in the same run. Resume: the client
+(as in the table above). The rewrite's baselines, in the same run: the same rewrite
+synced by filesync \`--whole-file\` (deltas off; each run rewrites the file again for
+it), and filesync's initial sync of the same file (a whole-file send to an empty server,
+which has no old copy to set aside). Resume: the client
 was killed (SIGKILL) when the server's temporary file reached 90 % of the file; the
 figure is filesync's \`--json\` \`bytes_sent\` (literal file data) of the sync that
 finished it. rsync's resume runs use \`--partial\` (without it the daemon deletes

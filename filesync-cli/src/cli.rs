@@ -255,6 +255,13 @@ pub(crate) struct SyncArgs {
     /// entry in it); past it deletions stop and `--once` exits 8.
     #[arg(long, value_name = "N", env = "FILESYNC_MAX_DELETE")]
     pub(crate) max_delete: Option<u64>,
+
+    /// Send changed files whole, never as block deltas against the server's copy (as
+    /// rsync's --whole-file): less CPU on both sides where the network is faster than
+    /// the disks. An interrupted file still resumes.
+    #[arg(short = 'W', long, env = "FILESYNC_WHOLE_FILE")]
+    pub(crate) whole_file: bool,
+
     /// Authenticate with the secret in FILE (made by `filesync gen-secret`, listed for
     /// --id in the server's --auth-file; FILE must not be accessible by group or others),
     /// or with the secret in the environment variable FILESYNC_SECRET. The session is then

@@ -54,6 +54,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
         agent: format!("filesync/{}", env!("CARGO_PKG_VERSION")),
         allow_empty: args.allow_empty,
         max_delete: args.max_delete,
+        whole_file: args.whole_file,
     };
     let auth = match client_auth(&args) {
         Ok(a) => a,

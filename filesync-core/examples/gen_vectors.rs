@@ -1193,6 +1193,7 @@ fn session_vector() -> Res<(String, String)> {
         agent: "filesync/0.1.0".into(),
         allow_empty: false,
         max_delete: None,
+        whole_file: false,
     };
     // The server holds an unchanged file, an outdated one and a directory the client
     // removed; the client lists a new empty directory and a file that vanishes mid-sync.
@@ -1431,6 +1432,7 @@ fn sparse_session_vector() -> Res<(String, String)> {
         agent: "filesync/0.1.0".into(),
         allow_empty: false,
         max_delete: None,
+        whole_file: false,
     };
     let head = b"BOOT";
     let tail = b"END\n";

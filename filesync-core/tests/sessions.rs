@@ -190,6 +190,7 @@ fn params(enc: Encoding, id: Option<&str>, allow_empty: bool) -> ClientParams {
         agent: "sessions-test".into(),
         allow_empty,
         max_delete: None,
+        whole_file: false,
     }
 }
 

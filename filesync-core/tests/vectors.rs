@@ -597,6 +597,7 @@ fn check_session(path: &Path, v: &Value) {
         agent: text(path, v, "agent").to_owned(),
         allow_empty: field(path, v, "allow_empty").as_bool().unwrap(),
         max_delete: v.get("max_delete").and_then(Value::as_u64),
+        whole_file: false,
     };
     replay_server(path, enc, &steps, &index, peer, queue_position);
     replay_client(path, enc, &steps, params);

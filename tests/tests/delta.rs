@@ -62,6 +62,34 @@ fn a_poked_file_sends_only_the_changed_blocks() {
     assert_trees_equal(c.path(), &root.path().join("client_d"));
 }
 
+/// `--whole-file` (rsync's `-W`): the same poked file is sent whole, not as a delta, and
+/// stored exactly.
+#[test]
+fn whole_file_sends_a_poked_file_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(root.path());
+    let c = tempfile::tempdir().unwrap();
+    write_file(
+        c.path(),
+        "big.bin",
+        &pseudo_random(SIZE, 10),
+        ts(1_600_000_000, 0),
+    );
+    SyncCmd::new("wf", c.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    poke(c.path(), SIZE as u64 / 2, &[0xCD; 4096], 1_600_000_100);
+    let out = SyncCmd::new("wf", c.path())
+        .server(&server.addr())
+        .arg("--whole-file")
+        .run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_delta"), 0, "{out}");
+    assert_eq!(out.count("bytes_sent"), SIZE as u64, "{out}");
+    assert_trees_equal(c.path(), &root.path().join("client_wf"));
+}
+
 #[test]
 fn a_rewritten_file_is_stored_exactly() {
     let root = tempfile::tempdir().unwrap();

@@ -11,7 +11,8 @@ use crate::messages::seed::ServerStatus;
 use crate::messages::{
     ClientMsg, CopyBlocks, Encoding, Entry, EntryKind, ErrorCode, FileAbort, FileEnd, FileHeader,
     Hash, Hello, Hole, Manifest, ManifestEnd, NextSync, Outcome, PlanEnd, ResumeAt, ServerMsg,
-    TransferEnd, Welcome, CAPABILITIES, MANIFEST_BATCH_MAX, MANIFEST_WINDOW, PROTOCOL_VERSION,
+    TransferEnd, Welcome, CAPABILITIES, CAP_DELTA, MANIFEST_BATCH_MAX, MANIFEST_WINDOW,
+    PROTOCOL_VERSION,
 };
 use crate::paths::{ClientId, RelPath};
 
@@ -28,6 +29,10 @@ pub struct ClientParams {
     pub allow_empty: bool,
     /// The most entries the session may delete on the server (`--max-delete`).
     pub max_delete: Option<u64>,
+    /// Never send a block delta (`--whole-file`, rsync's `-W`): `HELLO` leaves
+    /// [`CAP_DELTA`] out, so the server sends no signatures and every changed file goes
+    /// whole. Resume is still offered.
+    pub whole_file: bool,
 }
 
 /// A native client session in state `S`.
@@ -249,7 +254,11 @@ impl Client<Discovered> {
             version: PROTOCOL_VERSION,
             agent: self.params.agent.clone(),
             client_id: self.params.client_id.clone(),
-            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            capabilities: CAPABILITIES
+                .iter()
+                .filter(|c| !(self.params.whole_file && **c == CAP_DELTA))
+                .map(|c| (*c).to_owned())
+                .collect(),
             allow_empty: self.params.allow_empty,
             max_delete: self.params.max_delete,
         });
