@@ -753,12 +753,27 @@ fn read_one(root: &std::path::Path, mut task: Task, e: Entry, batch: &mut Batch)
 /// neither side hashes the file.
 /// `false` once the socket loop has gone away.
 fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bool {
-    /// Why the matcher was stopped from the callback.
-    #[derive(Debug)]
+    /// Why the matcher was stopped from the callback: carried out in the `io::Error`
+    /// and told apart from a read error by its type.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Stop {
         FallBack,
         Gone,
     }
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                Stop::FallBack => "delta fall back",
+                Stop::Gone => "reader gone",
+            })
+        }
+    }
+    impl std::error::Error for Stop {}
+    let stop_of = |e: &std::io::Error| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Stop>())
+            .copied()
+    };
     let matcher = match delta::Matcher::new(sig) {
         Ok(m) => m,
         Err(e) => return batch.push(Read::Abort(format!("the server's signature: {e}")), 0),
@@ -781,25 +796,17 @@ fn send_delta(src: &mut Source, sig: &delta::Signature, batch: &mut Batch) -> bo
             }
         };
         if !ok {
-            return Err(std::io::Error::other(Stop::Gone.as_str()));
+            return Err(std::io::Error::other(Stop::Gone));
         }
         if delta::should_fall_back(progress) {
-            return Err(std::io::Error::other(Stop::FallBack.as_str()));
+            return Err(std::io::Error::other(Stop::FallBack));
         }
         Ok(())
     });
-    impl Stop {
-        fn as_str(&self) -> &'static str {
-            match self {
-                Stop::FallBack => "filesync: delta fall back",
-                Stop::Gone => "filesync: reader gone",
-            }
-        }
-    }
     let hash = match run {
         Ok(summary) => Some(Hash(summary.new_hash)),
-        Err(e) if e.to_string() == Stop::Gone.as_str() => return false,
-        Err(e) if e.to_string() == Stop::FallBack.as_str() => {
+        Err(e) if stop_of(&e) == Some(Stop::Gone) => return false,
+        Err(e) if stop_of(&e) == Some(Stop::FallBack) => {
             // The rest as plain data; the hash, needed only after a COPY, covers the
             // bytes already sent too.
             let mut h = (copied > 0).then(blake3::Hasher::new);
