@@ -14,7 +14,9 @@
 //!    as [`DeltaOp`]s: `Copy { block, count }` for a run of consecutive old blocks,
 //!    `Literal(bytes)` for at most [`MAX_LITERAL`] bytes of new data.
 //! 3. The old file's holder rebuilds the new file from its old copy and the ops
-//!    ([`Applier`], [`apply`]), hashing what it writes with the whole-file BLAKE3.
+//!    ([`Applier`], [`apply`]), hashing what it writes with the whole-file BLAKE3. File to
+//!    file, copied blocks stay in the kernel (`copy_file_range(2)`) and the hash runs on a
+//!    thread of its own, reading back what was written ([`Applier::copy_in_kernel`]).
 //! 4. That hash is compared with the new file's ([`DeltaSummary::new_hash`] on the sending
 //!    side, the same as [`file_hash`]): a mismatch means that the old file changed under
 //!    the server, or (unlikely, see below) a false match of a block's strong hash; the
@@ -120,6 +122,7 @@
 //!   hashed as they are written ([`Signer`]).
 
 mod apply;
+mod hash_thread;
 mod matcher;
 mod signature;
 mod weak;

@@ -686,11 +686,14 @@ impl Receiver<'_> {
         let (data, meta) = partial_paths(&self.partials, &h.path);
         let opened = if h.delta {
             // A delta: the file is rebuilt from the copy held now and what the client sends.
+            // Readable too: the applier hashes what it copied by reading it back.
             OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&temp)
                 .and_then(|out| {
+                    let written = out.try_clone()?;
                     let base = self.base(&h.path)?;
                     let m = base.metadata()?;
                     let len = m.len();
@@ -702,6 +705,9 @@ impl Receiver<'_> {
                     // A delta that turns out all literal is hashed no more than a plain
                     // file (see `commit`).
                     applier.hash_lazily();
+                    // Copied blocks go from file to file inside the kernel, and the hash
+                    // of what was written overlaps that on another core.
+                    applier.copy_in_kernel(written);
                     if worth_signing(h.size) {
                         // The copy's cached signature, if it is of the copy as it is.
                         let cache = self.store.sigs.join(self.id.folder_name());

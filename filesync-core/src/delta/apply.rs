@@ -1,7 +1,9 @@
 //! Reconstruction: the old file and the ops give the new file.
 
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 
+use super::hash_thread::HashThread;
 use super::matcher::DeltaOp;
 use super::signature::{invalid, BlockLayout, BlockSig, Signature, Signer};
 
@@ -46,6 +48,37 @@ pub struct Applier<R, W> {
     copied: bool,
     /// The output's first bytes that were hashed.
     hashed: u64,
+    /// Whether to hash on a thread of its own ([`Applier::hash_in_background`]).
+    background: bool,
+    /// That thread, from the first `Copy` on; `hasher` is its starting state.
+    thread: Option<HashThread>,
+    /// Copies `len` bytes from the old file's position to the output's inside the kernel,
+    /// and the output open for reading, which the hashing thread then reads them back
+    /// from ([`Applier::copy_in_kernel`]).
+    kernel: Option<(KernelCopy<R, W>, File)>,
+}
+
+/// Copies `len` bytes from `old` to `out`, each from its current position, without
+/// passing them through user space if the system can; returns the bytes copied (fewer
+/// only at the end of `old`).
+type KernelCopy<R, W> = fn(old: &mut R, out: &mut W, len: u64) -> io::Result<u64>;
+
+impl Applier<File, File> {
+    /// Copies the blocks of `Copy` ops with `copy_file_range(2)` (through `std::io::copy`,
+    /// which falls back to reading and writing where the kernel cannot): one copy of each
+    /// byte inside the kernel instead of two through a buffer, and none at all where the
+    /// filesystem shares the extents (a reflink on Btrfs or XFS). The whole-file hash
+    /// is then computed in the background ([`Applier::hash_in_background`]) from the
+    /// output as written, read back through `written` (the output file opened for
+    /// reading), so what is checked is what is on disk. A run whose blocks the signer
+    /// needs to read (see [`Applier::sign`]) is still read and written.
+    pub fn copy_in_kernel(&mut self, written: File) {
+        fn copy(old: &mut File, out: &mut File, len: u64) -> io::Result<u64> {
+            io::copy(&mut Read::by_ref(old).take(len), out)
+        }
+        self.background = true;
+        self.kernel = Some((copy, written));
+    }
 }
 
 impl<R: Read + Seek, W: Write> Applier<R, W> {
@@ -66,7 +99,34 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             lazy: false,
             copied: false,
             hashed: 0,
+            background: false,
+            thread: None,
+            kernel: None,
         })
+    }
+
+    /// Hashes on a thread of its own from the first `Copy` on, so that hashing a chunk
+    /// overlaps reading and writing the next (on another core, where there is one). The
+    /// output and the hash are the same; it costs a thread, 1 MiB of buffers and a copy
+    /// of each literal. If the thread cannot be started, hashing stays inline.
+    pub fn hash_in_background(&mut self) {
+        self.background = true;
+    }
+
+    /// Hashes `bytes`, the next of the output: inline, or by the thread once it runs.
+    fn hash(&mut self, bytes: &[u8]) {
+        match &mut self.thread {
+            Some(t) => {
+                let mut chunk = t.buffer(bytes.len());
+                chunk.clear();
+                chunk.extend_from_slice(bytes);
+                t.update(chunk);
+            }
+            None => {
+                self.hasher.update(bytes);
+            }
+        }
+        self.hashed += bytes.len() as u64;
     }
 
     /// Hashes literal bytes only once a `Copy` has come. A delta without any (one whose
@@ -98,6 +158,7 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             return Ok(());
         }
         debug_assert_eq!(self.hashed, 0, "only a literal prefix is left unhashed");
+        debug_assert!(self.thread.is_none(), "the thread starts at the first Copy");
         let mut hasher = blake3::Hasher::new();
         let mut take = written.take(self.len);
         let n = io::copy(&mut take, &mut hasher)?;
@@ -149,8 +210,7 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         if !self.lazy || self.copied {
-            self.hasher.update(bytes);
-            self.hashed += bytes.len() as u64;
+            self.hash(bytes);
         }
         if let Some(s) = &mut self.signer {
             s.update(bytes);
@@ -174,12 +234,19 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             ));
         }
         self.copied = true;
+        if self.background && self.thread.is_none() {
+            // Continues from the hash of the literal bytes before this copy, if any.
+            let written = self.kernel.as_ref().and_then(|(_, f)| f.try_clone().ok());
+            if let Ok(t) = HashThread::spawn(self.hasher.clone(), written) {
+                self.thread = Some(t);
+            }
+        }
         if self.old_pos != Some(offset) {
             self.old.seek(SeekFrom::Start(offset))?;
             self.old_pos = Some(offset);
         }
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; COPY_CHUNK];
+        if let Some(copy) = self.kernel_copy_for(block, count) {
+            return self.copy_kernel(copy, block, count, left);
         }
         // Whole blocks per read, so that each can be signed or reused on its own.
         let bs = u64::from(self.layout.block_size);
@@ -187,7 +254,14 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
         let mut at_block = block as usize;
         while left > 0 {
             let n = left.min(per_read) as usize;
-            let chunk = &mut self.buf[..n];
+            let mut buf = match &mut self.thread {
+                Some(t) => t.buffer(n),
+                None => std::mem::take(&mut self.buf),
+            };
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let chunk = &mut buf[..n];
             if let Err(e) = self.old.read_exact(chunk) {
                 self.old_pos = None;
                 return Err(if e.kind() == ErrorKind::UnexpectedEof {
@@ -203,8 +277,6 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
                 });
             }
             self.out.write_all(chunk)?;
-            self.hasher.update(chunk);
-            self.hashed += n as u64;
             if let Some(signer) = &mut self.signer {
                 for piece in chunk.chunks(bs as usize) {
                     let reused = piece.len() as u64 == bs
@@ -218,10 +290,75 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
                     at_block += 1;
                 }
             }
+            match &mut self.thread {
+                Some(t) => {
+                    buf.truncate(n);
+                    t.update(buf);
+                }
+                None => {
+                    self.hasher.update(&buf[..n]);
+                    self.buf = buf;
+                }
+            }
+            self.hashed += n as u64;
             self.len += n as u64;
             self.old_pos = self.old_pos.map(|p| p + n as u64);
             left -= n as u64;
         }
+        Ok(())
+    }
+
+    /// The kernel copy, if [`Applier::copy_in_kernel`] asked for it and the run of
+    /// `count` blocks from `block` can do without its bytes: the hashing thread reads the
+    /// output back, and the signer (if any) reuses the old checksums of every block.
+    fn kernel_copy_for(&self, block: u32, count: u32) -> Option<KernelCopy<R, W>> {
+        let (copy, _) = self.kernel.as_ref()?;
+        if !self.thread.as_ref().is_some_and(HashThread::reads_back) {
+            return None;
+        }
+        if let Some(signer) = &self.signer {
+            let end = block as usize + count as usize;
+            let whole = (end as u64) * u64::from(self.layout.block_size) <= self.layout.file_len;
+            if !(whole && end <= self.old_blocks.len() && signer.can_reuse_run(u64::from(count))) {
+                return None;
+            }
+        }
+        Some(*copy)
+    }
+
+    /// Copies `len` bytes, the `count` blocks from `block` (the old file positioned at
+    /// the first), with `copy` (see [`Applier::kernel_copy_for`]).
+    fn copy_kernel(
+        &mut self,
+        copy: KernelCopy<R, W>,
+        block: u32,
+        count: u32,
+        len: u64,
+    ) -> io::Result<()> {
+        let at = self.len;
+        let n = copy(&mut self.old, &mut self.out, len).inspect_err(|_| self.old_pos = None)?;
+        if n != len {
+            self.old_pos = None;
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!(
+                    "the old file is shorter than the {} bytes it was signed with",
+                    self.layout.file_len
+                ),
+            ));
+        }
+        if let Some(signer) = &mut self.signer {
+            for sig in &self.old_blocks[block as usize..block as usize + count as usize] {
+                let reused = signer.reuse(*sig);
+                debug_assert!(reused, "checked by kernel_copy_for");
+            }
+        }
+        if let Some(t) = &mut self.thread {
+            t.update_written(at, len);
+        }
+        self.hashed += len;
+        self.len += len;
+        self.old_pos = self.old_pos.map(|p| p + len);
         Ok(())
     }
 
@@ -242,6 +379,9 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
     /// output itself.
     pub fn finish(mut self) -> io::Result<(Applied, W)> {
         self.out.flush()?;
+        if let Some(t) = self.thread.take() {
+            self.hasher = t.finish()?;
+        }
         Ok((
             Applied {
                 len: self.len,

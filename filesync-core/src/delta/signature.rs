@@ -217,6 +217,16 @@ impl Signer {
             && self.done + u64::from(self.layout.block_size) <= self.layout.file_len
     }
 
+    /// Whether the next `blocks` blocks are all whole ones and nothing of the first was
+    /// written yet: then [`Signer::reuse`] may stand for the bytes of each.
+    pub fn can_reuse_run(&self, blocks: u64) -> bool {
+        self.partial.is_empty()
+            && blocks
+                .checked_mul(u64::from(self.layout.block_size))
+                .and_then(|n| n.checked_add(self.done))
+                .is_some_and(|end| end <= self.layout.file_len)
+    }
+
     /// Takes `sig` as the checksums of the next whole block, whose bytes the caller will
     /// not pass to [`Signer::update`]. Only where [`Signer::can_reuse`]; `false` (and
     /// nothing done) otherwise.

@@ -107,19 +107,119 @@ fn roundtrip_with(old: &[u8], new: &[u8], bs: u32, step: usize) -> (Vec<DeltaOp>
     );
 
     // Rebuilt and signed as it is written, reusing the old checksums where it can: the
-    // same signature as reading the new file again.
+    // same signature as reading the new file again. Hashed on a thread of its own: the
+    // same hash.
     let mut applier = Applier::new(Cursor::new(old), layout, Vec::new()).unwrap();
     applier.sign(new.len() as u64, Some(sig.clone())).unwrap();
+    applier.hash_in_background();
     for op in &ops {
         applier.op(op).unwrap();
     }
-    let (_, _, signed) = applier.finish_signed().unwrap();
+    let (applied_bg, out, signed) = applier.finish_signed().unwrap();
+    assert!(
+        out == new,
+        "rebuilt file differs (hashed in the background)"
+    );
+    assert_eq!(applied_bg, applied, "hashed in the background");
     assert_eq!(
         signed,
         Some(Signature::compute(new, new.len() as u64).unwrap()),
         "the signature made while applying"
     );
+
+    // File to file, the copies inside the kernel: the same file, hash and signature.
+    let (out, applied_files, signed) = apply_files(old, &sig, &ops, new.len() as u64);
+    assert!(out == new, "rebuilt file differs (copied in the kernel)");
+    assert_eq!(applied_files, applied, "copied in the kernel");
+    assert_eq!(
+        signed,
+        Some(Signature::compute(new, new.len() as u64).unwrap()),
+        "the signature made while copying in the kernel"
+    );
     (ops, summary)
+}
+
+/// Applies `ops` from a file holding `old` to a file, signing the output (a file of
+/// `new_len` bytes) with `sig`'s help and copying in the kernel; returns the output's
+/// bytes, what the applier reported and the signature.
+fn apply_files(
+    old: &[u8],
+    sig: &Signature,
+    ops: &[DeltaOp],
+    new_len: u64,
+) -> (Vec<u8>, Applied, Option<Signature>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old"), old).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("new"))
+        .unwrap();
+    let written = out.try_clone().unwrap();
+    let old_file = std::fs::File::open(dir.path().join("old")).unwrap();
+    let mut applier = Applier::new(old_file, sig.layout(), out).unwrap();
+    applier.sign(new_len, Some(sig.clone())).unwrap();
+    applier.copy_in_kernel(written);
+    for op in ops {
+        applier.op(op).unwrap();
+    }
+    let (applied, _, signed) = applier.finish_signed().unwrap();
+    (
+        std::fs::read(dir.path().join("new")).unwrap(),
+        applied,
+        signed,
+    )
+}
+
+/// Copied in the kernel, the hash is of the output as read back from the file given for
+/// it, not of bytes that passed through the applier: given another file to read, the
+/// hash is that file's, and the output is still right.
+#[test]
+fn copies_in_the_kernel_are_hashed_from_the_file_written() {
+    let old = noise(31, 1 << 20);
+    let mut new = old.clone();
+    new[500_000..504_096].fill(0x5A);
+    let sig = Signature::compute(&old[..], old.len() as u64).unwrap();
+    let (ops, _) = compute_delta(&sig, &new[..]).unwrap();
+    assert!(ops.iter().any(|op| matches!(op, DeltaOp::Copy { .. })));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old"), &old).unwrap();
+    // The decoy: the same length, other bytes.
+    let decoy = noise(32, new.len());
+    std::fs::write(dir.path().join("decoy"), &decoy).unwrap();
+    let out = std::fs::File::create(dir.path().join("new")).unwrap();
+    let mut applier = Applier::new(
+        std::fs::File::open(dir.path().join("old")).unwrap(),
+        sig.layout(),
+        out,
+    )
+    .unwrap();
+    applier.copy_in_kernel(std::fs::File::open(dir.path().join("decoy")).unwrap());
+    for op in &ops {
+        applier.op(op).unwrap();
+    }
+    let (applied, _) = applier.finish().unwrap();
+    assert!(std::fs::read(dir.path().join("new")).unwrap() == new);
+    assert_ne!(applied.hash, *blake3::hash(&new).as_bytes());
+    // Literal bytes are hashed as passed; copied ranges as read from the decoy.
+    let mut expect = blake3::Hasher::new();
+    let mut at = 0usize;
+    for op in &ops {
+        match op {
+            DeltaOp::Copy { block, count } => {
+                let (_, len) = sig.layout().range(*block, *count).unwrap();
+                expect.update(&decoy[at..at + len as usize]);
+                at += len as usize;
+            }
+            DeltaOp::Literal(b) => {
+                expect.update(b);
+                at += b.len();
+            }
+        }
+    }
+    assert_eq!(applied.hash, *expect.finalize().as_bytes());
 }
 
 fn roundtrip(old: &[u8], new: &[u8], bs: u32) -> (Vec<DeltaOp>, DeltaSummary) {
@@ -568,29 +668,38 @@ fn a_lazy_applier_hashes_from_the_first_copy_on() {
     new.extend_from_slice(&old[..2000]);
     new.extend_from_slice(b"tail");
 
-    // All literal: nothing hashed, nothing copied.
-    let mut a = Applier::new(Cursor::new(&old[..]), sig.layout(), Vec::new()).unwrap();
-    a.hash_lazily();
-    a.literal(&lit).unwrap();
-    assert_eq!(a.unhashed(), 3000);
-    assert!(!a.copied());
+    for background in [false, true] {
+        // All literal: nothing hashed, nothing copied.
+        let mut a = Applier::new(Cursor::new(&old[..]), sig.layout(), Vec::new()).unwrap();
+        a.hash_lazily();
+        if background {
+            a.hash_in_background();
+        }
+        a.literal(&lit).unwrap();
+        assert_eq!(a.unhashed(), 3000);
+        assert!(!a.copied());
 
-    // A copy after literal bytes waits for them to be handed back.
-    let err = a.copy(0, 2).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(
-        a.catch_up(&lit[..2999]).is_err(),
-        "fewer bytes than written"
-    );
-    a.catch_up(&lit[..]).unwrap();
-    assert_eq!(a.unhashed(), 0);
-    a.copy(0, 2).unwrap();
-    a.literal(b"tail").unwrap();
-    assert!(a.copied());
-    assert_eq!(a.unhashed(), 0);
-    let (applied, out) = a.finish().unwrap();
-    assert!(out == new);
-    assert_eq!(applied.hash, *blake3::hash(&new).as_bytes());
+        // A copy after literal bytes waits for them to be handed back.
+        let err = a.copy(0, 2).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            a.catch_up(&lit[..2999]).is_err(),
+            "fewer bytes than written"
+        );
+        a.catch_up(&lit[..]).unwrap();
+        assert_eq!(a.unhashed(), 0);
+        a.copy(0, 2).unwrap();
+        a.literal(b"tail").unwrap();
+        assert!(a.copied());
+        assert_eq!(a.unhashed(), 0);
+        let (applied, out) = a.finish().unwrap();
+        assert!(out == new);
+        assert_eq!(
+            applied.hash,
+            *blake3::hash(&new).as_bytes(),
+            "background {background}"
+        );
+    }
 }
 
 #[test]
