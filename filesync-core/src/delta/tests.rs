@@ -543,8 +543,11 @@ fn cost_model() {
     assert!(delta_worthwhile(64 << 20, 64 << 20, 4 << 20));
 
     let p = |copied, literal| DeltaProgress { copied, literal };
-    assert!(!should_fall_back(&p(0, 1 << 20)));
-    assert!(should_fall_back(&p(0, 16 << 20)));
+    // Judged from the first MiB on, by the share of literal bytes (90 %).
+    assert!(!should_fall_back(&p(0, (1 << 20) - 1)));
+    assert!(should_fall_back(&p(0, 1 << 20)));
+    assert!(should_fall_back(&p(100 << 10, 924 << 10)));
+    assert!(!should_fall_back(&p(110 << 10, 914 << 10)));
     assert!(should_fall_back(&p(1 << 20, 15 << 20)));
     assert!(!should_fall_back(&p(4 << 20, 12 << 20)));
 }

@@ -747,7 +747,7 @@ fn read_one(root: &std::path::Path, mut task: Task, e: Entry, batch: &mut Batch)
 
 /// Sends the started file as a delta against `sig` (rsync's algorithm, [`crate::delta`]):
 /// `COPY` for blocks the server holds, literal bytes as `DATA`, then the file's hash. If
-/// the first 16 MiB turn out to be almost all literal ([`delta::should_fall_back`]), the
+/// the first MiB turns out to be almost all literal ([`delta::should_fall_back`]), the
 /// rest is sent as plain data, which costs the same on the wire and far less CPU; and
 /// if no `COPY` was sent at all, without the file's hash (none is needed, §13.2), so that
 /// neither side hashes the file.
