@@ -373,6 +373,15 @@ fn refused_clients_exit_9_and_change_nothing() {
         log.contains("lab-3"),
         "the log names the unknown id:\n{log}"
     );
+    // Each refused session's own line names the id it claimed, not "-".
+    assert!(
+        log.contains("session failed client=\"lab-2\""),
+        "no failed session line names lab-2:\n{log}"
+    );
+    assert!(
+        !log.contains("client=\"-\""),
+        "a session line without its id:\n{log}"
+    );
 
     // The server still serves.
     let out = auth_sync("lab-1", v2.path(), &addr, &f1, &known).run();

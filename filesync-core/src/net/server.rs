@@ -225,6 +225,9 @@ pub(super) fn in_progress(id: &ClientId) -> Error {
 #[derive(Debug, Default)]
 pub(super) struct Summary {
     pub(super) client: Option<ClientId>,
+    /// The id a `HELLO` claimed, for the log line of a session refused before it was
+    /// let in (authentication, version): who tried, not who was served.
+    pub(super) claimed: Option<ClientId>,
     pub(super) dialect: Option<Dialect>,
     pub(super) tally: Tally,
     pub(super) queue_wait: Duration,
@@ -343,7 +346,11 @@ async fn handle(
         return;
     }
     let t = summary.tally;
-    let client = summary.client.as_ref().map_or("-", ClientId::as_str);
+    let client = summary
+        .client
+        .as_ref()
+        .or(summary.claimed.as_ref())
+        .map_or("-", ClientId::as_str);
     let dialect = summary.dialect.map_or("-", Dialect::name);
     match result {
         Ok(()) => tracing::info!(
@@ -599,9 +606,14 @@ async fn handshake(
     let encoding = preamble::decode(&pre)?;
     let mut framed = Framed::new(stream, ServerCodec::new(encoding));
     let greeted = match next_handshake_frame(&mut framed, deadline, "HELLO").await {
-        Ok(hello) => authenticate(ctx, &mut framed, &hello, peer, deadline)
-            .await
-            .map(|()| hello),
+        Ok(hello) => {
+            if let ClientMsg::Hello(h) = &hello {
+                summary.claimed.clone_from(&h.client_id);
+            }
+            authenticate(ctx, &mut framed, &hello, peer, deadline)
+                .await
+                .map(|()| hello)
+        }
         Err(e) => Err(e),
     };
     let hello = match greeted {
