@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -540,21 +540,23 @@ impl Source {
     }
 
     /// Reads exactly `want` bytes at the read position (positioned reads: finding holes
-    /// moves the file offset).
+    /// moves the file offset), into a buffer that is not zeroed first: every byte of a
+    /// file sent whole would otherwise be written twice on its way to the socket.
     fn read_data(&mut self, want: usize) -> Result<Bytes, ReadError> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = BytesMut::zeroed(want);
-        let mut got = 0;
-        while got < want {
-            match self.file.read_at(&mut buf[got..], self.read + got as u64) {
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let at = self.read + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
                 Ok(0) => return Err(ReadError::Changed("shrank while being read".into())),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
-        self.read += got as u64;
-        Ok(buf.freeze())
+        // The allocator may have given more room than asked, and a read filled it.
+        buf.truncate(want);
+        self.read += want as u64;
+        Ok(Bytes::from(buf))
     }
 }
 
