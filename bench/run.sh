@@ -1446,7 +1446,7 @@ for tree in "${TREES[@]}"; do
             ;;
         delta)
             RSYNC_EXTRA=(--stats) FS_EXTRA=(--json)
-            case_initial delta "delta: initial (1 × $DELTA_MIB MiB; baseline of the rewrite)"
+            case_initial delta "delta: initial (1 × $DELTA_MIB MiB)"
             case_delta_edit poke "delta: 4 KiB changed in the middle of $DELTA_MIB MiB"
             case_delta_edit rewrite "delta: $DELTA_MIB MiB rewritten (new content, same size)"
             # The resume file replaces the first one, alone in the source.
