@@ -19,21 +19,38 @@ fn poke(dir: &Path, at: u64, bytes: &[u8], secs: i64) {
     filesync_tests::set_mtime(dir, "big.bin", ts(secs, 0));
 }
 
-#[test]
-fn a_poked_file_sends_only_the_changed_blocks() {
+/// A server, and a client folder holding `big.bin` (`SIZE` bytes of seed `seed`) that
+/// was synced to it as `id`: the start of every test here.
+struct Synced {
+    root: tempfile::TempDir,
+    server: Server,
+    dir: tempfile::TempDir,
+}
+
+fn synced(id: &str, seed: u64) -> Synced {
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(root.path());
-    let c = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
     write_file(
-        c.path(),
+        dir.path(),
         "big.bin",
-        &pseudo_random(SIZE, 7),
+        &pseudo_random(SIZE, seed),
         ts(1_600_000_000, 0),
     );
-    SyncCmd::new("d", c.path())
+    SyncCmd::new(id, dir.path())
         .server(&server.addr())
         .run()
         .assert_code(0);
+    Synced { root, server, dir }
+}
+
+#[test]
+fn a_poked_file_sends_only_the_changed_blocks() {
+    let Synced {
+        root,
+        server,
+        dir: c,
+    } = synced("d", 7);
 
     // 4 KiB changed in the middle.
     poke(
@@ -66,19 +83,11 @@ fn a_poked_file_sends_only_the_changed_blocks() {
 /// stored exactly.
 #[test]
 fn whole_file_sends_a_poked_file_whole() {
-    let root = tempfile::tempdir().unwrap();
-    let server = Server::start(root.path());
-    let c = tempfile::tempdir().unwrap();
-    write_file(
-        c.path(),
-        "big.bin",
-        &pseudo_random(SIZE, 10),
-        ts(1_600_000_000, 0),
-    );
-    SyncCmd::new("wf", c.path())
-        .server(&server.addr())
-        .run()
-        .assert_code(0);
+    let Synced {
+        root,
+        server,
+        dir: c,
+    } = synced("wf", 10);
     poke(c.path(), SIZE as u64 / 2, &[0xCD; 4096], 1_600_000_100);
     let out = SyncCmd::new("wf", c.path())
         .server(&server.addr())
@@ -92,19 +101,11 @@ fn whole_file_sends_a_poked_file_whole() {
 
 #[test]
 fn a_rewritten_file_is_stored_exactly() {
-    let root = tempfile::tempdir().unwrap();
-    let server = Server::start(root.path());
-    let c = tempfile::tempdir().unwrap();
-    write_file(
-        c.path(),
-        "big.bin",
-        &pseudo_random(SIZE, 8),
-        ts(1_600_000_000, 0),
-    );
-    SyncCmd::new("w", c.path())
-        .server(&server.addr())
-        .run()
-        .assert_code(0);
+    let Synced {
+        root,
+        server,
+        dir: c,
+    } = synced("w", 8);
     write_file(
         c.path(),
         "big.bin",
@@ -119,19 +120,11 @@ fn a_rewritten_file_is_stored_exactly() {
 
 #[test]
 fn a_delta_that_fails_its_check_is_sent_whole_next_time() {
-    let root = tempfile::tempdir().unwrap();
-    let server = Server::start(root.path());
-    let c = tempfile::tempdir().unwrap();
-    write_file(
-        c.path(),
-        "big.bin",
-        &pseudo_random(SIZE, 10),
-        ts(1_600_000_000, 0),
-    );
-    SyncCmd::new("f", c.path())
-        .server(&server.addr())
-        .run()
-        .assert_code(0);
+    let Synced {
+        root,
+        server,
+        dir: c,
+    } = synced("f", 10);
 
     // The server's copy changes under its cached signature (same size and mtime), so the
     // client's COPY of that block rebuilds wrong bytes: what a false match of a block hash
