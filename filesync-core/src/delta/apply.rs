@@ -265,13 +265,7 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
             if let Err(e) = self.old.read_exact(chunk) {
                 self.old_pos = None;
                 return Err(if e.kind() == ErrorKind::UnexpectedEof {
-                    io::Error::new(
-                        ErrorKind::UnexpectedEof,
-                        format!(
-                            "the old file is shorter than the {} bytes it was signed with",
-                            self.layout.file_len
-                        ),
-                    )
+                    self.old_too_short()
                 } else {
                     e
                 });
@@ -339,13 +333,7 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
         let n = copy(&mut self.old, &mut self.out, len).inspect_err(|_| self.old_pos = None)?;
         if n != len {
             self.old_pos = None;
-            return Err(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "the old file is shorter than the {} bytes it was signed with",
-                    self.layout.file_len
-                ),
-            ));
+            return Err(self.old_too_short());
         }
         if let Some(signer) = &mut self.signer {
             for sig in &self.old_blocks[block as usize..block as usize + count as usize] {
@@ -360,6 +348,17 @@ impl<R: Read + Seek, W: Write> Applier<R, W> {
         self.len += len;
         self.old_pos = self.old_pos.map(|p| p + len);
         Ok(())
+    }
+
+    /// The error for an old file that ended before its layout says.
+    fn old_too_short(&self) -> io::Error {
+        io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!(
+                "the old file is shorter than the {} bytes it was signed with",
+                self.layout.file_len
+            ),
+        )
     }
 
     /// Bytes written so far.

@@ -172,6 +172,34 @@ fn apply_files(
     )
 }
 
+/// Copied in the kernel from an old file that has shrunk since it was signed: an
+/// `UnexpectedEof` error, as when copying through a buffer.
+#[test]
+fn a_kernel_copy_from_a_shrunk_old_file_is_an_error() {
+    let old = noise(33, 1 << 20);
+    let sig = Signature::compute(&old[..], old.len() as u64).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old"), &old[..old.len() / 2]).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("new"))
+        .unwrap();
+    let written = out.try_clone().unwrap();
+    let mut applier = Applier::new(
+        std::fs::File::open(dir.path().join("old")).unwrap(),
+        sig.layout(),
+        out,
+    )
+    .unwrap();
+    applier.copy_in_kernel(written);
+    let blocks = sig.blocks.len() as u32;
+    let err = applier.copy(0, blocks).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
+    assert!(err.to_string().contains("shorter"), "{err}");
+}
+
 /// Copied in the kernel, the hash is of the output as read back from the file given for
 /// it, not of bytes that passed through the applier: given another file to read, the
 /// hash is that file's, and the output is still right.
