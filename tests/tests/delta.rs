@@ -97,6 +97,31 @@ fn whole_file_sends_a_poked_file_whole() {
     assert_eq!(out.count("files_delta"), 0, "{out}");
     assert_eq!(out.count("bytes_sent"), SIZE as u64, "{out}");
     assert_trees_equal(c.path(), &root.path().join("client_wf"));
+
+    // From the environment, as a systemd unit or a crontab would set it: 1 and 0 work
+    // as well as true and false.
+    for (i, (value, deltas)) in [("1", 0), ("0", 1), ("yes", 0), ("false", 1)]
+        .into_iter()
+        .enumerate()
+    {
+        poke(
+            c.path(),
+            SIZE as u64 / 3,
+            &[i as u8; 4096],
+            1_600_000_200 + i as i64,
+        );
+        let out = SyncCmd::new("wf", c.path())
+            .server(&server.addr())
+            .env("FILESYNC_WHOLE_FILE", value)
+            .run();
+        out.assert_code(0);
+        assert_eq!(
+            out.count("files_delta"),
+            deltas,
+            "FILESYNC_WHOLE_FILE={value}: {out}"
+        );
+        assert_trees_equal(c.path(), &root.path().join("client_wf"));
+    }
 }
 
 #[test]
