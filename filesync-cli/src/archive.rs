@@ -13,7 +13,7 @@ use filesync_core::time::MTime;
 use filesync_core::versions;
 
 use crate::cli::{RestoreArgs, VersionsArgs};
-use crate::exit;
+use crate::{exit, text};
 
 /// Parses the id and the paths, or says why not (exit 2, a usage error).
 fn parse(id: &str, paths: &[std::path::PathBuf]) -> Result<(ClientId, Vec<RelPath>), String> {
@@ -43,6 +43,13 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
+    if args.store.is_none() {
+        // As `restore` does: a mistyped root or id is an error, not "no kept versions".
+        if let Err((e, code)) = known_client(&args.root, &id) {
+            eprintln!("Error: {e}");
+            return code;
+        }
+    }
     let listed = match &args.store {
         None => versions::list(&args.root, &id, &paths)
             .map_err(|e| format!("reading the versions under {}: {e}", args.root.display())),
@@ -96,6 +103,44 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
         }
     }
     exit::OK
+}
+
+/// Whether the server root `root` exists and holds client `id` (its folder or kept
+/// versions); otherwise the error to print and the exit code: 1 for a root that cannot be
+/// read, 5 for a client it does not hold (as `restore` says it).
+fn known_client(root: &Path, id: &ClientId) -> Result<(), (String, i32)> {
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err((
+                format!("the server root {} is not a folder", root.display()),
+                exit::LOCAL,
+            ))
+        }
+        Err(e) => {
+            return Err((
+                format!(
+                    "reading the server root {} (give --root): {e}",
+                    root.display()
+                ),
+                exit::LOCAL,
+            ))
+        }
+    }
+    let sessions = versions::sessions(root, id).map_err(|e| {
+        (
+            format!("reading the versions under {}: {e}", root.display()),
+            exit::LOCAL,
+        )
+    })?;
+    if sessions.is_empty() && !root.join(id.folder_name()).exists() {
+        let e = RestoreError::UnknownClient {
+            root: root.display().to_string(),
+            id: id.to_string(),
+        };
+        return Err((e.to_string(), exit::REFUSED));
+    }
+    Ok(())
 }
 
 pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
@@ -152,14 +197,17 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
                 );
             } else {
                 println!(
-                    "restored client {id} {} into {}: {} files ({} bytes), {} folders, {} symlinks, {} FIFOs",
-                    at.map_or("as it is now".to_string(), |t| format!("as it was at {}", local(t))),
+                    "restored client {id} {} into {}: {} ({} bytes), {}, {}, {}",
+                    at.map_or("as it is now".to_string(), |t| format!(
+                        "as it was at {}",
+                        local(t)
+                    )),
                     display(&args.to),
-                    r.files,
+                    text::count(r.files, "file", "files"),
                     r.bytes,
-                    r.dirs,
-                    r.links,
-                    r.fifos
+                    text::count(r.dirs, "folder", "folders"),
+                    text::count(r.links, "symlink", "symlinks"),
+                    text::count(r.fifos, "FIFO", "FIFOs"),
                 );
             }
             exit::OK

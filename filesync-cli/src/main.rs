@@ -11,6 +11,7 @@ mod logging;
 mod progress;
 mod serve;
 mod sync;
+mod text;
 
 use clap::Parser;
 

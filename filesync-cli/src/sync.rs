@@ -14,8 +14,8 @@ use filesync_core::Error;
 use rand::Rng;
 
 use crate::cli::{DialectArg, EncodingArg, SyncArgs};
-use crate::exit;
 use crate::progress;
+use crate::{exit, text};
 
 /// Default server port when `--server` names only a host.
 const DEFAULT_PORT: u16 = 9000;
@@ -337,11 +337,18 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
                 left_out.push_str(&format!(", {n} {what}"));
             }
         }
+        // How the bytes went, where it was not simply whole files.
+        let mut how = String::new();
+        for (n, what) in [(r.deltas, "as block deltas"), (r.resumed, "resumed")] {
+            if n > 0 {
+                how.push_str(&format!("; {n} {what}"));
+            }
+        }
         println!(
-            "synced to {addr} ({}) as {}: {} files stored ({} bytes), {} deleted, {} failed{left_out}, in {:.2}s; next sync in {:.1}s",
+            "synced to {addr} ({}) as {}: {} stored ({} bytes sent{how}), {} deleted, {} failed{left_out}, in {:.2}s; next sync in {:.1}s",
             s.dialect.name(),
             s.client_id,
-            r.stored,
+            text::count(r.stored, "file", "files"),
             r.bytes_sent,
             r.deleted,
             r.failed_count,

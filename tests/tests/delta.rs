@@ -140,6 +140,9 @@ fn a_rewritten_file_is_stored_exactly() {
     let out = SyncCmd::new("w", c.path()).server(&server.addr()).run();
     out.assert_code(0);
     assert_eq!(out.count("bytes_sent"), SIZE as u64 + 5, "{out}");
+    // A delta that found nothing to copy fell back to a whole-file send, and is not
+    // counted as a delta.
+    assert_eq!(out.count("files_delta"), 0, "{out}");
     assert_trees_equal(c.path(), &root.path().join("client_w"));
 }
 

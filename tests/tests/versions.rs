@@ -271,6 +271,30 @@ fn restore_never_writes_into_the_archive_or_over_files() {
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // `versions` says the same of an unknown client (5) and of a root that is not there
+    // (1), rather than "no kept versions"; a known client without any is not an error.
+    let versions = |root: &Path, id: &str| {
+        filesync(&[
+            os("versions"),
+            os("--root"),
+            root.as_os_str(),
+            os("--id"),
+            os(id),
+        ])
+    };
+    let out = versions(&root, "nobody");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds nothing for client nobody"));
+    let out = versions(&base.path().join("no-such-root"), "r");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-root"),
+        "{out:?}"
+    );
+    let out = versions(&root, "r");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no kept versions for client r"));
 }
 
 /// `--keep-versions 0` keeps nothing; a short retention purges old records after a

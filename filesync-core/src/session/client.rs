@@ -77,6 +77,9 @@ pub struct Syncing {
     bases: std::collections::HashMap<RelPath, Signature>,
     /// Tasks handed out with a signature and not yet ended.
     bases_in_flight: usize,
+    /// Whether the file being sent as a delta had a `COPY` yet: only such a file counts
+    /// in [`Report::deltas`] (one that fell back to plain data from the start does not).
+    copied: bool,
 }
 
 /// Signatures a client keeps for the next `TASKS`, at most.
@@ -150,7 +153,8 @@ pub struct Report {
     pub held_back: u64,
     /// Files resumed from what an interrupted session had sent.
     pub resumed: u64,
-    /// Files sent as a delta against the server's older copy.
+    /// Files sent as a delta against the server's older copy that copied at least one
+    /// of its blocks (a delta that found nothing to copy is a whole-file send).
     pub deltas: u64,
     /// Why, as the server put it; empty when nothing was held back.
     pub held_back_reason: String,
@@ -329,6 +333,7 @@ impl Client<Ready> {
             report: Report::default(),
             bases: std::collections::HashMap::new(),
             bases_in_flight: 0,
+            copied: false,
         })
     }
 
@@ -543,7 +548,7 @@ impl Client<Syncing> {
     ///
     /// [`file_end_hashed`]: Self::file_end_hashed
     pub fn header_delta(&mut self, task: &Task, e: &Entry) -> ClientMsg {
-        self.state.report.deltas += 1;
+        self.state.copied = false;
         ClientMsg::FileHeader(FileHeader {
             path: task.path.clone(),
             size: e.size,
@@ -555,7 +560,8 @@ impl Client<Syncing> {
     }
 
     /// `COPY`: `count` blocks of the server's copy from `block`, in a delta.
-    pub fn copy(&self, block: u32, count: u32) -> ClientMsg {
+    pub fn copy(&mut self, block: u32, count: u32) -> ClientMsg {
+        self.state.copied = true;
         ClientMsg::Copy(CopyBlocks { block, count })
     }
 
@@ -592,6 +598,7 @@ impl Client<Syncing> {
         let st = &mut self.state;
         st.report.sent += 1;
         st.report.bytes_sent += bytes;
+        st.report.deltas += u64::from(std::mem::take(&mut st.copied));
         st.bases_in_flight -= usize::from(task.had_base);
         st.task_done(task.batch);
         st.awaiting.insert(&task.path);
