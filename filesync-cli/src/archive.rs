@@ -215,6 +215,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
         Err(
             e @ (RestoreError::Destination(_)
             | RestoreError::Purged(_)
+            | RestoreError::NotYet { .. }
             | RestoreError::UnknownClient { .. }),
         ) => {
             eprintln!("Error: {e}");

@@ -37,6 +37,20 @@ pub enum RestoreError {
          then cannot be rebuilt"
     )]
     Purged(String),
+    /// The time is before the session that created the client's folder (its first
+    /// sync): the archive held nothing for it then, and restoring an empty folder would
+    /// only hide the mistake.
+    #[error(
+        "the archive held nothing for client {id} at {at}: its folder was created at {created}"
+    )]
+    NotYet {
+        /// The id.
+        id: String,
+        /// The time asked for.
+        at: String,
+        /// When the session that created the folder started.
+        created: String,
+    },
     /// The client has no folder and no versions on this server.
     #[error("the server root {root} holds nothing for client {id}")]
     UnknownClient {
@@ -103,6 +117,20 @@ pub fn restore(
         {
             if t < p {
                 return Err(RestoreError::Purged(stamp(p)));
+            }
+        }
+        // The earliest session undone: if it made the whole folder, there was none at `t`.
+        if let Some(first) = sessions.iter().find(|s| s.at > t) {
+            if first
+                .added()
+                .map_err(io_err("reading the versions"))?
+                .is_none()
+            {
+                return Err(RestoreError::NotYet {
+                    id: id.to_string(),
+                    at: stamp(t),
+                    created: stamp(first.at),
+                });
             }
         }
     }

@@ -196,13 +196,18 @@ fn restore_at_any_time_gives_the_tree_of_that_moment() {
     for (i, (at, reference)) in points.iter().enumerate() {
         let to = base.path().join(format!("restored-{i}"));
         let out = restore(&root, "v", &to, Some(at), &[]);
-        assert_ok(&out);
         match reference {
             Some(r) => {
+                assert_ok(&out);
                 assert_trees_equal(r, &to);
                 assert_dir_mtimes_equal(r, &to);
             }
-            None => assert!(snapshot(&to).is_empty(), "before the first sync: nothing"),
+            // Before the first sync the archive held nothing: an error (5), not an
+            // empty folder that would look like lost data.
+            None => {
+                assert_eq!(out.status.code(), Some(5), "{out:?}");
+                assert!(!to.exists(), "before the first sync: no folder");
+            }
         }
     }
     // Without --at: as it is now.
@@ -271,6 +276,15 @@ fn restore_never_writes_into_the_archive_or_over_files() {
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A time before the client's first sync: the archive held nothing for it then.
+    let early = base.path().join("early");
+    let out = restore(&root, "r", &early, Some("2000-01-01T00:00:00Z"), &[]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("held nothing for client r"),
+        "{out:?}"
+    );
+    assert!(!early.exists(), "no empty folder is left behind");
 
     // `versions` says the same of an unknown client (5) and of a root that is not there
     // (1), rather than "no kept versions"; a known client without any is not an error.

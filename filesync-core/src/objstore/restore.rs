@@ -289,7 +289,17 @@ pub async fn restore(
                     return Err(RestoreError::Purged(stamp(p)));
                 }
             }
-            all.into_iter().filter(|s| s.at > t).collect()
+            let undo: Vec<Session> = all.into_iter().filter(|s| s.at > t).collect();
+            // The earliest session undone: if it made the whole folder, there was none
+            // at `t` (as the local store says it).
+            if let Some(first) = undo.first().filter(|s| s.record.whole_folder) {
+                return Err(RestoreError::NotYet {
+                    id: id.to_string(),
+                    at: stamp(t),
+                    created: stamp(first.at),
+                });
+            }
+            undo
         }
         None => Vec::new(),
     };

@@ -217,6 +217,21 @@ async fn replaced_and_deleted_objects_are_kept_and_restorable() {
     assert_eq!(std::fs::read(to.join("d/gone")).unwrap(), b"g");
     assert!(!to.join("new").exists());
 
+    // Before the first session the archive held nothing: an error, and no folder made.
+    let early = dest.path().join("early");
+    let before_first = MTime::from_system(
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800),
+    )
+    .unwrap();
+    let err = restore::restore(&s, &loc, &id(), &early, Some(before_first), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::restore::RestoreError::NotYet { .. }),
+        "{err}"
+    );
+    assert!(!early.exists());
+
     // A record lost with its server: the tree/ objects still restore, from metadata.
     mem.delete(&layout_record(&sessions[1].dir)).await.unwrap();
     let again = restore::sessions(&s, &loc, &id()).await.unwrap();
