@@ -354,12 +354,12 @@ async fn handle(
     let dialect = summary.dialect.map_or("-", Dialect::name);
     match result {
         Ok(()) => tracing::info!(
-            client, %peer, dialect, stored = t.stored, rejected = t.rejected, bytes = t.bytes,
+            %client, %peer, %dialect, stored = t.stored, rejected = t.rejected, bytes = t.bytes,
             deleted = t.deleted, duration = ?started.elapsed(), queue_wait = ?summary.queue_wait,
             "session done"
         ),
         Err(e) => tracing::warn!(
-            client, %peer, dialect, stored = t.stored, bytes = t.bytes,
+            %client, %peer, %dialect, stored = t.stored, bytes = t.bytes,
             duration = ?started.elapsed(), error = %e, "session failed"
         ),
     }
