@@ -149,18 +149,8 @@ fn apply_files(
     new_len: u64,
 ) -> (Vec<u8>, Applied, Option<Signature>) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("old"), old).unwrap();
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("new"))
-        .unwrap();
-    let written = out.try_clone().unwrap();
-    let old_file = std::fs::File::open(dir.path().join("old")).unwrap();
-    let mut applier = Applier::new(old_file, sig.layout(), out).unwrap();
+    let mut applier = kernel_applier(dir.path(), old, sig.layout());
     applier.sign(new_len, Some(sig.clone())).unwrap();
-    applier.copy_in_kernel(written);
     for op in ops {
         applier.op(op).unwrap();
     }
@@ -172,6 +162,27 @@ fn apply_files(
     )
 }
 
+/// An applier from `dir/old` (holding `old`, laid out as `layout`) to `dir/new`,
+/// copying in the kernel and hashing what it wrote, read back from `dir/new`.
+fn kernel_applier(
+    dir: &std::path::Path,
+    old: &[u8],
+    layout: BlockLayout,
+) -> Applier<std::fs::File, std::fs::File> {
+    std::fs::write(dir.join("old"), old).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join("new"))
+        .unwrap();
+    let written = out.try_clone().unwrap();
+    let old_file = std::fs::File::open(dir.join("old")).unwrap();
+    let mut applier = Applier::new(old_file, layout, out).unwrap();
+    applier.copy_in_kernel(written);
+    applier
+}
+
 /// Copied in the kernel from an old file that has shrunk since it was signed: an
 /// `UnexpectedEof` error, as when copying through a buffer.
 #[test]
@@ -179,21 +190,7 @@ fn a_kernel_copy_from_a_shrunk_old_file_is_an_error() {
     let old = noise(33, 1 << 20);
     let sig = Signature::compute(&old[..], old.len() as u64).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("old"), &old[..old.len() / 2]).unwrap();
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("new"))
-        .unwrap();
-    let written = out.try_clone().unwrap();
-    let mut applier = Applier::new(
-        std::fs::File::open(dir.path().join("old")).unwrap(),
-        sig.layout(),
-        out,
-    )
-    .unwrap();
-    applier.copy_in_kernel(written);
+    let mut applier = kernel_applier(dir.path(), &old[..old.len() / 2], sig.layout());
     let blocks = sig.blocks.len() as u32;
     let err = applier.copy(0, blocks).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
