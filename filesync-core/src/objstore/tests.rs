@@ -9,7 +9,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::layout::{self, Location};
-use super::{load_tree, restore, ObjectArchive, Tree};
+use super::{load_tree, load_tree_listing_by_folder_above, restore, ObjectArchive, Tree};
 use crate::archive::Archive;
 use crate::messages::{EntryKind, FileHeader, Outcome};
 use crate::paths::{ClientId, LinkTarget, RelPath};
@@ -95,6 +95,50 @@ async fn tree(store: &Arc<InMemory>) -> Tree {
         .await
         .unwrap()
         .tree
+}
+
+/// A large client's folder is listed one top-level folder at a time: the same tree as
+/// one listing, objects at the top and objects another tool put or changed included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_by_folder_finds_what_one_listing_finds() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    let mut files = vec![F("top.txt", b"t".to_vec(), 0o644)];
+    for dir in ["a", "b/c", "b/d", "e"] {
+        for i in 0..5 {
+            let name: &'static str = Box::leak(format!("{dir}/{i}").into_boxed_str());
+            files.push(F(name, vec![i as u8; 10 + i], 0o640));
+        }
+    }
+    let (out, _) = session(&ar, files, vec![], DeleteBudget::All).await;
+    assert_eq!(stored(&out), 21);
+    // Another tool changes one object and adds one in a new top-level folder.
+    for (key, bytes) in [
+        ("pre/client_lab/b/c/1", "changed"),
+        ("pre/client_lab/z/new", "n"),
+    ] {
+        mem.put(
+            &ObjectPath::parse(key).unwrap(),
+            bytes.as_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+    let s: Arc<dyn ObjectStore> = mem.clone();
+    let loc = Location::parse("s3://b/pre").unwrap();
+    let whole = load_tree_listing_by_folder_above(&s, &loc, &id(), usize::MAX)
+        .await
+        .unwrap();
+    let by_folder = load_tree_listing_by_folder_above(&s, &loc, &id(), 0)
+        .await
+        .unwrap();
+    assert_eq!(by_folder.tree, whole.tree);
+    assert_eq!(by_folder.stale, whole.stale);
+    assert!(whole.stale, "changed objects make the index stale");
+    for p in ["top.txt", "a", "a/4", "b/c/1", "b/d/0", "e/2", "z", "z/new"] {
+        assert!(whole.tree.contains_key(&rel(p)), "{p} missing");
+    }
+    assert_eq!(whole.tree[&rel("b/c/1")].held.size, 7);
 }
 
 async fn body(store: &Arc<InMemory>, key: &str) -> Option<Vec<u8>> {
