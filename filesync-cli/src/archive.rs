@@ -13,6 +13,7 @@ use filesync_core::time::MTime;
 use filesync_core::versions;
 
 use crate::cli::{RestoreArgs, VersionsArgs};
+use crate::text::{errln, outln};
 use crate::{exit, text};
 
 /// Parses the id and the paths, or says why not (exit 2, a usage error).
@@ -39,14 +40,14 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
     let (id, paths) = match parse(&args.id, &args.paths) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             return exit::USAGE;
         }
     };
     if args.store.is_none() {
         // As `restore` does: a mistyped root or id is an error, not "no kept versions".
         if let Err((e, code)) = known_client(&args.root, &id) {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             return code;
         }
     }
@@ -65,7 +66,7 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
     let list = match listed {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             return exit::LOCAL;
         }
     };
@@ -83,16 +84,19 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        outln!("{}", serde_json::Value::Array(v));
     } else if list.is_empty() {
-        println!("no kept versions for client {id}");
+        outln!("no kept versions for client {id}");
     } else {
-        println!(
+        outln!(
             "{:<29}  {:>12}  {:<29}  {:<7}  PATH",
-            "REPLACED AT", "SIZE", "MTIME", "KIND"
+            "REPLACED AT",
+            "SIZE",
+            "MTIME",
+            "KIND"
         );
         for v in &list {
-            println!(
+            outln!(
                 "{:<29}  {:>12}  {:<29}  {:<7}  {}",
                 local(v.replaced_at),
                 v.size,
@@ -147,7 +151,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
     let (id, paths) = match parse(&args.id, &args.paths) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             return exit::USAGE;
         }
     };
@@ -159,7 +163,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
-            eprintln!("Error: --at: {e}");
+            errln!("Error: --at: {e}");
             return exit::USAGE;
         }
     };
@@ -172,7 +176,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             }) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("Error: {e}");
+                    errln!("Error: {e}");
                     return exit::LOCAL;
                 }
             }
@@ -182,7 +186,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
     match restored {
         Ok(r) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "to": args.to.display().to_string(),
@@ -196,7 +200,7 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "restored client {id} {} into {}: {} ({} bytes), {}, {}, {}",
                     at.map_or("as it is now".to_string(), |t| format!(
                         "as it was at {}",
@@ -218,11 +222,11 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             | RestoreError::NotYet { .. }
             | RestoreError::UnknownClient { .. }),
         ) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             exit::REFUSED
         }
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             exit::LOCAL
         }
     }

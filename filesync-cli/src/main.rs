@@ -14,6 +14,7 @@ mod sync;
 mod text;
 
 use clap::Parser;
+use text::{errln, outln};
 
 fn main() {
     let args = cli::Args::parse();
@@ -27,7 +28,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             std::process::exit(exit::LOCAL);
         }
     };
@@ -45,11 +46,11 @@ fn main() {
             cli::Command::Restore(a) => archive::restore(a, args.json),
             cli::Command::GenSecret => match filesync_core::auth::gen_secret() {
                 Ok(s) => {
-                    println!("{s}");
+                    outln!("{s}");
                     exit::OK
                 }
                 Err(e) => {
-                    eprintln!("Error: {e}");
+                    errln!("Error: {e}");
                     exit::LOCAL
                 }
             },

@@ -17,12 +17,13 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::exit;
+use crate::text::{errln, outln};
 
 pub(crate) async fn run(args: ServeArgs) -> i32 {
     match serve(args).await {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            errln!("Error: {e:?}");
             exit::LOCAL
         }
     }
@@ -80,7 +81,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(tokio::spawn(net::answer_discovery(sock, local.port())))
     };
     // One stable line on stdout, so that people and scripts see where to connect.
-    println!(
+    outln!(
         "filesync serve: listening on {local}, {} {}, discovery {}",
         if args.store.is_some() {
             "store"
@@ -96,7 +97,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     // The key's fingerprint on stdout too: clients pin it on first use, and a careful
     // admin compares it with what they pinned.
-    println!(
+    outln!(
         "filesync serve: server key {}{}",
         tls.fingerprint,
         if created { " (new)" } else { "" }

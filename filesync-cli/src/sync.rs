@@ -15,6 +15,7 @@ use rand::Rng;
 
 use crate::cli::{DialectArg, EncodingArg, SyncArgs};
 use crate::progress;
+use crate::text::{errln, outln};
 use crate::{exit, text};
 
 /// Default server port when `--server` names only a host.
@@ -41,7 +42,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     let id = match args.id.as_deref().map(ClientId::parse).transpose() {
         Ok(id) => id,
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             return exit::REFUSED;
         }
     };
@@ -59,7 +60,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
     let auth = match client_auth(&args) {
         Ok(a) => a,
         Err(f) => {
-            eprintln!("Error: {}", f.message);
+            errln!("Error: {}", f.message);
             return f.code;
         }
     };
@@ -97,7 +98,7 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> i32 {
                 }
             }
             Err(f) => {
-                eprintln!("Error: {}", f.message);
+                errln!("Error: {}", f.message);
                 f.code
             }
         };
@@ -323,7 +324,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
             "duration_secs": took.as_secs_f64(),
             "next_sync_in_secs": s.next.delay_ms as f64 / 1000.0,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
         // Entries not archived by design are named, so that a summary never hides one.
         let mut left_out = String::new();
@@ -344,7 +345,7 @@ fn summarise(s: &Synced, took: Duration, json: bool, addr: SocketAddr) {
                 how.push_str(&format!("; {n} {what}"));
             }
         }
-        println!(
+        outln!(
             "synced to {addr} ({}) as {}: {} stored ({} bytes sent{how}), {} deleted, {} failed{left_out}, in {:.2}s; next sync in {:.1}s",
             s.dialect.name(),
             s.client_id,

@@ -1,9 +1,52 @@
-//! Small pieces of the text that people read.
+//! Small pieces of the text that people read, and printing it.
+
+use std::fmt;
+use std::io::{ErrorKind, Write};
 
 /// `n` with its noun: `"1 file"`, `"2 files"`, `"0 files"`.
 pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
+
+/// The exit code of a process whose output pipe was closed, as a shell reports one
+/// killed by `SIGPIPE` (128 + 13).
+const BROKEN_PIPE: i32 = 141;
+
+/// Prints a line on stdout. If the reader has gone (`filesync versions … | head`), the
+/// process ends at once with [`BROKEN_PIPE`], quietly, as Unix tools do; `println!`
+/// would panic. Other write errors are said on stderr.
+pub(crate) fn out_line(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE);
+        }
+        err_line(format_args!("error: writing to stdout: {e}"));
+    }
+}
+
+/// Prints a line on stderr; a closed or failing stderr is ignored (there is nowhere
+/// left to say so), where `eprintln!` would panic.
+pub(crate) fn err_line(args: fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// `println!` that ends the process quietly on a closed pipe ([`out_line`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::text::out_line(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that never panics ([`err_line`]).
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::text::err_line(format_args!($($arg)*)) };
+}
+
+pub(crate) use {errln, outln};
 
 #[cfg(test)]
 mod tests {

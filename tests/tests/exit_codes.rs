@@ -213,6 +213,23 @@ fn usage_errors_exit_2() {
     }
 }
 
+/// Output into a pipe whose reader has gone (`filesync versions … | head -1`) ends the
+/// process quietly with 141, as a shell reports a process killed by SIGPIPE, instead of
+/// a panic and its backtrace (101).
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(filesync_tests::filesync_bin())
+        .arg("gen-secret")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn folder_that_is_a_file_is_a_local_error() {
     let root = tempfile::tempdir().unwrap();
