@@ -97,7 +97,15 @@ pub fn parse_at<Tz: TimeZone>(s: &str, now: MTime, tz: &Tz) -> Result<MTime, Str
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return MTime::from_system(dt.into()).ok_or_else(|| format!("{s:?} is out of range"));
     }
+    // As `filesync versions` prints a time (`2026-11-30 11:52:22.045 +0000`), so that
+    // one can be pasted back.
+    for f in ["%Y-%m-%d %H:%M:%S%.f %z", "%Y-%m-%d %H:%M:%S %z"] {
+        if let Ok(dt) = DateTime::parse_from_str(s, f) {
+            return MTime::from_system(dt.into()).ok_or_else(|| format!("{s:?} is out of range"));
+        }
+    }
     for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S",
         "%Y-%m-%d %H:%M",
         "%Y-%m-%dT%H:%M:%S",
@@ -518,6 +526,15 @@ mod tests {
             now.secs - 3 * 86400
         );
         assert!(parse_at("yesterday-ish", now, &utc).is_err());
+        // As `versions` prints them, fraction and offset included.
+        let printed = parse_at("2023-11-15 00:13:20.045 +0200", now, &utc).unwrap();
+        assert_eq!((printed.secs, printed.nanos), (now.secs, 45_000_000));
+        assert_eq!(
+            parse_at("2023-11-14 22:13:20 +0000", now, &plus2).unwrap(),
+            now
+        );
+        let local = parse_at("2023-11-15 00:13:20.5", now, &plus2).unwrap();
+        assert_eq!((local.secs, local.nanos), (now.secs, 500_000_000));
     }
 
     #[test]
