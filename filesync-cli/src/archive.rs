@@ -51,6 +51,7 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
             return code;
         }
     }
+    let asked: Vec<String> = paths.iter().map(ToString::to_string).collect();
     let listed = match &args.store {
         None => versions::list(&args.root, &id, &paths)
             .map_err(|e| format!("reading the versions under {}: {e}", args.root.display())),
@@ -85,6 +86,8 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
             })
             .collect();
         outln!("{}", serde_json::Value::Array(v));
+    } else if list.is_empty() && !asked.is_empty() {
+        outln!("no kept versions for client {id} at {}", asked.join(", "));
     } else if list.is_empty() {
         outln!("no kept versions for client {id}");
     } else {
@@ -142,9 +145,19 @@ fn known_client(root: &Path, id: &ClientId) -> Result<(), (String, i32)> {
             root: root.display().to_string(),
             id: id.to_string(),
         };
-        return Err((e.to_string(), exit::REFUSED));
+        return Err((format!("{e}{}", root_hint(root)), exit::REFUSED));
     }
     Ok(())
+}
+
+/// Said after "holds nothing for client" of a folder that is no server root at all (a
+/// mistyped `--root` that exists), empty otherwise.
+fn root_hint(root: &Path) -> &'static str {
+    if root.join(".filesync").is_dir() {
+        ""
+    } else {
+        " (it has no .filesync folder: is it the server's --root?)"
+    }
 }
 
 pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
@@ -167,6 +180,8 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
+    let existed = args.to.exists();
+    let asked_for = paths.clone();
     let restored = match &args.store {
         None => restore::restore(&args.root, &id, &args.to, at, &paths),
         Some(url) => {
@@ -184,6 +199,20 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
     };
     let id = ClientId::parse(&args.id).expect("parsed above");
     match restored {
+        // Paths asked for that the archive did not hold then: an error, as a mistyped
+        // path must not look like a restore of nothing.
+        Ok(r) if !asked_for.is_empty() && r.files + r.dirs + r.links + r.fifos == 0 => {
+            if !existed {
+                let _ = std::fs::remove_dir(&args.to);
+            }
+            let list: Vec<String> = asked_for.iter().map(ToString::to_string).collect();
+            errln!(
+                "Error: client {id}'s archive held nothing at {} {}",
+                list.join(", "),
+                at.map_or("now".to_string(), |t| format!("at {}", local(t)))
+            );
+            exit::REFUSED
+        }
         Ok(r) => {
             if json {
                 outln!(
@@ -222,7 +251,11 @@ pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
             | RestoreError::NotYet { .. }
             | RestoreError::UnknownClient { .. }),
         ) => {
-            errln!("Error: {e}");
+            let hint = match (&e, &args.store) {
+                (RestoreError::UnknownClient { .. }, None) => root_hint(&args.root),
+                _ => "",
+            };
+            errln!("Error: {e}{hint}");
             exit::REFUSED
         }
         Err(e) => {

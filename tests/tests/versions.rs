@@ -309,6 +309,26 @@ fn restore_never_writes_into_the_archive_or_over_files() {
     let out = versions(&root, "r");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no kept versions for client r"));
+    // A folder that exists but is no server root says so.
+    let out = versions(base.path(), "r");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no .filesync folder"),
+        "{out:?}"
+    );
+    // A path the archive did not hold: an error, and no empty folder left behind.
+    let nowhere = base.path().join("nowhere");
+    let out = restore(&root, "r", &nowhere, None, &["no-such-file"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("held nothing at no-such-file"),
+        "{out:?}"
+    );
+    assert!(!nowhere.exists());
+    // The path that is there restores.
+    let there = base.path().join("there");
+    assert_ok(&restore(&root, "r", &there, None, &["f"]));
+    assert_eq!(fs::read(there.join("f")).unwrap(), b"1");
 }
 
 /// `--keep-versions 0` keeps nothing; a short retention purges old records after a
