@@ -27,7 +27,7 @@ pub(crate) struct Args {
     pub(crate) quiet: u8,
 
     /// Print the final summary as one JSON object on stdout (for scripts).
-    #[arg(long, global = true, env = "FILESYNC_JSON", value_parser = BoolishValueParser::new())]
+    #[arg(long, global = true, env = "FILESYNC_JSON", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) json: bool,
 }
 
@@ -120,7 +120,7 @@ pub(crate) struct ServeArgs {
     pub(crate) group: SocketAddrV4,
 
     /// Do not answer discovery (clients must be given --server).
-    #[arg(long, env = "FILESYNC_NO_DISCOVERY", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "FILESYNC_NO_DISCOVERY", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) no_discovery: bool,
 
     /// Sessions served at once; further clients are queued first come, first served.
@@ -149,7 +149,7 @@ pub(crate) struct ServeArgs {
 
     /// Keep setuid and setgid bits of clients' files (dropped by default: a server must
     /// not grow setuid programs from the network).
-    #[arg(long, env = "FILESYNC_KEEP_SETID", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "FILESYNC_KEEP_SETID", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) keep_setid: bool,
 
     /// Delete at most N entries per session (a deleted folder counts each entry in it);
@@ -208,7 +208,7 @@ pub(crate) struct SyncArgs {
     pub(crate) dir: PathBuf,
 
     /// Sync once and exit: 0 means the server holds the whole tree durably on disk.
-    #[arg(long, env = "FILESYNC_ONCE", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "FILESYNC_ONCE", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) once: bool,
 
     /// Multicast group and port to discover the server on.
@@ -230,7 +230,7 @@ pub(crate) struct SyncArgs {
 
     /// Let an empty or missing folder empty the server's copy (normally refused, so that
     /// an unmounted disk cannot wipe an archive).
-    #[arg(long, env = "FILESYNC_ALLOW_EMPTY", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "FILESYNC_ALLOW_EMPTY", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) allow_empty: bool,
 
     /// Give up on a server silent this long: seconds, or with a unit.
@@ -249,7 +249,7 @@ pub(crate) struct SyncArgs {
     pub(crate) exclude: Vec<String>,
 
     /// Delete the server's copies of excluded paths too.
-    #[arg(long, env = "FILESYNC_DELETE_EXCLUDED", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "FILESYNC_DELETE_EXCLUDED", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) delete_excluded: bool,
 
     /// Let the server delete at most N entries this session (a deleted folder counts each
@@ -260,7 +260,7 @@ pub(crate) struct SyncArgs {
     /// Send changed files whole, never as block deltas against the server's copy (as
     /// rsync's --whole-file): less CPU on both sides where the network is faster than
     /// the disks. An interrupted file still resumes.
-    #[arg(short = 'W', long, env = "FILESYNC_WHOLE_FILE", value_parser = BoolishValueParser::new())]
+    #[arg(short = 'W', long, env = "FILESYNC_WHOLE_FILE", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) whole_file: bool,
 
     /// Authenticate with the secret in FILE (made by `filesync gen-secret`, listed for
@@ -374,5 +374,24 @@ mod tests {
             Command::Sync(s) => assert_eq!(s.exclude, ["*.tmp", "/build/"]),
             _ => panic!(),
         }
+        // On/off flags: alone, or with =BOOL (which can turn off what the environment
+        // turned on); a following word is never taken as their value.
+        let sync = |args: &[&str]| match Args::try_parse_from(
+            ["filesync", "sync"].iter().chain(args).copied(),
+        )
+        .unwrap()
+        .command
+        {
+            Command::Sync(s) => s,
+            _ => panic!(),
+        };
+        let s = sync(&["--once", "--id", "x", "-W"]);
+        assert!(s.once && s.whole_file);
+        assert_eq!(s.id.as_deref(), Some("x"));
+        let s = sync(&["--once=false", "--whole-file=0", "--allow-empty=yes"]);
+        assert!(!s.once && !s.whole_file && s.allow_empty);
+        let s = sync(&[]);
+        assert!(!s.once && !s.whole_file && !s.allow_empty && !s.delete_excluded);
+        assert!(Args::try_parse_from(["filesync", "sync", "--once=maybe"]).is_err());
     }
 }

@@ -100,9 +100,16 @@ fn whole_file_sends_a_poked_file_whole() {
 
     // From the environment, as a systemd unit or a crontab would set it: 1 and 0 work
     // as well as true and false.
-    for (i, (value, deltas)) in [("1", 0), ("0", 1), ("yes", 0), ("false", 1)]
-        .into_iter()
-        .enumerate()
+    // The command line wins: --whole-file=false turns off what the environment turned on.
+    for (i, (value, arg, deltas)) in [
+        ("1", None, 0),
+        ("0", None, 1),
+        ("yes", None, 0),
+        ("false", None, 1),
+        ("1", Some("--whole-file=false"), 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         poke(
             c.path(),
@@ -110,15 +117,18 @@ fn whole_file_sends_a_poked_file_whole() {
             &[i as u8; 4096],
             1_600_000_200 + i as i64,
         );
-        let out = SyncCmd::new("wf", c.path())
+        let mut cmd = SyncCmd::new("wf", c.path())
             .server(&server.addr())
-            .env("FILESYNC_WHOLE_FILE", value)
-            .run();
+            .env("FILESYNC_WHOLE_FILE", value);
+        if let Some(a) = arg {
+            cmd = cmd.arg(a);
+        }
+        let out = cmd.run();
         out.assert_code(0);
         assert_eq!(
             out.count("files_delta"),
             deltas,
-            "FILESYNC_WHOLE_FILE={value}: {out}"
+            "FILESYNC_WHOLE_FILE={value} {arg:?}: {out}"
         );
         assert_trees_equal(c.path(), &root.path().join("client_wf"));
     }
