@@ -134,20 +134,13 @@ fn known_client(root: &Path, id: &ClientId) -> Result<(), (String, i32)> {
             ))
         }
     }
-    let sessions = versions::sessions(root, id).map_err(|e| {
-        (
-            format!("reading the versions under {}: {e}", root.display()),
-            exit::LOCAL,
-        )
-    })?;
-    if sessions.is_empty() && !root.join(id.folder_name()).exists() {
-        let e = RestoreError::UnknownClient {
-            root: root.display().to_string(),
-            id: id.to_string(),
-        };
-        return Err((format!("{e}{}", root_hint(root)), exit::REFUSED));
+    match restore::held_sessions(root, id) {
+        Ok(_) => Ok(()),
+        Err(e @ RestoreError::UnknownClient { .. }) => {
+            Err((format!("{e}{}", root_hint(root)), exit::REFUSED))
+        }
+        Err(e) => Err((e.to_string(), exit::LOCAL)),
     }
-    Ok(())
 }
 
 /// Said after "holds nothing for client" of a folder that is no server root at all (a

@@ -104,13 +104,7 @@ pub fn restore(
 ) -> Result<Restored, RestoreError> {
     check_destination(root, dest)?;
     let live = root.join(id.folder_name());
-    let sessions = versions::sessions(root, id).map_err(io_err("reading the versions"))?;
-    if !live.exists() && sessions.is_empty() {
-        return Err(RestoreError::UnknownClient {
-            root: root.display().to_string(),
-            id: id.to_string(),
-        });
-    }
+    let sessions = held_sessions(root, id)?;
     if let Some(t) = at {
         if let Some(p) =
             versions::purged_before(root, id).map_err(io_err("reading the versions"))?
@@ -150,6 +144,19 @@ pub fn restore(
         }
     }
     w.finish()
+}
+
+/// The sessions with kept versions of client `id` under the server root `root`, oldest
+/// first; [`RestoreError::UnknownClient`] if the root holds neither its folder nor any.
+pub fn held_sessions(root: &Path, id: &ClientId) -> Result<Vec<versions::Session>, RestoreError> {
+    let sessions = versions::sessions(root, id).map_err(io_err("reading the versions"))?;
+    if sessions.is_empty() && !root.join(id.folder_name()).exists() {
+        return Err(RestoreError::UnknownClient {
+            root: root.display().to_string(),
+            id: id.to_string(),
+        });
+    }
+    Ok(sessions)
 }
 
 /// Refuses a destination that holds anything, or that overlaps the server root.
