@@ -688,18 +688,25 @@ declare -A SENT_BYTES=() RECV_BYTES=() DELTA_FILES=() RESUMED_FILES=() CUT_SEEN=
 CASE_KEYS=()
 declare -A CASE_LABEL=() CASE_BYTES=()
 
+# push_fig ARRAY KEY VALUE: appends VALUE to the space-separated list ARRAY[KEY] (one
+# figure per timed run).
+push_fig() {
+    local -n fig_array=$1
+    fig_array["$2"]="${fig_array["$2"]:-} $3"
+}
+
 record() { # record CASEKEY TOOL: the figures of the last run_sync
-    TIMES["$1|$2"]="${TIMES["$1|$2"]:-} $ELAPSED"
+    push_fig TIMES "$1|$2" "$ELAPSED"
     if [[ $2 != limit ]]; then
-        CLIENT_RSS["$1|$2"]="${CLIENT_RSS["$1|$2"]:-} ${CLIENT_KIB:-nan}"
-        SERVER_RSS["$1|$2"]="${SERVER_RSS["$1|$2"]:-} ${SERVER_KIB:-nan}"
-        WIRE_BYTES["$1|$2"]="${WIRE_BYTES["$1|$2"]:-} $WIRE"
-        CPU_CLIENT["$1|$2"]="${CPU_CLIENT["$1|$2"]:-} ${CLIENT_CPU:-nan}"
-        CPU_SERVER["$1|$2"]="${CPU_SERVER["$1|$2"]:-} ${SERVER_CPU:-nan}"
-        SENT_BYTES["$1|$2"]="${SENT_BYTES["$1|$2"]:-} ${SENT:-nan}"
-        RECV_BYTES["$1|$2"]="${RECV_BYTES["$1|$2"]:-} ${RECV:-nan}"
-        DELTA_FILES["$1|$2"]="${DELTA_FILES["$1|$2"]:-} ${NDELTA:-nan}"
-        RESUMED_FILES["$1|$2"]="${RESUMED_FILES["$1|$2"]:-} ${NRESUMED:-nan}"
+        push_fig CLIENT_RSS "$1|$2" "${CLIENT_KIB:-nan}"
+        push_fig SERVER_RSS "$1|$2" "${SERVER_KIB:-nan}"
+        push_fig WIRE_BYTES "$1|$2" "$WIRE"
+        push_fig CPU_CLIENT "$1|$2" "${CLIENT_CPU:-nan}"
+        push_fig CPU_SERVER "$1|$2" "${SERVER_CPU:-nan}"
+        push_fig SENT_BYTES "$1|$2" "${SENT:-nan}"
+        push_fig RECV_BYTES "$1|$2" "${RECV:-nan}"
+        push_fig DELTA_FILES "$1|$2" "${NDELTA:-nan}"
+        push_fig RESUMED_FILES "$1|$2" "${NRESUMED:-nan}"
     fi
 }
 
@@ -928,8 +935,8 @@ case_resume() {
             timed_run "$key" "$r" "$tool" "$changed"
             RSYNC_EXTRA=(--stats)
             if ((r > 0)); then
-                CUT_SEEN["$key|$tool"]="${CUT_SEEN["$key|$tool"]:-} $CUT_AT"
-                CUT_KEPT["$key|$tool"]="${CUT_KEPT["$key|$tool"]:-} $KEPT"
+                push_fig CUT_SEEN "$key|$tool" "$CUT_AT"
+                push_fig CUT_KEPT "$key|$tool" "$KEPT"
             fi
         done
     done
@@ -1031,14 +1038,14 @@ store_new_case() { # store_new_case KEY LABEL
 }
 
 store_record() { # store_record KEY TOOL: the figures of the last store_run
-    S_TIMES["$1|$2"]="${S_TIMES["$1|$2"]:-} $ELAPSED"
-    S_CCPU["$1|$2"]="${S_CCPU["$1|$2"]:-} $CLIENT_CPU"
-    S_SCPU["$1|$2"]="${S_SCPU["$1|$2"]:-} $SERVER_CPU"
-    S_GCPU["$1|$2"]="${S_GCPU["$1|$2"]:-} $GARAGE_CPU"
-    S_WIRE["$1|$2"]="${S_WIRE["$1|$2"]:-} $WIRE"
-    S_WAIT["$1|$2"]="${S_WAIT["$1|$2"]:-} $IDLE_WAIT"
-    S_OTHER["$1|$2"]="${S_OTHER["$1|$2"]:-} $OTHER_CPU"
-    S_LOAD["$1|$2"]="${S_LOAD["$1|$2"]:-} $LOAD1"
+    push_fig S_TIMES "$1|$2" "$ELAPSED"
+    push_fig S_CCPU "$1|$2" "$CLIENT_CPU"
+    push_fig S_SCPU "$1|$2" "$SERVER_CPU"
+    push_fig S_GCPU "$1|$2" "$GARAGE_CPU"
+    push_fig S_WIRE "$1|$2" "$WIRE"
+    push_fig S_WAIT "$1|$2" "$IDLE_WAIT"
+    push_fig S_OTHER "$1|$2" "$OTHER_CPU"
+    push_fig S_LOAD "$1|$2" "$LOAD1"
 }
 
 store_note() { echo "${ELAPSED}s, CPU client $CLIENT_CPU s, filesync servers $SERVER_CPU s, Garage $GARAGE_CPU s, others $OTHER_CPU s, loopback $((WIRE >> 20)) MiB (Garage idle after ${IDLE_WAIT}s, load $LOAD1)"; }
