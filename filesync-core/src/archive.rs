@@ -18,6 +18,8 @@
 use std::io;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::delta::Signature;
 use crate::messages::{FileHeader, Hash, Outcome, ResumeAt};
 use crate::paths::{ClientId, RelPath};
@@ -34,6 +36,37 @@ pub trait HeldIndex: Iterator<Item = (RelPath, Held)> + Send {
 /// Called, from any thread, with the outcomes of files once they are settled: stored
 /// (durable and in place) or rejected.
 pub type Report = Box<dyn Fn(Vec<(RelPath, Outcome)>) + Send + 'static>;
+
+/// Whether a session may still write to the archive: raised, for good, when the session's
+/// shared lease (`serve --lease`) is lost, since another server may be serving the client
+/// from then on. A writer that sees it raised sends no further request that changes what
+/// the client's folder or index holds: the classic fence against a paused or cut-off lease
+/// holder (Kleppmann, "How to do distributed locking", 2016), kept on this side because S3
+/// stores such as Garage take no fencing token. Requests already sent cannot be recalled;
+/// the lease is reported lost a fifth of its TTL before etcd can give it away
+/// ([`crate::lease::SessionLease`]), and the writer aborts what it has in flight then.
+///
+/// Clones share one flag. A session without a shared lease never raises it.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(CancellationToken);
+
+impl Fence {
+    /// Raises the fence: the session must write nothing more.
+    pub fn raise(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether the fence was raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once the fence is raised (at once if it is), to stop waiting for
+    /// requests that must be aborted.
+    pub async fn raised(&self) {
+        self.0.cancelled().await;
+    }
+}
 
 /// A server's archive of every client's folder.
 pub trait Archive: Send + Sync + std::fmt::Debug + 'static {
@@ -66,9 +99,15 @@ pub trait Archive: Send + Sync + std::fmt::Debug + 'static {
         Vec::new()
     }
 
-    /// A writer for one session of `id`; `report` hears every file's outcome. Called on
-    /// a blocking thread.
-    fn writer<'a>(&'a self, id: &ClientId, report: Report) -> io::Result<Box<dyn Writer + 'a>>;
+    /// A writer for one session of `id`; `report` hears every file's outcome. Once
+    /// `fence` is raised the writer must change nothing more in the archive. Called on a
+    /// blocking thread.
+    fn writer<'a>(
+        &'a self,
+        id: &ClientId,
+        report: Report,
+        fence: Fence,
+    ) -> io::Result<Box<dyn Writer + 'a>>;
 
     /// Removes kept versions past their retention, of every client; returns how many
     /// session records went. Called on a blocking thread.

@@ -171,8 +171,8 @@ pub enum LostReason {
     /// etcd answered a keepalive saying the lease no longer exists (it expired, or was
     /// revoked by someone else, e.g. `etcdctl lease revoke`).
     Expired,
-    /// No keepalive reached etcd for a whole TTL, counted from the sending of the last
-    /// successful one; etcd has let the lease expire or is about to.
+    /// No keepalive reached etcd for four fifths of the TTL, counted from the sending of
+    /// the last successful one; etcd may let the lease expire a fifth of the TTL later.
     Unreachable {
         /// The last keepalive's failure.
         last_error: String,
@@ -187,7 +187,7 @@ impl fmt::Display for LostReason {
         match self {
             LostReason::Expired => write!(f, "etcd says the lease expired"),
             LostReason::Unreachable { last_error } => {
-                write!(f, "no keepalive reached etcd within the TTL ({last_error})")
+                write!(f, "no keepalive reached etcd in time, so etcd may let the lease go ({last_error})")
             }
             LostReason::Released => write!(f, "released"),
         }
@@ -295,6 +295,13 @@ fn ttl_secs(ttl: Duration) -> Result<i64, LeaseError> {
 /// fail before it expires.
 fn keepalive_period(ttl: Duration) -> Duration {
     ttl / 3
+}
+
+/// How long before etcd may expire a lease its holder declares it lost, if renewing
+/// fails: a fifth of the TTL, so that the session has stopped writing, and aborted what
+/// it had in flight, before another server can take the key.
+fn fence_margin(ttl: Duration) -> Duration {
+    ttl / 5
 }
 
 /// How soon a failed keepalive is tried again: a tenth of the TTL, at least 100 ms.
@@ -978,8 +985,9 @@ pub enum Acquired {
 ///
 /// A tokio task sends a keepalive every TTL/3 (retried every TTL/10 after a failure,
 /// trying each endpoint). The lease is lost when etcd answers that it no longer exists, or
-/// when no keepalive has succeeded for a whole TTL counted from the sending of the last
-/// good one (so the session hears of it no later than etcd expires the key);
+/// when no keepalive has succeeded for four fifths of the TTL counted from the sending of
+/// the last good one (so the session hears of it a fifth of the TTL before etcd can
+/// expire the key, time to stop its writes);
 /// [`lost`](Self::lost) then resolves and the task ends.
 ///
 /// Dropping it stops the keepalive and spawns a revoke on the runtime it was acquired on:
@@ -1113,17 +1121,19 @@ impl Drop for SessionLease {
 }
 
 /// The keepalive task: renews lease `id` every TTL/3 until it is aborted or the lease is
-/// lost; `deadline` is when etcd may expire it at the earliest.
+/// lost; `expires` is when etcd may expire it at the earliest.
 async fn keep_alive(
     gateway: Arc<Gateway>,
     key: String,
     id: i64,
     ttl: Duration,
-    mut deadline: Instant,
+    expires: Instant,
     lost: watch::Sender<Option<LeaseLost>>,
 ) {
     let period = keepalive_period(ttl);
-    let mut next = deadline - ttl + period;
+    let mut next = expires - ttl + period;
+    // When the lease is declared lost: ahead of etcd's earliest expiry.
+    let mut deadline = expires - fence_margin(ttl);
     let mut last_error = String::from("no keepalive tried");
     let reason = loop {
         tokio::time::sleep_until(next.min(deadline)).await;
@@ -1133,7 +1143,7 @@ async fn keep_alive(
         }
         match tokio::time::timeout_at(deadline, gateway.keepalive(id)).await {
             Ok(Ok(left)) if left > 0 => {
-                deadline = sent + Duration::from_secs(left.unsigned_abs());
+                deadline = sent + Duration::from_secs(left.unsigned_abs()) - fence_margin(ttl);
                 next = sent + period;
             }
             Ok(Ok(_)) => break LostReason::Expired,
@@ -1230,6 +1240,10 @@ mod tests {
         assert_eq!(
             retry_period(Duration::from_secs(10)),
             Duration::from_secs(1)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(10)),
+            Duration::from_secs(2)
         );
         assert_eq!(
             retry_period(Duration::from_millis(500)),

@@ -266,6 +266,26 @@ impl Proc {
         self.signal(rustix::process::Signal::TERM);
     }
 
+    /// Stops the process (SIGSTOP) and returns once every one of its threads is stopped:
+    /// the signal is asynchronous, and a thread running on another core would otherwise
+    /// go on for a moment after `kill` returned.
+    fn pause(&mut self) {
+        self.signal(rustix::process::Signal::STOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let stopped = poll_until(Duration::from_secs(5), || {
+            let Ok(rd) = fs::read_dir(&tasks) else {
+                return true;
+            };
+            rd.filter_map(Result::ok).all(|t| {
+                fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(true)
+            })
+        });
+        assert!(stopped, "the process did not stop within 5 s of SIGSTOP");
+    }
+
     /// Sends `sig`, unless the process has been reaped (its pid may be reused).
     fn signal(&mut self, sig: rustix::process::Signal) {
         if self.try_wait().is_some() {
@@ -579,6 +599,17 @@ impl Server {
         self.stop_with(rustix::process::Signal::INT, timeout)
     }
 
+    /// Freezes the server (SIGSTOP), as a long pause of its host would (a VM paused, a
+    /// machine swapping), and returns once every thread of it is stopped.
+    pub fn pause(&mut self) {
+        self.proc.pause();
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.proc.signal(rustix::process::Signal::CONT);
+    }
+
     /// Kills the server with SIGKILL (a crash, a power cut of the process: nothing of it
     /// runs any more) and waits for it to be gone.
     pub fn kill(&mut self) -> ExitStatus {
@@ -824,23 +855,9 @@ impl RunningSync {
     }
 
     /// Stops the process (SIGSTOP), freezing it mid-transfer, and returns once every one
-    /// of its threads is stopped: the signal is asynchronous, and a thread running on
-    /// another core would otherwise go on for a moment after `kill` returned.
+    /// of its threads is stopped.
     pub fn pause(&mut self) {
-        self.proc.signal(rustix::process::Signal::STOP);
-        let tasks = PathBuf::from(format!("/proc/{}/task", self.proc.pid()));
-        let stopped = poll_until(Duration::from_secs(5), || {
-            let Ok(rd) = fs::read_dir(&tasks) else {
-                return true;
-            };
-            rd.filter_map(Result::ok).all(|t| {
-                fs::read_to_string(t.path().join("stat"))
-                    .ok()
-                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-                    .unwrap_or(true)
-            })
-        });
-        assert!(stopped, "the process did not stop within 5 s of SIGSTOP");
+        self.proc.pause();
     }
 
     /// Lets a paused process go on (SIGCONT).

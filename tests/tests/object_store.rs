@@ -374,6 +374,88 @@ fn servers_of_one_store_share_a_key_and_a_lease() {
     }));
 }
 
+/// A server that stalls past its lease (its host paused) while another server serves the
+/// same client writes nothing once it wakes: the other session's archive stands whole,
+/// the empty folder and folder modes that live only in the client's index included.
+#[test]
+fn a_server_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_server_paused_past_its_lease_writes_nothing_when_it_wakes";
+    let Some(g) = cluster(test) else {
+        return;
+    };
+    let Some(etcd) = filesync_tests::etcd::etcd_or_skip(test)
+        .map(|_| filesync_tests::etcd::Etcd::start().expect("starting etcd"))
+    else {
+        return;
+    };
+    let lease = etcd.url();
+    let mut a = serve(&g, "fenced", &["--lease", &lease]);
+    let b = serve(&g, "fenced", &["--lease", &lease]);
+
+    // A's client: 40 files of 64 KiB, through a relay that stalls after 1 MiB, so that
+    // A's session has planned, holds the client's tree and has stored a part of it.
+    let first = tempfile::tempdir().unwrap();
+    for i in 0..40u32 {
+        let data = vec![u8::try_from(i).unwrap(); 64 << 10];
+        write_file(
+            first.path(),
+            &format!("d/f{i:02}"),
+            &data,
+            ts(1_700_000_000, i),
+        );
+    }
+    let relay = Relay::start(&a.addr(), filesync_tests::Fault::Stall { after: 1 << 20 });
+    let stalled = SyncCmd::new("lab", first.path())
+        .server(&relay.addr())
+        .timeout(Duration::from_secs(120))
+        .spawn();
+    assert!(
+        filesync_tests::poll_until(Duration::from_secs(30), || relay.faulted() > 0),
+        "the relay never stalled: {}",
+        a.log()
+    );
+    // Its first files stored, A freezes past its lease.
+    std::thread::sleep(Duration::from_secs(1));
+    a.pause();
+
+    // Meanwhile B serves the client, once etcd has let A's lease go: the same files, and
+    // a folder that only the index holds (empty, mode 700).
+    let tmp = tempfile::tempdir().unwrap();
+    let second = tmp.path().join("second");
+    copy_tree(first.path(), &second);
+    write_file(&second, "b-only/x", b"x", ts(1_700_000_100, 0));
+    make_dir(&second, "b-only/empty");
+    for d in ["b-only/empty", "b-only"] {
+        std::fs::set_permissions(second.join(d), std::fs::Permissions::from_mode(0o700)).unwrap();
+        filesync_tests::set_mtime(&second, d, ts(1_700_000_200, 0));
+    }
+    assert!(
+        filesync_tests::poll_until(Duration::from_secs(40), || {
+            SyncCmd::new("lab", &second).server(&b.addr()).run().code == 0
+        }),
+        "B never served the client: {}",
+        b.log()
+    );
+
+    // A wakes, finds its lease lost, and ends its session without writing.
+    a.resume();
+    assert!(
+        a.wait_for_log("session failed", Duration::from_secs(30)),
+        "A's session did not end: {}",
+        a.log()
+    );
+    let log = a.log();
+    assert!(log.contains("the session's lease was lost"), "{log}");
+    assert!(log.contains("index was not written"), "{log}");
+    drop(stalled);
+
+    // The archive is B's tree, whole.
+    let back = restore(&g, &g.store_url("fenced"), "lab", None);
+    assert_trees_equal(&second, &back.path().join("r"));
+    filesync_tests::assert_dir_mtimes_equal(&second, &back.path().join("r"));
+}
+
 #[test]
 fn authentication_holds_and_a_pin_fits_every_server_of_the_store() {
     use std::os::unix::fs::PermissionsExt;

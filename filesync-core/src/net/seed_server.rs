@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::Ticket;
 use super::server::{spawn_writer, within, Ctx, Op, OpBatch, SeedConn, Summary, Written};
+use crate::archive::Fence;
 use crate::codec::json_stream::encode_seed;
 use crate::codec::Frame;
 use crate::error::{Error, ProtocolError};
@@ -87,7 +88,8 @@ pub(super) async fn session(
         return Err(super::server::in_progress(&id));
     };
     let cancel = &cancel.child_token();
-    let _shared = ctx.shared_lease(&id, cancel).await?;
+    let fence = Fence::default();
+    let _shared = ctx.shared_lease(&id, cancel, &fence).await?;
     tracing::info!(client = %id, %peer, dialect = "seed", files = info.files.len(), "session started");
 
     let store = Arc::clone(&ctx.store);
@@ -134,7 +136,7 @@ pub(super) async fn session(
         .map_err(|e| Error::io("sending TASKS", e))?;
 
     let mut expected: std::collections::HashSet<_> = send.into_iter().collect();
-    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
+    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone(), fence);
     let mut batch = OpBatch::new(ops);
     let received = async {
         let mut left: u64 = 0;

@@ -31,7 +31,7 @@ use crate::messages::{
 };
 use crate::paths::{ClientId, RelPath};
 
-use crate::archive::{Archive, HeldIndex};
+use crate::archive::{Archive, Fence, HeldIndex};
 use crate::lease::{Acquired, EtcdLeases, LostReason, SessionLease};
 use crate::planner::{DeleteBudget, DeleteCaps};
 use crate::schedule::Scheduler;
@@ -156,13 +156,15 @@ impl Ctx {
     }
 
     /// Takes the lease on `id` shared by the servers of the archive, if they share one
-    /// (`Ok(None)` if not); a session must not start without it. `cancel` is cancelled
-    /// if the lease is lost mid-session, so that the session stops before another server
-    /// may start one.
+    /// (`Ok(None)` if not); a session must not start without it. If the lease is lost
+    /// mid-session, `fence` is raised, so that the session's writer changes nothing more
+    /// in the archive, and `cancel` cancelled, so that the session stops, both before
+    /// another server may start one.
     pub(super) async fn shared_lease(
         &self,
         id: &ClientId,
         cancel: &CancellationToken,
+        fence: &Fence,
     ) -> Result<Option<SessionLease>, Error> {
         let Some(leases) = &self.cfg.leases else {
             return Ok(None);
@@ -171,6 +173,7 @@ impl Ctx {
             Ok(Acquired::Held(lease)) => {
                 let lost = lease.lost();
                 let cancel = cancel.clone();
+                let fence = fence.clone();
                 let client = id.clone();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -178,6 +181,7 @@ impl Ctx {
                             // Released: the session ended and let it go.
                             if !matches!(l.reason, LostReason::Released) {
                                 tracing::error!(%client, lost = %l, "the session's lease was lost: stopping it");
+                                fence.raise();
                                 cancel.cancel();
                             }
                         }
@@ -470,7 +474,8 @@ async fn session(
     };
     // Stopped by shutdown, or by the loss of the shared lease.
     let cancel = &cancel.child_token();
-    let _shared = match ctx.shared_lease(&id, cancel).await {
+    let fence = Fence::default();
+    let _shared = match ctx.shared_lease(&id, cancel, &fence).await {
         Ok(l) => l,
         Err(e) => return Err(fail(&mut framed, e, idle).await),
     };
@@ -485,7 +490,7 @@ async fn session(
         store: Arc::clone(&ctx.store),
         id: id.clone(),
     };
-    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone());
+    let (ops, mut results, writer) = spawn_writer(Arc::clone(&ctx.store), id.clone(), fence);
     let (srv, ready) = srv.ready();
     tracing::info!(client = %srv.client_id(), %peer, queue_wait = ?summary.queue_wait, "session started");
     let outcome = match send(&mut framed, ready, idle).await {
@@ -1021,6 +1026,7 @@ impl OpBatch {
 pub(super) fn spawn_writer(
     store: Arc<dyn Archive>,
     id: ClientId,
+    fence: Fence,
 ) -> (
     mpsc::Sender<Vec<Op>>,
     mpsc::UnboundedReceiver<Written>,
@@ -1036,6 +1042,7 @@ pub(super) fn spawn_writer(
             Box::new(move |out| {
                 let _ = placed.send(Written::Results(out));
             }),
+            fence,
         ) {
             Ok(r) => r,
             Err(e) => {

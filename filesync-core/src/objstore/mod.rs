@@ -43,7 +43,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
 
-use crate::archive::{Archive, HeldIndex, Report, Writer};
+use crate::archive::{Archive, Fence, HeldIndex, Report, Writer};
 use crate::messages::{stored_mode_bits, EntryKind, SETID_BITS};
 use crate::paths::{ClientId, RelPath};
 use crate::planner::Held;
@@ -506,11 +506,18 @@ impl Archive for ObjectArchive {
         Spool::create(self.scratch.path().join(format!("{n}.tail")))
     }
 
-    fn writer<'a>(&'a self, id: &ClientId, report: Report) -> io::Result<Box<dyn Writer + 'a>> {
+    fn writer<'a>(
+        &'a self,
+        id: &ClientId,
+        report: Report,
+        fence: Fence,
+    ) -> io::Result<Box<dyn Writer + 'a>> {
         // The writer starts with the session, before the manifest is planned: it takes
         // the tree the index loads when it first needs it.
         let slot = self.tree_slot(id);
-        Ok(Box::new(writer::ObjectWriter::new(self, id, slot, report)))
+        Ok(Box::new(writer::ObjectWriter::new(
+            self, id, slot, report, fence,
+        )))
     }
 
     fn purge_versions(&self) -> io::Result<u64> {

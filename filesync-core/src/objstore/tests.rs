@@ -10,7 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::layout::{self, Location};
 use super::{load_tree, load_tree_listing_by_folder_above, restore, ObjectArchive, Tree};
-use crate::archive::Archive;
+use crate::archive::{Archive, Fence};
 use crate::messages::{EntryKind, FileHeader, Outcome};
 use crate::paths::{ClientId, LinkTarget, RelPath};
 use crate::planner::{DeleteBudget, TailOp};
@@ -58,7 +58,11 @@ async fn session(
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let o = Arc::clone(&outcomes);
         let mut w = ar
-            .writer(&id(), Box::new(move |v| o.lock().unwrap().extend(v)))
+            .writer(
+                &id(),
+                Box::new(move |v| o.lock().unwrap().extend(v)),
+                Fence::default(),
+            )
             .unwrap();
         for f in files {
             let h = FileHeader {
@@ -311,7 +315,9 @@ async fn an_object_rewritten_after_planning_is_not_deleted() {
     let applied = tokio::task::spawn_blocking(move || {
         let mut index = ar2.index(&id());
         let _: Vec<_> = index.by_ref().collect();
-        let mut w = ar2.writer(&id(), Box::new(|_| {})).unwrap();
+        let mut w = ar2
+            .writer(&id(), Box::new(|_| {}), Fence::default())
+            .unwrap();
         ar2.rt.block_on(async {
             mem2.put(&ObjectPath::from("pre/client_lab/a"), b"2".to_vec().into())
                 .await
@@ -504,4 +510,101 @@ async fn an_upload_left_by_a_killed_server_is_swept_and_a_finished_one_leaves_no
         .unwrap();
     assert_eq!((n, journaled().await), (1, 0));
     assert_eq!(body(&mem, "pre/client_lab/half").await, None);
+}
+
+/// Once the session's lease is lost (the fence raised), the writer changes nothing more:
+/// a large file's upload is not completed, a small file is not put, the tail deletes
+/// nothing, and the index another server's session may have written since is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_fence_stops_every_write() {
+    let mem = Arc::new(InMemory::new());
+    let ar = archive(&mem).await;
+    let (out, _) = session(
+        &ar,
+        vec![
+            F("old", b"1".to_vec(), 0o644),
+            F("keep", b"k".to_vec(), 0o644),
+        ],
+        vec![],
+        DeleteBudget::All,
+    )
+    .await;
+    assert_eq!(stored(&out), 2);
+    let index_key = "pre/.filesync/index/client_lab";
+    let index_before = body(&mem, index_key).await.expect("the index was written");
+
+    let ar2 = Arc::clone(&ar);
+    let (outcomes, applied) = tokio::task::spawn_blocking(move || {
+        let mut index = ar2.index(&id());
+        let _: Vec<_> = index.by_ref().collect();
+        let fence = Fence::default();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let o = Arc::clone(&outcomes);
+        let mut w = ar2
+            .writer(
+                &id(),
+                Box::new(move |v| o.lock().unwrap().extend(v)),
+                fence.clone(),
+            )
+            .unwrap();
+        let header = |path: &str, size: usize| FileHeader {
+            path: rel(path),
+            size: size as u64,
+            mtime: t(200),
+            mode: 0o644,
+            delta: false,
+            offset: 0,
+        };
+        // A large file whose parts went up before the lease was lost.
+        let big = vec![3u8; (super::MULTIPART_MIN + 1) as usize];
+        w.open(&header("big", big.len()), Some(0o644));
+        for chunk in big.chunks(1 << 20) {
+            w.write(chunk);
+        }
+        fence.raise();
+        let mut now = w.commit(None);
+        // A small file after it.
+        w.open(&header("small", 3), Some(0o644));
+        w.write(b"new");
+        now.extend(w.commit(None));
+        outcomes.lock().unwrap().extend(now);
+        let mut spool = ar2.spool().unwrap();
+        spool.push(&TailOp::Delete(rel("old")));
+        spool.push(&TailOp::MakeDir(rel("made")));
+        let applied = w.finish(spool, &DeleteBudget::All);
+        drop(w);
+        let out = outcomes.lock().unwrap().clone();
+        (out, applied)
+    })
+    .await
+    .unwrap();
+
+    let mut rejected: Vec<String> = outcomes
+        .iter()
+        .map(|(p, o)| match o {
+            Outcome::Rejected { reason, .. } if reason.contains("lease was lost") => p.to_string(),
+            other => panic!("{p}: {other:?}"),
+        })
+        .collect();
+    rejected.sort();
+    assert_eq!(rejected, ["big", "small"]);
+    assert_eq!(applied.deleted, 0, "{applied:?}");
+    assert!(
+        applied
+            .errors
+            .iter()
+            .any(|e| e.contains("index was not written")),
+        "{applied:?}"
+    );
+    assert_eq!(body(&mem, "pre/client_lab/big").await, None);
+    assert_eq!(body(&mem, "pre/client_lab/small").await, None);
+    assert_eq!(body(&mem, "pre/client_lab/old").await.unwrap(), b"1");
+    assert_eq!(body(&mem, index_key).await.unwrap(), index_before);
+    // The large file's upload was aborted, not left for the sweep.
+    let uploads: Vec<_> = futures::TryStreamExt::try_collect(
+        mem.list(Some(&ObjectPath::from("pre/.filesync/uploads"))),
+    )
+    .await
+    .unwrap();
+    assert!(uploads.is_empty(), "{uploads:?}");
 }

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use super::layout::Location;
 use super::req_err;
+use crate::archive::Fence;
 
 /// The size of each part (S3's minimum is 5 MiB, but for the last).
 pub(crate) const PART_SIZE: usize = 8 << 20;
@@ -148,8 +149,10 @@ impl Upload {
         Ok(())
     }
 
-    /// Puts the last part and completes the upload: the object appears whole, now.
-    pub(crate) async fn finish(mut self) -> io::Result<PutResult> {
+    /// Puts the last part and completes the upload: the object appears whole, now. Not
+    /// completed (but aborted) if `fence` is raised by then: completing is what makes
+    /// the object visible, so it is the last moment to check.
+    pub(crate) async fn finish(mut self, fence: &Fence) -> io::Result<PutResult> {
         let r = async {
             if !self.buf.is_empty() || self.next == 0 {
                 self.put_part().await?;
@@ -163,6 +166,9 @@ impl Upload {
                 .cloned()
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| io::Error::other("a part of the upload is missing"))?;
+            if fence.is_raised() {
+                return Err(io::Error::other(super::writer::FENCED));
+            }
             self.parts_store
                 .complete_multipart(&self.key, &self.id, parts)
                 .await

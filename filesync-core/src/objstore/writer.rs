@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::layout::{self, Entry, Record};
 use super::upload::Upload;
 use super::{dir_held, load_tree, Loaded, ObjectArchive, Tree, REQUESTS_IN_FLIGHT};
-use crate::archive::{Report, Writer};
+use crate::archive::{Fence, Report, Writer};
 use crate::messages::{EntryKind, ErrorCode, FileHeader, Hash, Outcome};
 use crate::paths::{ClientId, RelPath};
 use crate::planner::{DeleteBudget, Held, TailOp};
@@ -76,7 +76,14 @@ pub(super) struct ObjectWriter<'a> {
     dirty: bool,
     /// What failed in the tail (and the links and FIFOs it put), for [`Applied::errors`].
     tail_errors: Vec<String>,
+    /// Raised when the session's lease is lost: from then on nothing is put, copied,
+    /// deleted or completed, and the index is not written.
+    fence: Fence,
 }
+
+/// Why a request was not sent once the session's lease is lost.
+pub(super) const FENCED: &str =
+    "the session's lease was lost (another server may be serving this client)";
 
 fn rejected(reason: impl Into<String>) -> Outcome {
     Outcome::Rejected {
@@ -109,6 +116,7 @@ impl<'a> ObjectWriter<'a> {
         id: &ClientId,
         slot: Arc<Mutex<Option<Loaded>>>,
         report: Report,
+        fence: Fence,
     ) -> Self {
         let now = MTime::from_system(std::time::SystemTime::now()).unwrap_or(MTime::EPOCH);
         let versions = ar.keep_versions.map(|_| {
@@ -133,6 +141,27 @@ impl<'a> ObjectWriter<'a> {
             versions,
             dirty: false,
             tail_errors: Vec::new(),
+            fence,
+        }
+    }
+
+    /// `Err` once the fence is raised; then the puts still in flight are aborted too.
+    fn unfenced(&mut self) -> Result<(), String> {
+        if !self.fence.is_raised() {
+            return Ok(());
+        }
+        self.abort_puts();
+        Err(FENCED.into())
+    }
+
+    /// Aborts the puts in flight, the fence being raised. Their requests may have reached
+    /// the store already: those cannot be recalled, which is why the lease is reported
+    /// lost before etcd can give the client to another server.
+    fn abort_puts(&mut self) {
+        if !self.puts.is_empty() {
+            tracing::warn!(client = %self.id, aborted = self.puts.len(),
+                "the session's lease was lost: aborting the uploads in flight");
+            self.puts.abort_all();
         }
     }
 
@@ -243,8 +272,10 @@ impl<'a> ObjectWriter<'a> {
     /// session without a lease, and the copy keeps what falls in it.) Returns the entries
     /// removed and the objects kept that way.
     fn remove_now(&mut self, rel: &RelPath, verify: bool) -> Result<(u64, u64), String> {
+        self.unfenced()?;
         let entries = self.subtree(rel).map_err(|e| e.to_string())?;
         let store = Arc::clone(&self.ar.store);
+        let fence = &self.fence;
         let jobs = entries
             .iter()
             // Folders have no object; everything else has one.
@@ -262,6 +293,9 @@ impl<'a> ObjectWriter<'a> {
                     async move {
                         let r = async {
                             let key = key?;
+                            if fence.is_raised() {
+                                return Err(FENCED.to_string());
+                            }
                             if verify {
                                 match store.head(&key).await {
                                     Ok(m) if e.e_tag.is_some() && m.e_tag != e.e_tag => {
@@ -279,6 +313,9 @@ impl<'a> ObjectWriter<'a> {
                                     Err(object_store::Error::NotFound { .. }) => return Ok(true),
                                     Err(err) => return Err(format!("keeping a version: {err}")),
                                 }
+                            }
+                            if fence.is_raised() {
+                                return Err(FENCED.to_string());
                             }
                             match store.delete(&key).await {
                                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
@@ -354,6 +391,7 @@ impl<'a> ObjectWriter<'a> {
         {
             self.settle_one(true);
         }
+        self.unfenced()?;
         self.bytes_in_flight += size;
         let store = Arc::clone(&self.ar.store);
         let attrs = attributes(held.kind, held.mtime, held.mode);
@@ -391,9 +429,27 @@ impl<'a> ObjectWriter<'a> {
 
     /// Settles one finished put (waiting for one if `wait`); false if none was ready.
     fn settle_one(&mut self, wait: bool) -> bool {
+        if self.fence.is_raised() {
+            self.abort_puts();
+        }
         let next = if wait {
             let rt = self.ar.rt.clone();
-            rt.block_on(self.puts.join_next())
+            let fence = self.fence.clone();
+            let puts = &mut self.puts;
+            // Waiting for a slow put must not outlast the lease.
+            let waited = rt.block_on(async {
+                tokio::select! {
+                    next = puts.join_next() => Some(next),
+                    () = fence.raised() => None,
+                }
+            });
+            match waited {
+                Some(next) => next,
+                None => {
+                    self.abort_puts();
+                    rt.block_on(self.puts.join_next())
+                }
+            }
         } else {
             let _guard = self.ar.rt.enter();
             self.puts.try_join_next()
@@ -407,6 +463,8 @@ impl<'a> ObjectWriter<'a> {
                 }
                 true
             }
+            // Aborted by the fence: the session is over, its outcome unheard.
+            Some(Err(e)) if e.is_cancelled() => true,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "an upload task failed");
                 true
@@ -466,7 +524,11 @@ impl ObjectWriter<'_> {
         if !self.dirty {
             return Ok(());
         }
-        let entries: Vec<Entry> = tree.values().cloned().collect();
+        // Once fenced, the index is not written: another session may have written its own
+        // since. The next session reads objects the index lacks from the listing. The
+        // record goes to this session's own key, so it still says what was kept.
+        let entries: Option<Vec<Entry>> =
+            (!self.fence.is_raised()).then(|| tree.values().cloned().collect());
         let store = Arc::clone(&self.ar.store);
         let index = self.ar.loc.index(&self.id);
         let record = self.versions.as_ref().and_then(|v| {
@@ -486,6 +548,9 @@ impl ObjectWriter<'_> {
                     .await
                     .map_err(|e| format!("writing the session's record of versions: {e}"))?;
             }
+            let Some(entries) = entries else {
+                return Err(format!("the client's index was not written: {FENCED}"));
+            };
             store
                 .put(&index, layout::encode_index(&entries).into())
                 .await
@@ -601,21 +666,24 @@ impl Writer for ObjectWriter<'_> {
             });
             return;
         }
-        let started = self.prepare(&path).and_then(|replaced| {
-            let key = self.key(&path)?;
-            let upload = self
-                .ar
-                .rt
-                .block_on(Upload::start(
-                    Arc::clone(&self.ar.store),
-                    Arc::clone(&self.ar.parts),
-                    &self.ar.loc,
-                    key,
-                    attributes(EntryKind::File, attrs.0, attrs.1),
-                ))
-                .map_err(|e| e.to_string())?;
-            Ok((replaced, Box::new(upload)))
-        });
+        let started = self
+            .unfenced()
+            .and_then(|()| self.prepare(&path))
+            .and_then(|replaced| {
+                let key = self.key(&path)?;
+                let upload = self
+                    .ar
+                    .rt
+                    .block_on(Upload::start(
+                        Arc::clone(&self.ar.store),
+                        Arc::clone(&self.ar.parts),
+                        &self.ar.loc,
+                        key,
+                        attributes(EntryKind::File, attrs.0, attrs.1),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                Ok((replaced, Box::new(upload)))
+            });
         match started {
             Ok((replaced, upload)) => {
                 self.open = Some(Open::Multipart {
@@ -636,6 +704,9 @@ impl Writer for ObjectWriter<'_> {
             Some(Open::Buffer { buf, .. }) => {
                 buf.extend_from_slice(data);
                 None
+            }
+            Some(Open::Multipart { path, .. }) if self.fence.is_raised() => {
+                Some((path.clone(), FENCED.to_string()))
             }
             Some(Open::Multipart { path, upload, .. }) => rt
                 .block_on(upload.write(data))
@@ -710,7 +781,12 @@ impl Writer for ObjectWriter<'_> {
                 };
                 let key = self.key(&path);
                 let store = Arc::clone(&self.ar.store);
+                let fence = self.fence.clone();
                 let result = self.ar.rt.block_on(async move {
+                    if fence.is_raised() {
+                        upload.abort().await;
+                        return Err(FENCED.to_string());
+                    }
                     if let (Some(vkey), Ok(key)) = (vkey, key) {
                         match store.copy(&key, &vkey).await {
                             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -721,7 +797,7 @@ impl Writer for ObjectWriter<'_> {
                         }
                     }
                     upload
-                        .finish()
+                        .finish(&fence)
                         .await
                         .map(|r| r.e_tag)
                         .map_err(|e| e.to_string())
