@@ -456,6 +456,53 @@ fn a_server_paused_past_its_lease_writes_nothing_when_it_wakes() {
     filesync_tests::assert_dir_mtimes_equal(&second, &back.path().join("r"));
 }
 
+/// A server on a store keeps its sessions' spools in a scratch folder under `TMPDIR`; one
+/// killed with SIGKILL leaves it, and the next server to start removes it.
+#[test]
+fn a_killed_servers_scratch_folder_is_removed_by_the_next_server() {
+    let Some(g) = cluster("a_killed_servers_scratch_folder_is_removed_by_the_next_server") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("filesync-scratch-"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let start = || {
+        ServeCmd::new(Path::new("/nonexistent-root-unused"))
+            .store(&g.store_url("scratch"))
+            .envs(g.env())
+            .env("TMPDIR", tmp.path())
+            .start()
+    };
+    let mut first = start();
+    let left = scratch();
+    assert_eq!(left.len(), 1, "{left:?}");
+    first.kill();
+    assert_eq!(scratch(), left, "SIGKILL left no scratch folder behind");
+
+    let mut second = start();
+    let now = scratch();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(
+        now, left,
+        "the killed server's scratch folder is still there"
+    );
+    // A server that stops removes its own.
+    second
+        .terminate(Duration::from_secs(20))
+        .expect("the server stops");
+    assert_eq!(scratch(), Vec::<PathBuf>::new());
+}
+
 #[test]
 fn authentication_holds_and_a_pin_fits_every_server_of_the_store() {
     use std::os::unix::fs::PermissionsExt;

@@ -24,6 +24,7 @@
 
 pub mod layout;
 pub mod restore;
+mod scratch;
 #[cfg(test)]
 mod tests;
 mod upload;
@@ -76,8 +77,9 @@ pub struct ObjectArchive {
     parts: Arc<dyn MultipartStore>,
     loc: Location,
     rt: tokio::runtime::Handle,
-    /// Local scratch space for the plans' spools (emptied when the archive is dropped).
-    scratch: tempfile::TempDir,
+    /// Local scratch space for the plans' spools (removed when the archive is dropped, or
+    /// by the next server to start if this one is killed).
+    scratch: scratch::Scratch,
     seq: AtomicU64,
     mode_mask: u32,
     keep_versions: Option<Duration>,
@@ -147,7 +149,7 @@ impl ObjectArchive {
             parts,
             loc,
             rt: tokio::runtime::Handle::current(),
-            scratch: tempfile::Builder::new().prefix("filesync-").tempdir()?,
+            scratch: scratch::Scratch::create_in(&std::env::temp_dir())?,
             seq: AtomicU64::new(0),
             mode_mask: stored_mode_bits(false),
             keep_versions: Some(crate::store::DEFAULT_KEEP_VERSIONS),
