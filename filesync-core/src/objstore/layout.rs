@@ -268,10 +268,24 @@ pub struct Entry {
 /// format is recognised and rebuilt from the listing, never misread.
 pub const INDEX_MAGIC: &[u8] = b"filesync-index 1\n";
 
-/// An index object: [`INDEX_MAGIC`], then the entries in postcard.
-pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
+/// An index object: [`INDEX_MAGIC`], then the entries in postcard, as a sequence (the
+/// encoding of a `Vec<Entry>`). Serialized straight from the iterator, e.g. the values of
+/// the session's tree, so that a client's entries are not copied once more to be written.
+pub fn encode_index<'a, I>(entries: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a Entry>,
+    I::IntoIter: ExactSizeIterator + Clone,
+{
+    /// A sequence serialized from a cloneable iterator of known length (postcard needs
+    /// the length first).
+    struct Seq<I>(I);
+    impl<'a, I: ExactSizeIterator<Item = &'a Entry> + Clone> Serialize for Seq<I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.clone())
+        }
+    }
     let mut out = INDEX_MAGIC.to_vec();
-    out.extend(postcard::to_stdvec(entries).unwrap_or_default());
+    out.extend(postcard::to_stdvec(&Seq(entries.into_iter())).unwrap_or_default());
     out
 }
 
@@ -435,6 +449,16 @@ mod tests {
         };
         let b = encode_index(std::slice::from_ref(&e));
         assert_eq!(decode_index(&b), Some(vec![e.clone()]));
+        // The same bytes as a `Vec<Entry>` in postcard, the format readers expect.
+        let mut two = vec![e.clone(), e.clone()];
+        two[1].path = rel(b"b");
+        let mut want = INDEX_MAGIC.to_vec();
+        want.extend(postcard::to_stdvec(&two).unwrap());
+        assert_eq!(encode_index(&two), want);
+        assert_eq!(
+            encode_index(Vec::<Entry>::new().iter()),
+            b"filesync-index 1\n\0"
+        );
         assert_eq!(decode_index(b"filesync-index 2\n"), None);
         assert_eq!(decode_index(&b[..b.len() - 1]), None);
         let r = Record {

@@ -527,8 +527,7 @@ impl ObjectWriter<'_> {
         // Once fenced, the index is not written: another session may have written its own
         // since. The next session reads objects the index lacks from the listing. The
         // record goes to this session's own key, so it still says what was kept.
-        let entries: Option<Vec<Entry>> =
-            (!self.fence.is_raised()).then(|| tree.values().cloned().collect());
+        let index_body = (!self.fence.is_raised()).then(|| layout::encode_index(tree.values()));
         let store = Arc::clone(&self.ar.store);
         let index = self.ar.loc.index(&self.id);
         let record = self.versions.as_ref().and_then(|v| {
@@ -548,11 +547,11 @@ impl ObjectWriter<'_> {
                     .await
                     .map_err(|e| format!("writing the session's record of versions: {e}"))?;
             }
-            let Some(entries) = entries else {
+            let Some(body) = index_body else {
                 return Err(format!("the client's index was not written: {FENCED}"));
             };
             store
-                .put(&index, layout::encode_index(&entries).into())
+                .put(&index, body.into())
                 .await
                 .map_err(|e| format!("writing the client's index: {e}"))?;
             Ok::<(), String>(())
