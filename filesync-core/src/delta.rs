@@ -30,7 +30,10 @@
 //!
 //! [`block_size`] is rsync's rule (`sum_sizes_sqroot` in rsync's `generator.c`, protocol
 //! ≥ 30): 700 bytes up to 700² = 490,000 bytes; above, ⌊√len⌋ rounded down to a multiple
-//! of 8; at most 128 KiB (reached at 16 GiB). The block count is then ≈ √len, so both the
+//! of 8; at most 128 KiB (reached at 16 GiB). One departure: from 80,000² bytes (about
+//! 6 GiB) on, blocks grow as `len / 80,000` instead ([`MAX_SIGNATURE_BLOCKS`]), so that a
+//! signature stays within one frame, up to 128 KiB blocks at about 9.8 GiB; from about
+//! 10 GiB on the signature no longer fits, and the file is sent whole. The block count is then ≈ √len, so both the
 //! signature (12 bytes a block) and the literal overhead of one changed spot (≤ 2 blocks)
 //! grow as √len, which is what minimizes their sum. Syncthing's ladder (128 KiB to 16 MiB
 //! blocks, ≤ ~2000 a file) makes signatures smaller but a 4 KiB edit in a 512 MiB file
@@ -42,7 +45,10 @@
 //! | 1 MiB    |  1,024 B   |   1,024 |    12 KiB  | 1.17 %            |
 //! | 512 MiB  | 23,168 B   |  23,173 |   272 KiB  | 0.052 %           |
 //! | 1 GiB    | 32,768 B   |  32,768 |   384 KiB  | 0.037 %           |
+//! | 8 GiB    | 107,376 B  |  79,999 |   937 KiB  | 0.011 %           |
 //! | 16 GiB   | 128 KiB    | 131,072 |  1.5 MiB   | 0.009 %           |
+//!
+//! (16 GiB is beyond one frame: such a file gets no signature.)
 //!
 //! (A 1 MiB file's 1.2 % is 12 KiB: less than one round trip on a fast link, and
 //! [`delta_worthwhile`] decides whether to bother at all.)
@@ -158,22 +164,28 @@ pub const DELTA_MIN_FILE_LEN: u64 = 64 * 1024;
 /// carries in ~0.5 ms.
 pub const DEFAULT_ROUND_TRIP_BYTES: u64 = 64 * 1024;
 
-/// The block size, in bytes, for signing a file of `file_len` bytes: rsync's rule.
+/// The most blocks [`block_size`] makes of a file unless its blocks would exceed
+/// [`MAX_BLOCK_SIZE`]: 80,000 blocks are a signature of at most 960,020 bytes, which fits
+/// one frame (1 MiB) with 64 KiB to spare.
+pub const MAX_SIGNATURE_BLOCKS: u64 = 80_000;
+
+/// The block size, in bytes, for signing a file of `file_len` bytes: rsync's rule, with
+/// blocks made larger where it would give more than [`MAX_SIGNATURE_BLOCKS`].
 ///
 /// 700 ([`MIN_BLOCK_SIZE`]) up to 490,000 bytes; then ⌊√file_len⌋ rounded down to a
-/// multiple of 8; at most 128 KiB ([`MAX_BLOCK_SIZE`]), from 16 GiB on. Monotone in
-/// `file_len`. See the [module documentation](self) for the reasoning and sizes.
+/// multiple of 8; from 80,000² bytes (about 6 GiB) on, ⌈file_len / 80,000⌉ rounded up to
+/// a multiple of 8; at most 128 KiB ([`MAX_BLOCK_SIZE`]), from about 9.8 GiB on. Monotone
+/// in `file_len`. See the [module documentation](self) for the reasoning and sizes.
 pub fn block_size(file_len: u64) -> u32 {
     let min = u64::from(MIN_BLOCK_SIZE);
     if file_len <= min * min {
         return MIN_BLOCK_SIZE;
     }
-    let root = file_len.isqrt();
-    if root >= u64::from(MAX_BLOCK_SIZE) {
-        return MAX_BLOCK_SIZE;
-    }
-    // root < 2^17 here, so the cast is lossless.
-    ((root as u32) & !7).max(MIN_BLOCK_SIZE)
+    let root = file_len.isqrt() & !7;
+    let fitting = file_len.div_ceil(MAX_SIGNATURE_BLOCKS).next_multiple_of(8);
+    let size = root.max(fitting).min(u64::from(MAX_BLOCK_SIZE));
+    // size ≤ 2^17 here, so the cast is lossless.
+    (size as u32).max(MIN_BLOCK_SIZE)
 }
 
 /// The number of blocks of `block_size` bytes covering `file_len` bytes (the last one may

@@ -1525,7 +1525,7 @@ pub const SIGN_MIN: u64 = 1 << 20;
 pub const BASES_PER_TASKS: usize = 8;
 
 /// Whether a file of `len` bytes gets a block signature: at least [`SIGN_MIN`], and its
-/// signature fits in one frame with room to spare.
+/// signature fits in one frame with 64 KiB to spare (up to about 10 GiB).
 fn worth_signing(len: u64) -> bool {
     len >= SIGN_MIN
         && delta::signature_wire_len(len) + 64 * 1024 <= crate::codec::MAX_FRAME_LEN as u64
@@ -1802,6 +1802,22 @@ impl crate::archive::Writer for Receiver<'_> {
 mod tests {
     use super::*;
     use crate::planner::Tail;
+
+    /// Files from 1 MiB up to about 10 GiB get a signature (blocks grow past rsync's
+    /// rule from about 6 GiB on so that it fits one frame); larger ones are sent whole.
+    #[test]
+    fn files_up_to_about_10_gib_are_signed() {
+        assert!(!worth_signing(SIGN_MIN - 1));
+        assert!(worth_signing(SIGN_MIN));
+        for len in [6u64 << 30, 8 << 30, 9 << 30] {
+            assert!(worth_signing(len), "{len}");
+        }
+        // 81,918 blocks of 128 KiB: the most whose signature leaves 64 KiB of the frame.
+        let last = 81_918 * u64::from(delta::MAX_BLOCK_SIZE);
+        assert!(worth_signing(last));
+        assert!(!worth_signing(last + 1));
+        assert!(!worth_signing(16 << 30));
+    }
 
     fn spool(store: &Store, tail: Tail) -> Spool {
         let mut s = store.spool().unwrap();

@@ -266,18 +266,37 @@ fn block_size_follows_rsync() {
     assert_eq!(block_size(8 << 20), 2896);
     assert_eq!(block_size(512 << 20), 23_168);
     assert_eq!(block_size(1 << 30), 32_768);
-    assert_eq!(block_size((1 << 34) - 1), 131_064);
+    // rsync's rule up to 80,000² bytes; then blocks that keep 80,000 of them at most.
+    assert_eq!(block_size(80_000 * 80_000), 80_000);
+    assert_eq!(block_size(80_000 * 80_000 + 1), 80_008);
+    assert_eq!(block_size(8 << 30), 107_376);
+    assert_eq!(block_size(80_000 * 131_072), MAX_BLOCK_SIZE);
+    assert_eq!(block_size(80_000 * 131_072 + 1), MAX_BLOCK_SIZE);
     assert_eq!(block_size(1 << 34), MAX_BLOCK_SIZE);
     assert_eq!(block_size(u64::MAX), MAX_BLOCK_SIZE);
+    // Monotone, and never more than 80,000 blocks while the blocks may grow.
+    let mut lens: Vec<u64> = (0..=(11u64 << 30)).step_by(97_331_977).collect();
+    lens.extend([80_000 * 80_000, 1 << 33]);
+    lens.sort_unstable();
+    let mut last = 0;
+    for len in lens {
+        let bs = block_size(len);
+        assert!(bs >= last, "{len}");
+        last = bs;
+        if bs < MAX_BLOCK_SIZE {
+            assert!(block_count(len, bs) <= MAX_SIGNATURE_BLOCKS, "{len}");
+        }
+    }
 }
 
 #[test]
 fn signature_sizes() {
     // (file, blocks, upper bound of the postcard size)
-    let cases: [(u64, u64, u64); 4] = [
+    let cases: [(u64, u64, u64); 5] = [
         (1 << 20, 1024, 12 * 1024 + 20),
         (512 << 20, 23_173, 23_173 * 12 + 20),
         (1 << 30, 32_768, 32_768 * 12 + 20),
+        (8 << 30, 79_999, 79_999 * 12 + 20),
         (16 << 30, 131_072, 131_072 * 12 + 20),
     ];
     for (len, blocks, wire) in cases {
