@@ -5,8 +5,12 @@ use std::net::{IpAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::text::errln;
 
 /// Keeps archive folders of many machines copied onto one server on a LAN.
 ///
@@ -27,7 +31,7 @@ pub(crate) struct Args {
     pub(crate) quiet: u8,
 
     /// Print the final summary as one JSON object on stdout (for scripts).
-    #[arg(long, global = true, env = "FILESYNC_JSON", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, global = true, env = "FILESYNC_JSON", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) json: bool,
 }
 
@@ -120,7 +124,7 @@ pub(crate) struct ServeArgs {
     pub(crate) group: SocketAddrV4,
 
     /// Do not answer discovery (clients must be given --server).
-    #[arg(long, env = "FILESYNC_NO_DISCOVERY", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, env = "FILESYNC_NO_DISCOVERY", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) no_discovery: bool,
 
     /// Sessions served at once; further clients are queued first come, first served.
@@ -149,7 +153,7 @@ pub(crate) struct ServeArgs {
 
     /// Keep setuid and setgid bits of clients' files (dropped by default: a server must
     /// not grow setuid programs from the network).
-    #[arg(long, env = "FILESYNC_KEEP_SETID", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, env = "FILESYNC_KEEP_SETID", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) keep_setid: bool,
 
     /// Delete at most N entries per session (a deleted folder counts each entry in it);
@@ -208,7 +212,7 @@ pub(crate) struct SyncArgs {
     pub(crate) dir: PathBuf,
 
     /// Sync once and exit: 0 means the server holds the whole tree durably on disk.
-    #[arg(long, env = "FILESYNC_ONCE", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, env = "FILESYNC_ONCE", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) once: bool,
 
     /// Multicast group and port to discover the server on.
@@ -230,7 +234,7 @@ pub(crate) struct SyncArgs {
 
     /// Let an empty or missing folder empty the server's copy (normally refused, so that
     /// an unmounted disk cannot wipe an archive).
-    #[arg(long, env = "FILESYNC_ALLOW_EMPTY", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, env = "FILESYNC_ALLOW_EMPTY", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) allow_empty: bool,
 
     /// Give up on a server silent this long: seconds, or with a unit.
@@ -249,7 +253,7 @@ pub(crate) struct SyncArgs {
     pub(crate) exclude: Vec<String>,
 
     /// Delete the server's copies of excluded paths too.
-    #[arg(long, env = "FILESYNC_DELETE_EXCLUDED", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, env = "FILESYNC_DELETE_EXCLUDED", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) delete_excluded: bool,
 
     /// Let the server delete at most N entries this session (a deleted folder counts each
@@ -260,7 +264,7 @@ pub(crate) struct SyncArgs {
     /// Send changed files whole, never as block deltas against the server's copy (as
     /// rsync's --whole-file): less CPU on both sides where the network is faster than
     /// the disks. An interrupted file still resumes.
-    #[arg(short = 'W', long, env = "FILESYNC_WHOLE_FILE", value_parser = BoolishValueParser::new(), value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(short = 'W', long, env = "FILESYNC_WHOLE_FILE", value_parser = on_off, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub(crate) whole_file: bool,
 
     /// Authenticate with the secret in FILE (made by `filesync gen-secret`, listed for
@@ -292,6 +296,87 @@ pub(crate) enum DialectArg {
     Native,
     /// The original FileSync's protocol.
     Seed,
+}
+
+/// Parses the command line (and the `FILESYNC_*` environment); on a bad value, prints the
+/// error and exits 2, as clap does, but names the environment variable when the value came
+/// from one (clap names only the flag, which the user may never have typed).
+pub(crate) fn parse() -> Args {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match Args::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => match from_environment(&e, &argv, |k| std::env::var_os(k)) {
+            Some((flag, var)) => {
+                let text = e.render().to_string();
+                errln!(
+                    "{}",
+                    text.trim_end().replacen(
+                        &format!("'{flag}'"),
+                        &format!("'{flag}' (from the environment variable {var})"),
+                        1
+                    )
+                );
+                std::process::exit(e.exit_code());
+            }
+            None => e.exit(),
+        },
+    }
+}
+
+/// For an error about a bad value: the flag as clap names it and the environment variable
+/// the value came from, if it came from one (the variable is set and `argv` does not give
+/// the flag).
+fn from_environment(
+    e: &clap::Error,
+    argv: &[OsString],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Option<(String, String)> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let mut cmd = Args::command();
+    // An argument shows as clap names it in errors only once built.
+    cmd.build();
+    let args = cmd
+        .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()));
+    for arg in args {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        if arg.to_string() != *flag || env(&var.to_string_lossy()).is_none() {
+            continue;
+        }
+        let long = format!("--{long}");
+        let typed = argv.iter().skip(1).any(|a| {
+            let a = a.to_string_lossy();
+            a == long
+                || a.starts_with(&format!("{long}="))
+                || arg
+                    .get_short()
+                    .is_some_and(|c| a.starts_with('-') && !a.starts_with("--") && a.contains(c))
+        });
+        return (!typed).then(|| (flag.clone(), var.to_string_lossy().into_owned()));
+    }
+    None
+}
+
+/// An on/off value, on the command line (`--once=no`) or in the environment
+/// (`FILESYNC_ONCE=1`): true, yes, on, 1 (y, t) or false, no, off, 0 (n, f), in any case,
+/// as clap's `BoolishValueParser`; and empty for off, as an environment file may leave a
+/// variable (`FILESYNC_ONCE=`).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        _ => Err("use true/false, yes/no, on/off or 1/0".into()),
+    }
 }
 
 /// Plain seconds (`30`) or a humantime duration (`90s`, `5m`, `1h`, `1h 30m`).
@@ -327,7 +412,6 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        use clap::CommandFactory;
         Args::command().debug_assert();
         let a =
             Args::try_parse_from(["filesync", "serve", "--port", "0", "--interval", "5m"]).unwrap();
@@ -393,5 +477,42 @@ mod tests {
         let s = sync(&[]);
         assert!(!s.once && !s.whole_file && !s.allow_empty && !s.delete_excluded);
         assert!(Args::try_parse_from(["filesync", "sync", "--once=maybe"]).is_err());
+        let s = sync(&["--once=", "--whole-file=ON"]);
+        assert!(!s.once && s.whole_file);
+    }
+
+    /// A bad value names the environment variable it came from, and only then.
+    #[test]
+    fn bad_values_name_their_environment_variable() {
+        let argv = |a: &[&str]| -> Vec<OsString> { a.iter().map(OsString::from).collect() };
+        let once_set = |k: &str| (k == "FILESYNC_ONCE").then(|| OsString::from("maybe"));
+        // As clap reports FILESYNC_ONCE=maybe (the value is parsed the same way).
+        let from_env = ["filesync", "sync", "--id", "x"];
+        let e = Args::try_parse_from(["filesync", "sync", "--once=maybe"]).unwrap_err();
+        assert_eq!(
+            from_environment(&e, &argv(&from_env), once_set),
+            Some(("--once[=<BOOL>]".into(), "FILESYNC_ONCE".into()))
+        );
+        // Typed on the command line, or the variable unset: clap's message stands.
+        let typed = ["filesync", "sync", "--once=maybe"];
+        assert_eq!(from_environment(&e, &argv(&typed), once_set), None);
+        assert_eq!(from_environment(&e, &argv(&from_env), |_| None), None);
+        // A short flag typed (-W is --whole-file), and other flags' variables.
+        let e = Args::try_parse_from(["filesync", "sync", "--whole-file=x"]).unwrap_err();
+        let w_set = |k: &str| (k == "FILESYNC_WHOLE_FILE").then(|| OsString::from("x"));
+        assert_eq!(
+            from_environment(&e, &argv(&["filesync", "sync", "-qW"]), w_set),
+            None
+        );
+        assert!(from_environment(&e, &argv(&["filesync", "sync"]), w_set).is_some());
+        let e = Args::try_parse_from(["filesync", "serve", "--interval", "soon"]).unwrap_err();
+        let i_set = |k: &str| (k == "FILESYNC_INTERVAL").then(|| OsString::from("soon"));
+        assert_eq!(
+            from_environment(&e, &argv(&["filesync", "serve"]), i_set),
+            Some(("--interval <INTERVAL>".into(), "FILESYNC_INTERVAL".into()))
+        );
+        // Not about a value: nothing to add.
+        let e = Args::try_parse_from(["filesync", "sync", "--nope"]).unwrap_err();
+        assert_eq!(from_environment(&e, &argv(&from_env), once_set), None);
     }
 }

@@ -13,11 +13,10 @@ mod serve;
 mod sync;
 mod text;
 
-use clap::Parser;
 use text::{errln, outln};
 
 fn main() {
-    let args = cli::Args::parse();
+    let args = cli::parse();
     // color-eyre's hook formats errors for people; the exit code is chosen by us.
     let _ = color_eyre::install();
     logging::init(&args);
