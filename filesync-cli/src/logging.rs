@@ -1,6 +1,6 @@
 //! Log setup: tracing to stderr, level from -v/-q unless RUST_LOG says otherwise.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -21,7 +21,26 @@ pub(crate) fn init(args: &Args) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_target(false)
         .try_init();
+}
+
+/// stderr for the log, with write errors ignored. A reader of the log that went away
+/// (`filesync serve 2>&1 | head`, a log collector restarted) must not stop the server:
+/// tracing-subscriber reports a failed write with `eprintln!`, which panics on the same
+/// closed stderr, and the panic aborted the process. The lines are lost; there is nowhere
+/// left to write them.
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
 }

@@ -230,6 +230,67 @@ fn a_closed_output_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A log whose reader has gone (`filesync serve 2>&1 | head`) stops neither the server
+/// nor a client: the log lines are lost, the work goes on. (The log used to panic on the
+/// closed stderr, and the process aborted with 134.)
+#[test]
+fn a_closed_log_pipe_stops_nothing() {
+    use std::io::{BufRead, BufReader};
+    let root = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut server = std::process::Command::new(filesync_tests::filesync_bin())
+        .args(["serve", "--port", "0", "--no-discovery", "--root"])
+        .arg(root.path())
+        .env_remove("FILESYNC_JSON")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    // Kept open to the end: the server prints more on stdout, and a closed stdout ends it
+    // (141), as it should.
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let port = line
+        .split_once("listening on ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"));
+    let addr = format!("127.0.0.1:{port}");
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "a.txt", b"a", ts(1_700_000_000, 0));
+    for round in 0..2 {
+        // The client logs into a closed pipe too (-v: a line for everything it does).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(filesync_tests::filesync_bin())
+            .args([
+                "sync", "--once", "-v", "--id", "logs", "--server", &addr, "--dir",
+            ])
+            .arg(src.path())
+            .env_remove("FILESYNC_JSON")
+            .stdin(std::process::Stdio::null())
+            .stderr(writer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "round {round}: {out:?}");
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the server died: {:?}",
+            server.try_wait()
+        );
+    }
+    assert_eq!(
+        fs::read(root.path().join("client_logs/a.txt")).unwrap(),
+        b"a"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(stdout);
+}
+
 #[test]
 fn folder_that_is_a_file_is_a_local_error() {
     let root = tempfile::tempdir().unwrap();
