@@ -92,32 +92,43 @@ pub fn parse_stamp(s: &str) -> Option<MTime> {
 /// Reads a `--at` time: RFC 3339 (`2026-11-30T09:00:00+01:00`), a local date and time
 /// (`2026-11-30 09:00` or `2026-11-30 09:00:30`), or an age before `now` (`90m`, `2h`,
 /// `3d`, `1w`).
+///
+/// A written time stands for the whole of its last digit's unit, and is read as its last
+/// nanosecond: `11:52:22.045` as 11:52:22.045999999, `11:52:22` as 11:52:22.999999999,
+/// `11:52` as 11:52:59.999999999. `filesync versions` prints times to the millisecond,
+/// cut, not rounded, so a time pasted back from it is then at or just after the change
+/// it names (a change at 11:52:22.045251 is printed .045, and `--at` of that shows it).
 pub fn parse_at<Tz: TimeZone>(s: &str, now: MTime, tz: &Tz) -> Result<MTime, String> {
     let s = s.trim();
+    let out_of_range = || format!("{s:?} is out of range");
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
-        return MTime::from_system(dt.into()).ok_or_else(|| format!("{s:?} is out of range"));
+        let t = MTime::from_system(dt.into()).ok_or_else(out_of_range)?;
+        return end_of_written_unit(t, s, true).ok_or_else(out_of_range);
     }
     // As `filesync versions` prints a time (`2026-11-30 11:52:22.045 +0000`), so that
     // one can be pasted back.
     for f in ["%Y-%m-%d %H:%M:%S%.f %z", "%Y-%m-%d %H:%M:%S %z"] {
         if let Ok(dt) = DateTime::parse_from_str(s, f) {
-            return MTime::from_system(dt.into()).ok_or_else(|| format!("{s:?} is out of range"));
+            let t = MTime::from_system(dt.into()).ok_or_else(out_of_range)?;
+            return end_of_written_unit(t, s, true).ok_or_else(out_of_range);
         }
     }
-    for f in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
+    for (f, seconds) in [
+        ("%Y-%m-%d %H:%M:%S%.f", true),
+        ("%Y-%m-%d %H:%M:%S", true),
+        ("%Y-%m-%d %H:%M", false),
+        ("%Y-%m-%dT%H:%M:%S%.f", true),
+        ("%Y-%m-%dT%H:%M:%S", true),
+        ("%Y-%m-%dT%H:%M", false),
     ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(s, f) {
             let local = tz
                 .from_local_datetime(&naive)
                 .earliest()
                 .ok_or_else(|| format!("{s:?} does not exist in the local time zone"))?;
-            return MTime::from_system(local.with_timezone(&Utc).into())
-                .ok_or_else(|| format!("{s:?} is out of range"));
+            let t =
+                MTime::from_system(local.with_timezone(&Utc).into()).ok_or_else(out_of_range)?;
+            return end_of_written_unit(t, s, seconds).ok_or_else(out_of_range);
         }
     }
     if let Ok(age) = humantime::parse_duration(s) {
@@ -133,6 +144,26 @@ pub fn parse_at<Tz: TimeZone>(s: &str, now: MTime, tz: &Tz) -> Result<MTime, Str
         "cannot read the time {s:?}: use RFC 3339 (2026-11-30T09:00:00Z), a local \
          `YYYY-MM-DD HH:MM[:SS]`, or an age (2h, 3d)"
     ))
+}
+
+/// `t`, read from `written`, moved to the last nanosecond of the unit of its last digit:
+/// of the minute if `seconds` were not written, else of the second, or of the fraction's
+/// last digit (`.045` → +999,999 ns). `None` past the end of time.
+fn end_of_written_unit(t: MTime, written: &str, seconds: bool) -> Option<MTime> {
+    let unit_ns: u64 = if !seconds {
+        60_000_000_000
+    } else {
+        let digits = written.split_once('.').map_or(0, |(_, frac)| {
+            frac.bytes().take_while(u8::is_ascii_digit).count()
+        });
+        10u64.pow(9 - digits.min(9) as u32)
+    };
+    let ns = u64::from(t.nanos) + unit_ns - 1;
+    MTime::new(
+        t.secs
+            .checked_add(i64::try_from(ns / 1_000_000_000).ok()?)?,
+        (ns % 1_000_000_000) as u32,
+    )
 }
 
 /// The record one session writes as it replaces, deletes and adds entries. Created on
@@ -500,25 +531,33 @@ mod tests {
     #[test]
     fn at_times_in_three_forms() {
         let now = MTime::new(1_700_000_000, 0).unwrap();
+        // The last nanosecond of `now`'s second: a time written to the second.
+        let end_of_now = MTime::new(1_700_000_000, 999_999_999).unwrap();
         let utc = chrono::Utc;
         assert_eq!(
             parse_at("2023-11-14T22:13:20Z", now, &utc).unwrap(),
-            now,
+            end_of_now,
             "RFC 3339"
         );
         assert_eq!(
             parse_at("2023-11-14T23:13:20+01:00", now, &utc).unwrap(),
-            now
+            end_of_now
+        );
+        assert_eq!(
+            parse_at("2023-11-14T22:13:20.123456789Z", now, &utc).unwrap(),
+            MTime::new(now.secs, 123_456_789).unwrap(),
+            "to the nanosecond: exactly"
         );
         let plus2 = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
         assert_eq!(
             parse_at("2023-11-15 00:13:20", now, &plus2).unwrap(),
-            now,
+            end_of_now,
             "local, read in the given zone"
         );
+        let minute = parse_at("2023-11-15 00:13", now, &plus2).unwrap();
         assert_eq!(
-            parse_at("2023-11-15 00:13", now, &plus2).unwrap().secs,
-            now.secs - 20
+            (minute.secs, minute.nanos),
+            (now.secs - 20 + 59, 999_999_999)
         );
         assert_eq!(parse_at("2h", now, &utc).unwrap().secs, now.secs - 7200);
         assert_eq!(
@@ -526,15 +565,26 @@ mod tests {
             now.secs - 3 * 86400
         );
         assert!(parse_at("yesterday-ish", now, &utc).is_err());
-        // As `versions` prints them, fraction and offset included.
+        // As `versions` prints them, fraction and offset included: to the end of the
+        // printed millisecond, so that a change it names (cut to .045) is included.
         let printed = parse_at("2023-11-15 00:13:20.045 +0200", now, &utc).unwrap();
-        assert_eq!((printed.secs, printed.nanos), (now.secs, 45_000_000));
+        assert_eq!((printed.secs, printed.nanos), (now.secs, 45_999_999));
+        assert!(printed >= MTime::new(now.secs, 45_251_243).unwrap());
         assert_eq!(
             parse_at("2023-11-14 22:13:20 +0000", now, &plus2).unwrap(),
-            now
+            end_of_now
         );
         let local = parse_at("2023-11-15 00:13:20.5", now, &plus2).unwrap();
-        assert_eq!((local.secs, local.nanos), (now.secs, 500_000_000));
+        assert_eq!((local.secs, local.nanos), (now.secs, 599_999_999));
+        let local = parse_at("2023-11-15T00:13:20.25", now, &plus2).unwrap();
+        assert_eq!((local.secs, local.nanos), (now.secs, 259_999_999));
+        assert_eq!(
+            parse_at("2023-11-15T00:13:20", now, &plus2).unwrap(),
+            end_of_now
+        );
+        // Ages are exact.
+        let age = parse_at("90s", now, &utc).unwrap();
+        assert_eq!((age.secs, age.nanos), (now.secs - 90, 0));
     }
 
     #[test]

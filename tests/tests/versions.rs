@@ -210,6 +210,28 @@ fn restore_at_any_time_gives_the_tree_of_that_moment() {
             }
         }
     }
+    // A REPLACED AT as the table prints it (to the millisecond, cut), pasted back into
+    // --at, gives the tree just after that change: the earliest is state 2's sync, the
+    // first that replaced anything. (Read as that exact millisecond, it gave state 1.)
+    let table = filesync(&[
+        os("versions"),
+        os("--root"),
+        root.as_os_str(),
+        os("--id"),
+        os("v"),
+    ]);
+    assert_ok(&table);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let earliest = table
+        .lines()
+        .skip(1)
+        .map(|l| l[..29].trim())
+        .min()
+        .unwrap_or_else(|| panic!("no versions listed: {table}"));
+    let pasted = base.path().join("restored-pasted");
+    assert_ok(&restore(&root, "v", &pasted, Some(earliest), &[]));
+    assert_trees_equal(&refs.join("2"), &pasted);
+
     // Without --at: as it is now.
     let now = base.path().join("restored-now");
     assert_ok(&restore(&root, "v", &now, None, &[]));
