@@ -55,14 +55,34 @@ pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
     let listed = match &args.store {
         None => versions::list(&args.root, &id, &paths)
             .map_err(|e| format!("reading the versions under {}: {e}", args.root.display())),
-        Some(url) => on_store(url, |store, loc| {
-            let id = id.clone();
-            async move {
-                objstore::restore::list(&store, &loc, &id, &paths)
-                    .await
-                    .map_err(|e| format!("reading the versions in {}: {e}", loc.url()))
+        Some(url) => {
+            let found = on_store(url, |store, loc| {
+                let id = id.clone();
+                async move {
+                    let list = objstore::restore::list(&store, &loc, &id, &paths)
+                        .await
+                        .map_err(|e| format!("reading the versions in {}: {e}", loc.url()))?;
+                    // As on a local root: a mistyped id or prefix is an error, not "no
+                    // kept versions".
+                    let held = !list.is_empty()
+                        || objstore::restore::holds(&store, &loc, &id)
+                            .await
+                            .map_err(|e| format!("reading {}: {e}", loc.url()))?;
+                    Ok(held.then_some(list).ok_or(RestoreError::UnknownClient {
+                        root: loc.url(),
+                        id: id.to_string(),
+                    }))
+                }
+            });
+            match found {
+                Ok(Err(unknown)) => {
+                    errln!("Error: {unknown}");
+                    return exit::REFUSED;
+                }
+                Ok(Ok(list)) => Ok(list),
+                Err(e) => Err(e),
             }
-        }),
+        }
     };
     let list = match listed {
         Ok(l) => l,

@@ -263,6 +263,25 @@ fn sync_change_delete_and_restore_through_the_store() {
     let v = filesync(&g, &["versions", "--store", &store, "--id", "scope"]);
     let v = String::from_utf8_lossy(&v.stdout).into_owned();
     assert!(v.contains("plain.txt") && v.contains("odd/pipe"), "{v}");
+
+    // A mistyped id or prefix is an error (5), as on a local root, not "no kept versions";
+    // a client held without versions is listed as having none (0).
+    let other_prefix = g.store_url("scopee");
+    for (store, id) in [(store.as_str(), "nosuch"), (other_prefix.as_str(), "scope")] {
+        let out = filesync(&g, &["versions", "--store", store, "--id", id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{store} {id}: {err}");
+        assert!(err.contains("holds nothing for client"), "{err}");
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    write_file(fresh.path(), "f", b"f", ts(1_700_000_000, 0));
+    SyncCmd::new("unversioned", fresh.path())
+        .server(&server.addr())
+        .run()
+        .assert_code(0);
+    let out = filesync(&g, &["versions", "--store", &store, "--id", "unversioned"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no kept versions"));
 }
 
 #[test]

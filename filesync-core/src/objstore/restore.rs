@@ -160,6 +160,28 @@ pub async fn purge(store: &Arc<dyn ObjectStore>, loc: &Location, cutoff: MTime) 
     Ok(removed)
 }
 
+/// Whether the store holds anything of client `id`: its index, an object in its folder,
+/// or kept versions. At most three requests, each stopping at the first answer; for
+/// `versions`, which must tell "no kept versions" from a mistyped id or prefix.
+pub async fn holds(
+    store: &Arc<dyn ObjectStore>,
+    loc: &Location,
+    id: &ClientId,
+) -> io::Result<bool> {
+    match store.head(&loc.index(id)).await {
+        Ok(_) => return Ok(true),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(req_err("reading the index")(e)),
+    }
+    for base in [loc.client(id), loc.versions(id)] {
+        if let Some(first) = store.list(Some(&base)).next().await {
+            first.map_err(req_err(format!("listing {base}")))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The kept versions of `id`, newest first; only those at or under one of `filter` if it
 /// is not empty.
 pub async fn list(
