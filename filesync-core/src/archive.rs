@@ -80,6 +80,13 @@ pub trait Archive: Send + Sync + std::fmt::Debug + 'static {
     /// The finest mtime step the archive keeps; planning compares mtimes at it.
     fn mtime_precision(&self) -> Duration;
 
+    /// Whether a stored file's mode can be changed in place; if not, a file whose mode
+    /// alone changed is sent again ([`crate::planner::Planner::modes_in_place`]). Yes by
+    /// default.
+    fn modes_in_place(&self) -> bool {
+        true
+    }
+
     /// What is held for `id`. Called from async code: it must not block; the iteration
     /// itself runs on a blocking thread and may.
     fn index(&self, id: &ClientId) -> Box<dyn HeldIndex>;

@@ -169,6 +169,8 @@ pub struct Planner {
     mode_mask: u32,
     /// Mtimes this close are equal (see [`Planner::mtime_window`]).
     window: Duration,
+    /// A mode-only change is a `Chmod` (see [`Planner::modes_in_place`]).
+    modes_in_place: bool,
     files: u64,
     bytes: u64,
     deletions: u64,
@@ -193,6 +195,7 @@ impl Planner {
             files_only: false,
             mode_mask: stored_mode_bits(false),
             window: Duration::from_nanos(1),
+            modes_in_place: true,
             files: 0,
             bytes: 0,
             deletions: 0,
@@ -219,6 +222,15 @@ impl Planner {
     /// `precision::detect`.
     pub fn mtime_window(mut self, window: Duration) -> Self {
         self.window = window.max(Duration::from_nanos(1));
+        self
+    }
+
+    /// With `false`, a file whose mode alone changed is requested again instead of given
+    /// its mode in place (a `Chmod`): for an archive that cannot change a stored file's
+    /// mode without writing it anew (an object store, whose objects' metadata is fixed
+    /// once put). The file then also replaces the old one as a version. `true` by default.
+    pub fn modes_in_place(mut self, in_place: bool) -> Self {
+        self.modes_in_place = in_place;
         self
     }
 
@@ -286,7 +298,10 @@ impl Planner {
             }
             match e.kind {
                 EntryKind::File => match same_kind {
-                    Some(h) if self.same_content(&h, e) => {
+                    Some(h)
+                        if self.same_content(&h, e)
+                            && (self.modes_in_place || mode.is_none_or(|m| m == h.mode)) =>
+                    {
                         if let Some(m) = mode.filter(|m| *m != h.mode) {
                             tail(TailOp::Chmod(e.path.clone(), m));
                         }
@@ -850,6 +865,33 @@ mod tests {
             .unwrap();
         let done = p.finish(&mut index, false, &mut |_| {}).unwrap().unwrap();
         assert_eq!((done.deletions, done.held), (2, 3));
+    }
+
+    /// A file whose mode alone changed gets a `Chmod`; where modes cannot change in place
+    /// (an object store), it is requested again instead, and nothing else changes.
+    #[test]
+    fn a_mode_only_change_is_a_chmod_or_a_resend() {
+        let mut c = file("a", 1, 1);
+        c.mode = 0o600;
+        let client = [c, file("b", 1, 1)];
+        let server = held(&[file("a", 1, 1), file("b", 1, 1)]);
+        for (in_place, want_send, want_ops) in [
+            (true, vec![], vec![TailOp::Chmod(p("a"), 0o600)]),
+            (false, vec!["a"], vec![]),
+        ] {
+            let mut index = server.clone().into_iter();
+            let mut ops = Vec::new();
+            let mut planner = Planner::new(Rule::QuickCheck).modes_in_place(in_place);
+            let send = planner
+                .batch(&client, &mut index, &mut |op| ops.push(op))
+                .unwrap();
+            planner
+                .finish(&mut index, false, &mut |op| ops.push(op))
+                .unwrap()
+                .unwrap();
+            assert_eq!(strs(&send), want_send, "in place: {in_place}");
+            assert_eq!(ops, want_ops, "in place: {in_place}");
+        }
     }
 
     #[test]

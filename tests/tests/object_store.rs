@@ -233,6 +233,38 @@ fn sync_change_delete_and_restore_through_the_store() {
     out.assert_code(0);
     assert_eq!(out.count("files_stored"), 0, "{out}");
 
+    // What other tools read: rclone sees the file's mtime (it reads its own `mtime`
+    // key), not the upload's. A mode-only change writes the object anew, so that its
+    // metadata says the new mode (S3 cannot change metadata in place).
+    let meta = || -> serde_json::Value {
+        let out = rclone(
+            &g,
+            &[
+                "lsjson",
+                "-M",
+                &format!("{}/lab/client_scope/plain.txt", g.rclone_remote()),
+            ],
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+    };
+    let m = meta();
+    assert!(
+        m["ModTime"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2023-11-14T22:13:20.123456789")),
+        "{m}"
+    );
+    assert_eq!(m["Metadata"]["filesync-mode"], "644", "{m}");
+    std::fs::set_permissions(
+        c.join("plain.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = SyncCmd::new("scope", c).server(&server.addr()).run();
+    out.assert_code(0);
+    assert_eq!(out.count("files_stored"), 1, "{out}");
+    assert_eq!(meta()["Metadata"]["filesync-mode"], "600", "{}", meta());
+
     // Change, delete, add; the state before is kept.
     let before = tempfile::tempdir().unwrap();
     copy_tree(c, &before.path().join("t"));

@@ -548,6 +548,7 @@ async fn handshake(
         encodings: ctx.cfg.encodings.clone(),
         keep_setid: ctx.store.keeps_setid(),
         mtime_window: ctx.store.mtime_precision(),
+        modes_in_place: ctx.store.modes_in_place(),
         delete_caps: ctx.cfg.delete_caps,
         auth_required: ctx.cfg.auth.is_some(),
     };

@@ -32,6 +32,11 @@ pub const META_KIND: &str = "filesync-kind";
 pub const META_MTIME: &str = "filesync-mtime";
 /// Metadata key: the entry's permission bits, in octal.
 pub const META_MODE: &str = "filesync-mode";
+/// Metadata key: the entry's mtime again, under the name rclone's S3 backend reads
+/// (`X-Amz-Meta-Mtime`, seconds and a fraction, the form of [`format_mtime`]), so that
+/// `rclone lsl` shows, and `rclone copy` out of the bucket keeps, the file's mtime rather
+/// than the upload's. Not read back: [`META_MTIME`] is filesync's own.
+pub const META_RCLONE_MTIME: &str = "mtime";
 
 /// The longest object key S3 allows, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -216,6 +221,7 @@ pub fn metadata(kind: EntryKind, mtime: MTime, mode: u32) -> Vec<(&'static str, 
         (META_KIND, kind.to_owned()),
         (META_MTIME, format_mtime(mtime)),
         (META_MODE, format!("{mode:o}")),
+        (META_RCLONE_MTIME, format_mtime(mtime)),
     ]
 }
 

@@ -492,6 +492,14 @@ impl Archive for ObjectArchive {
         self.mode_mask & SETID_BITS != 0
     }
 
+    fn modes_in_place(&self) -> bool {
+        // An object's metadata (its mode among it) is fixed once put: changing it takes a
+        // copy of the object onto itself, which the object_store crate does not offer
+        // with new metadata. The file is sent again, and the old object kept as a
+        // version, so the metadata that other tools read stays true.
+        false
+    }
+
     fn mtime_precision(&self) -> Duration {
         // Written as text to the nanosecond.
         Duration::from_nanos(1)

@@ -27,6 +27,9 @@ pub struct ServerParams {
     /// The mtime precision of the server's filesystem: mtimes closer than this are equal
     /// (see [`Planner::mtime_window`]).
     pub mtime_window: std::time::Duration,
+    /// The archive can change a stored file's mode in place; if not, a file whose mode
+    /// alone changed is requested again (see [`Planner::modes_in_place`]).
+    pub modes_in_place: bool,
     /// The server's limits on what a session may delete (`serve --max-delete`,
     /// `--max-delete-percent`); a client's `max_delete` tightens them.
     pub delete_caps: DeleteCaps,
@@ -41,6 +44,7 @@ impl Default for ServerParams {
             encodings: vec![Encoding::Postcard, Encoding::Json],
             keep_setid: false,
             mtime_window: std::time::Duration::from_nanos(1),
+            modes_in_place: true,
             delete_caps: DeleteCaps::default(),
             auth_required: false,
         }
@@ -372,7 +376,8 @@ impl Server<Welcomed> {
             delta,
             planner: Planner::new(Rule::QuickCheck)
                 .keep_setid(self.params.keep_setid)
-                .mtime_window(self.params.mtime_window),
+                .mtime_window(self.params.mtime_window)
+                .modes_in_place(self.params.modes_in_place),
             entries: 0,
             files: Files::default(),
         };
