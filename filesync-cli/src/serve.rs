@@ -23,7 +23,10 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
     match serve(args).await {
         Ok(()) => exit::OK,
         Err(e) => {
-            errln!("Error: {e:?}");
+            // One line, the causes joined: color-eyre's report (colours, a source location,
+            // a backtrace when RUST_BACKTRACE is set) is for bugs, not for a mistyped
+            // setting.
+            errln!("Error: {e:#}");
             exit::LOCAL
         }
     }

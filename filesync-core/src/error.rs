@@ -97,3 +97,47 @@ impl ProtocolError {
         }
     }
 }
+
+/// `e` and its sources, joined by `": "`, each left out whose text the ones before already
+/// say (libraries often repeat their source in their own message). The innermost cause
+/// is what a person can act on: `error sending request` says little, `Connection refused`
+/// does.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use std::io;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("sending the request")]
+    struct Outer(#[source] io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("sending the request: {0}")]
+    struct Repeats(#[source] io::Error);
+
+    #[test]
+    fn the_innermost_cause_is_said_once() {
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(
+            super::chain(&Outer(refused())),
+            "sending the request: Connection refused"
+        );
+        assert_eq!(
+            super::chain(&Repeats(refused())),
+            "sending the request: Connection refused"
+        );
+    }
+}

@@ -75,6 +75,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::error::chain;
+
 /// The key prefix of [`EtcdLeases::connect`]: client `c1`'s key is `filesync/sessions/c1`.
 pub const DEFAULT_PREFIX: &str = "filesync";
 
@@ -618,18 +620,6 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, LeaseError> {
         .timeout(timeout)
         .build()
         .map_err(|e| LeaseError::BadSetting(format!("the etcd HTTP client: {}", chain(&e))))
-}
-
-/// An error with its sources, `a: b: c`, for messages.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Why a request to one endpoint failed at the transport, short: the innermost cause

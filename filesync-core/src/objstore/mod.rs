@@ -104,6 +104,46 @@ impl std::fmt::Debug for ObjectArchive {
     }
 }
 
+/// What looks wrong in the `AWS_*` settings (`env` reads one), for the end of an error
+/// from a store that cannot be reached or refuses the request: the mistakes seen most,
+/// which `object_store`'s own messages do not name ("builder error", a request to the EC2
+/// metadata service, "AuthorizationHeaderMalformed"). Empty if nothing looks wrong.
+pub fn settings_hint(env: impl Fn(&str) -> Option<String>) -> String {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let mut hints = Vec::new();
+    let endpoint = env("AWS_ENDPOINT").or_else(|| env("AWS_ENDPOINT_URL"));
+    let allow_http = env("AWS_ALLOW_HTTP").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if endpoint
+        .as_deref()
+        .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("http://"))
+        && !allow_http
+    {
+        hints.push("the endpoint is http://, which needs AWS_ALLOW_HTTP=true".to_owned());
+    }
+    let missing: Vec<&str> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        .into_iter()
+        .filter(|k| !set(k))
+        .collect();
+    if !missing.is_empty() {
+        hints.push(format!(
+            "{} not set, so credentials were asked of the EC2 instance metadata service",
+            missing.join(" and ")
+        ));
+    }
+    if !set("AWS_REGION") && !set("AWS_DEFAULT_REGION") {
+        hints.push(
+            "AWS_REGION is not set, so us-east-1 was used (a Garage cluster's is in its \
+             garage.toml, s3_region, often \"garage\")"
+                .to_owned(),
+        );
+    }
+    if hints.is_empty() {
+        String::new()
+    } else {
+        format!("check the settings: {}", hints.join("; "))
+    }
+}
+
 /// A failed request, as an `io::Error` naming what was being done.
 pub(crate) fn req_err(
     what: impl std::fmt::Display,
@@ -112,7 +152,7 @@ pub(crate) fn req_err(
         object_store::Error::NotFound { .. } => {
             io::Error::new(io::ErrorKind::NotFound, format!("{what}: {e}"))
         }
-        e => io::Error::other(format!("{what}: {e}")),
+        e => io::Error::other(format!("{what}: {}", crate::error::chain(&e))),
     }
 }
 
@@ -122,14 +162,34 @@ impl ObjectArchive {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`,
     /// `AWS_ALLOW_HTTP`, …), and checks that the bucket answers. Must be called within a
     /// tokio runtime, whose handle the blocking parts use.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, settings `object_store` refuses, or a store that does not answer; the
+    /// message then ends with what looks wrong in the `AWS_*` settings, if anything
+    /// ([`settings_hint`]).
     pub async fn open(url: &str) -> io::Result<ObjectArchive> {
         let loc = Location::parse(url).map_err(io::Error::other)?;
         crate::net::tls::install_default_provider();
+        let hinted = |e: io::Error| {
+            let hint = settings_hint(|k| std::env::var(k).ok());
+            if hint.is_empty() {
+                e
+            } else {
+                io::Error::new(e.kind(), format!("{e} ({hint})"))
+            }
+        };
         let store = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(&loc.bucket)
             .build()
-            .map_err(|e| io::Error::other(format!("configuring {}: {e}", loc.url())))?;
-        Self::with_store(Arc::new(store), loc).await
+            .map_err(|e| {
+                hinted(io::Error::other(format!(
+                    "configuring {}: {}",
+                    loc.url(),
+                    crate::error::chain(&e)
+                )))
+            })?;
+        Self::with_store(Arc::new(store), loc).await.map_err(hinted)
     }
 
     /// Opens an archive at `loc` in `store`, and checks that it answers.

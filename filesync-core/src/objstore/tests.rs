@@ -608,3 +608,45 @@ async fn a_raised_fence_stops_every_write() {
     .unwrap();
     assert!(uploads.is_empty(), "{uploads:?}");
 }
+
+/// The common mistakes in the `AWS_*` settings are named after a store's error; good
+/// settings add nothing.
+#[test]
+fn settings_hints_name_the_common_mistakes() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let good: &[(&str, &str)] = &[
+        ("AWS_ENDPOINT", "http://127.0.0.1:3900"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "GK1"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_REGION", "garage"),
+    ];
+    assert_eq!(super::settings_hint(env(good)), "");
+    let no_http: &[(&str, &str)] = &[
+        ("AWS_ENDPOINT_URL", "HTTP://h:1"),
+        ("AWS_ACCESS_KEY_ID", "GK1"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_REGION", "garage"),
+    ];
+    let h = super::settings_hint(env(no_http));
+    assert!(h.contains("AWS_ALLOW_HTTP=true"), "{h}");
+    assert!(!h.contains("us-east-1") && !h.contains("metadata"), "{h}");
+    let nothing: &[(&str, &str)] = &[("AWS_SECRET_ACCESS_KEY", "")];
+    let h = super::settings_hint(env(nothing));
+    assert!(
+        h.contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY not set"),
+        "{h}"
+    );
+    assert!(h.contains("us-east-1"), "{h}");
+    assert!(
+        !h.contains("AWS_ALLOW_HTTP"),
+        "an https or AWS endpoint needs none: {h}"
+    );
+}
