@@ -10,6 +10,7 @@ use filesync_core::lease::EtcdLeases;
 use filesync_core::messages::Encoding;
 use filesync_core::net::tls::ServerTls;
 use filesync_core::net::{self, server::ServeConfig};
+use filesync_core::objstore::layout::Location;
 use filesync_core::objstore::ObjectArchive;
 use filesync_core::planner::DeleteCaps;
 use filesync_core::store::Store;
@@ -20,6 +21,19 @@ use crate::exit;
 use crate::text::{errln, outln};
 
 pub(crate) async fn run(args: ServeArgs) -> i32 {
+    // A malformed URL is a usage error (2), told before anything is opened.
+    if let Some(url) = &args.store {
+        if let Err(e) = Location::parse(url) {
+            errln!("Error: --store: {e}");
+            return exit::USAGE;
+        }
+    }
+    if let Some(url) = &args.lease {
+        if let Err(e) = filesync_core::lease::check_url(url) {
+            errln!("Error: --lease: {e}");
+            return exit::USAGE;
+        }
+    }
     match serve(args).await {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -75,6 +89,42 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .wrap_err_with(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
+    // The lease service is reached before the server says it is listening: a script that
+    // waits for that line must not take a server that is about to fail for one that runs.
+    let leases = match &args.lease {
+        Some(url) => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "?".into());
+            // What other servers name when they refuse this one's clients: a listen
+            // address of 0.0.0.0 would not say which machine it is.
+            let holder = if local.ip().is_unspecified() {
+                format!("{hostname}:{} (pid {})", local.port(), std::process::id())
+            } else {
+                format!("{hostname} ({local}, pid {})", std::process::id())
+            };
+            let leases = EtcdLeases::connect(url, LEASE_TTL, holder)
+                .await
+                .wrap_err_with(|| format!("connecting to the lease service {url}"))?;
+            tracing::info!(lease = %url, ttl = ?leases.ttl(),
+                "one session per client id across every server of the store (etcd leases)");
+            Some(leases)
+        }
+        None if args.store.is_some() => {
+            tracing::warn!(
+                "no --lease: servers sharing this store do not coordinate, so two of them may \
+                 run sessions of one client at once. Objects are still never torn, replaced \
+                 ones are kept as versions, and an object rewritten after a session planned \
+                 its deletions is kept (checked just before, not atomically); but each \
+                 session writes the client's index as it saw it, so folders and folder \
+                 attributes set by the other may be lost (objects are found again by the next \
+                 listing). Give --lease etcd://HOST:PORT to run one session per client at a \
+                 time across servers"
+            );
+            None
+        }
+        None => None,
+    };
     let shutdown = shutdown_signal();
     let discovery = if args.no_discovery {
         None
@@ -125,34 +175,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_unidentified_per_ip = args.max_unidentified_per_ip,
         "serving"
     );
-    let leases = match &args.lease {
-        Some(url) => {
-            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "?".into());
-            let holder = format!("{hostname} ({local}, pid {})", std::process::id());
-            let leases = EtcdLeases::connect(url, LEASE_TTL, holder)
-                .await
-                .wrap_err_with(|| format!("connecting to the lease service {url}"))?;
-            tracing::info!(lease = %url, ttl = ?leases.ttl(),
-                "one session per client id across every server of the store (etcd leases)");
-            Some(leases)
-        }
-        None if args.store.is_some() => {
-            tracing::warn!(
-                "no --lease: servers sharing this store do not coordinate, so two of them may \
-                 run sessions of one client at once. Objects are still never torn, replaced \
-                 ones are kept as versions, and an object rewritten after a session planned \
-                 its deletions is kept (checked just before, not atomically); but each \
-                 session writes the client's index as it saw it, so folder attributes and \
-                 mode changes of the other may be lost (objects are found again by the next \
-                 listing). Give --lease etcd://HOST:PORT to run one session per client at a \
-                 time across servers"
-            );
-            None
-        }
-        None => None,
-    };
     let cfg = ServeConfig {
         interval: args.interval,
         max_sessions: args.max_sessions as usize,

@@ -416,6 +416,29 @@ fn servers_of_one_store_share_a_key_and_a_lease() {
     // Without etcd, no session starts (no unguarded session), and the servers keep
     // serving once it is back.
     etcd.kill();
+    // A server that cannot reach its lease service at start fails (1) without ever
+    // saying it listens; a malformed --lease or --store is a usage error (2).
+    let start = |store: &str, lease: &str| {
+        Command::new(filesync_bin())
+            .args(["serve", "--port", "0", "--no-discovery", "--store", store])
+            .args(["--lease", lease])
+            .envs(g.env())
+            .output()
+            .expect("running filesync serve")
+    };
+    let out = start(&g.store_url("shared"), &lease);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "{out:?}"
+    );
+    for (store, lease) in [
+        (g.store_url("shared"), "http://127.0.0.1:2379".to_owned()),
+        ("filesync-test/shared".to_owned(), lease.clone()),
+    ] {
+        let out = start(&store, &lease);
+        assert_eq!(out.status.code(), Some(2), "{store} {lease}: {out:?}");
+    }
     let out = SyncCmd::new("lab", src.path()).server(&a.addr()).run();
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("lease service"), "{out}");
