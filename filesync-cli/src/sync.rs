@@ -171,11 +171,14 @@ async fn run_loop(args: &SyncArgs, cfg: &SyncConfig, out: Output) -> i32 {
                     Duration::from_millis(synced.next.delay_ms)
                 }
                 Err(f) => {
-                    tracing::error!("{}", f.message);
                     if f.code == exit::REFUSED || f.code == exit::WOULD_EMPTY {
                         // Retrying cannot fix these; a person must.
+                        tracing::error!("{}", f.message);
                         return f.code;
                     }
+                    // A warning, not an error: the loop retries (a busy server, another
+                    // server holding this client's lease, a network that comes back).
+                    tracing::warn!("{} (retrying)", f.message);
                     if f.rediscover {
                         server = None;
                     }
