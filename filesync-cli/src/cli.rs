@@ -1,11 +1,10 @@
 //! Command-line flags exactly as typed. Parsing touches nothing on the system; `serve.rs`
 //! and `sync.rs` resolve them (addresses, folders) when they run.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use std::ffi::OsString;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};

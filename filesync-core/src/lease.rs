@@ -220,17 +220,17 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// Parses `etcd://HOST:PORT[,HOST:PORT…]`: HOST a DNS name, an IPv4 address or an IPv6
-/// address in brackets, PORT 1–65535. No user, path, query or fragment.
 /// Checks a `--lease` URL (`etcd://HOST:PORT[,HOST:PORT…]`) without reaching etcd.
 ///
 /// # Errors
 ///
-/// [`LeaseError::BadSetting`], saying what is wrong, as [`EtcdLeases::connect`] would.
+/// [`LeaseError::BadUrl`], saying what is wrong, as [`EtcdLeases::connect`] would.
 pub fn check_url(url: &str) -> Result<(), LeaseError> {
     parse_url(url).map(|_| ())
 }
 
+/// Parses `etcd://HOST:PORT[,HOST:PORT…]`: HOST a DNS name, an IPv4 address or an IPv6
+/// address in brackets, PORT 1–65535. No user, path, query or fragment.
 fn parse_url(url: &str) -> Result<Vec<Endpoint>, LeaseError> {
     let bad = |reason: &str| LeaseError::BadUrl {
         url: url.to_owned(),
