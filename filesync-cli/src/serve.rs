@@ -51,39 +51,15 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
 /// third of it.
 const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The lock in the lease service under which a server on a store reads, or makes, the
+/// servers' shared TLS key (`filesync/locks/tls-key`).
+const TLS_KEY_LOCK: &str = "tls-key";
+
+/// How long a starting server waits for that lock: another server holds it for about a
+/// second (it makes a key, waits, reads it back), or for its TTL if it died holding it.
+const TLS_KEY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn serve(args: ServeArgs) -> Result<()> {
-    let (store, tls, created): (Arc<dyn Archive>, _, _) = match &args.store {
-        None => {
-            let store = Store::open(&args.root)
-                .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
-                .keep_setid(args.keep_setid)
-                .keep_versions(Some(args.keep_versions));
-            let (tls, created) =
-                ServerTls::load_or_create(&store.root().join(".filesync").join("tls"))
-                    .wrap_err("loading the server's TLS key")?;
-            (Arc::new(store), tls, created)
-        }
-        Some(url) => {
-            let store = ObjectArchive::open(url)
-                .await
-                .wrap_err_with(|| format!("opening the store {url}"))?
-                .keep_setid(args.keep_setid)
-                .keep_versions(Some(args.keep_versions));
-            // Every server of one store has the same key: clients pin one per id.
-            let (pem, created) = store
-                .tls_key()
-                .await
-                .wrap_err("loading the servers' TLS key from the store")?;
-            let tls = ServerTls::from_key_pem(&pem).wrap_err("loading the servers' TLS key")?;
-            (Arc::new(store), tls, created)
-        }
-    };
-    let auth = match &args.auth_file {
-        Some(path) => Some(Arc::new(
-            AuthFile::open(path).wrap_err("reading --auth-file")?,
-        )),
-        None => None,
-    };
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -123,6 +99,54 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
             None
         }
+        None => None,
+    };
+    let (store, tls, created): (Arc<dyn Archive>, _, _) = match &args.store {
+        None => {
+            let store = Store::open(&args.root)
+                .wrap_err_with(|| format!("opening the server root {}", args.root.display()))?
+                .keep_setid(args.keep_setid)
+                .keep_versions(Some(args.keep_versions));
+            let (tls, created) =
+                ServerTls::load_or_create(&store.root().join(".filesync").join("tls"))
+                    .wrap_err("loading the server's TLS key")?;
+            (Arc::new(store), tls, created)
+        }
+        Some(url) => {
+            let store = ObjectArchive::open(url)
+                .await
+                .wrap_err_with(|| format!("opening the store {url}"))?
+                .keep_setid(args.keep_setid)
+                .keep_versions(Some(args.keep_versions));
+            // Every server of one store has the same key: clients pin one per id. With a
+            // lease service, servers look for it, and make it if it is missing, under a
+            // lock there, so that two starting at once agree on one key.
+            let lock = match &leases {
+                Some(l) => Some(
+                    l.lock(TLS_KEY_LOCK, TLS_KEY_LOCK_WAIT)
+                        .await
+                        .wrap_err("taking the lock on the servers' TLS key")?,
+                ),
+                None => None,
+            };
+            let (pem, created) = store
+                .tls_key()
+                .await
+                .wrap_err("loading the servers' TLS key from the store")?;
+            if let Some(lock) = lock {
+                // If this fails, etcd frees the lock when its TTL runs out.
+                if let Err(e) = lock.release().await {
+                    tracing::debug!(error = %e, "releasing the lock on the TLS key");
+                }
+            }
+            let tls = ServerTls::from_key_pem(&pem).wrap_err("loading the servers' TLS key")?;
+            (Arc::new(store), tls, created)
+        }
+    };
+    let auth = match &args.auth_file {
+        Some(path) => Some(Arc::new(
+            AuthFile::open(path).wrap_err("reading --auth-file")?,
+        )),
         None => None,
     };
     let shutdown = shutdown_signal();

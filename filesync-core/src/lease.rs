@@ -133,6 +133,17 @@ pub enum LeaseError {
     /// A held lease was lost (see [`SessionLease::lost`]).
     #[error(transparent)]
     Lost(#[from] LeaseLost),
+    /// A lock ([`EtcdLeases::lock`]) was still held by another server when the wait ran
+    /// out.
+    #[error("{key} is still held by {holder} after {wait:?}")]
+    Busy {
+        /// The etcd key of the lock.
+        key: String,
+        /// Who holds it.
+        holder: String,
+        /// How long this server waited.
+        wait: Duration,
+    },
 }
 
 /// One endpoint's failure within [`LeaseError::Unreachable`]; shown as `HOST:PORT (why)`.
@@ -912,7 +923,39 @@ impl EtcdLeases {
     /// answers with an error or an unexpected answer.
     pub async fn acquire(&self, key: &str) -> Result<Acquired, LeaseError> {
         check_key(key)?;
-        let etcd_key = self.etcd_key(key);
+        self.take(self.etcd_key(key)).await
+    }
+
+    /// Takes the lock `<prefix>/locks/<name>`, waiting while another server holds it
+    /// (trying again every TTL/10) for at most `wait`: a short critical section among the
+    /// servers, such as making their shared TLS key once. The lock is an etcd lease like a
+    /// session's (kept alive, and freed by etcd if its server dies); release it with
+    /// [`SessionLease::release`], or drop it.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`acquire`](Self::acquire); [`LeaseError::Busy`] if another server still
+    /// holds the lock after `wait`.
+    pub async fn lock(&self, name: &str, wait: Duration) -> Result<SessionLease, LeaseError> {
+        check_key(name)?;
+        let key = format!("{}/locks/{name}", self.prefix);
+        let started = Instant::now();
+        loop {
+            match self.take(key.clone()).await? {
+                Acquired::Held(lease) => return Ok(lease),
+                Acquired::Taken { holder } if started.elapsed() >= wait => {
+                    return Err(LeaseError::Busy { key, holder, wait });
+                }
+                Acquired::Taken { .. } => {
+                    let ttl = Duration::from_secs(self.ttl_secs.unsigned_abs());
+                    tokio::time::sleep(retry_period(ttl)).await;
+                }
+            }
+        }
+    }
+
+    /// Takes `etcd_key` if no one holds it ([`acquire`](Self::acquire)'s work).
+    async fn take(&self, etcd_key: String) -> Result<Acquired, LeaseError> {
         // Sent before the grant: the lease cannot expire in etcd before `granted + TTL`.
         let granted = Instant::now();
         let (id, ttl) = self.gateway.grant(self.ttl_secs).await?;
@@ -1598,6 +1641,40 @@ mod tests {
         send(async move { leases.acquire("c1").await });
         send(lease.lost());
         send(lease.release());
+    }
+
+    /// A lock is held by one server at a time: another waits for it, gets it once it is
+    /// released, or gives up after its wait with who holds it. Locks are not sessions.
+    #[tokio::test]
+    async fn a_lock_waits_for_its_holder_or_gives_up() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let a = leases(&etcd.url(), 10, "server-a").await;
+        let b = leases(&etcd.url(), 10, "server-b").await;
+        let held_by_a = a.lock("tls-key", Duration::ZERO).await.unwrap();
+        assert_eq!(held_by_a.key(), "filesync/locks/tls-key");
+        // A session of a client named like the lock is another key.
+        drop(held(a.acquire("tls-key").await.unwrap()));
+        match b.lock("tls-key", Duration::from_millis(300)).await {
+            Err(LeaseError::Busy { key, holder, .. }) => {
+                assert_eq!(
+                    (key.as_str(), holder.as_str()),
+                    ("filesync/locks/tls-key", "server-a")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let waiting = tokio::spawn(async move { b.lock("tls-key", Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "b took a lock a holds");
+        held_by_a.release().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("b never got the released lock")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.key(), "filesync/locks/tls-key");
     }
 
     #[tokio::test]

@@ -398,6 +398,22 @@ fn servers_of_one_store_share_a_key_and_a_lease() {
     };
     assert!(key(&a).is_some());
     assert_eq!(key(&a), key(&b));
+    // Three servers started at once on a new prefix make one key between them: they
+    // look for it, and make it, under a lock in etcd.
+    let racing: Vec<Server> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| serve(&g, "racing", &["--lease", &lease])))
+            .collect();
+        starts.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let keys: Vec<_> = racing.iter().map(|s| key(s).unwrap()).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let made = racing
+        .iter()
+        .filter(|s| s.stdout().contains(" (new)"))
+        .count();
+    assert_eq!(made, 1, "one server made the key");
+    drop(racing);
 
     // While a session of `lab` runs on A, B refuses one.
     let src = tempfile::tempdir().unwrap();
