@@ -16,8 +16,16 @@ use crate::cli::{RestoreArgs, VersionsArgs};
 use crate::text::{errln, outln};
 use crate::{exit, text};
 
-/// Parses the id and the paths, or says why not (exit 2, a usage error).
-fn parse(id: &str, paths: &[std::path::PathBuf]) -> Result<(ClientId, Vec<RelPath>), String> {
+/// Parses the id, the paths and the `--store` URL if any, or says why not (exit 2, a
+/// usage error).
+fn parse(
+    id: &str,
+    paths: &[std::path::PathBuf],
+    store: Option<&str>,
+) -> Result<(ClientId, Vec<RelPath>), String> {
+    if let Some(url) = store {
+        Location::parse(url).map_err(|e| format!("--store: {e}"))?;
+    }
     let id = ClientId::parse(id).map_err(|e| e.to_string())?;
     let paths = paths
         .iter()
@@ -37,7 +45,7 @@ fn local(t: MTime) -> String {
 }
 
 pub(crate) fn versions(args: VersionsArgs, json: bool) -> i32 {
-    let (id, paths) = match parse(&args.id, &args.paths) {
+    let (id, paths) = match parse(&args.id, &args.paths, args.store.as_deref()) {
         Ok(v) => v,
         Err(e) => {
             errln!("Error: {e}");
@@ -174,7 +182,7 @@ fn root_hint(root: &Path) -> &'static str {
 }
 
 pub(crate) fn restore(args: RestoreArgs, json: bool) -> i32 {
-    let (id, paths) = match parse(&args.id, &args.paths) {
+    let (id, paths) = match parse(&args.id, &args.paths, args.store.as_deref()) {
         Ok(v) => v,
         Err(e) => {
             errln!("Error: {e}");

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::exit;
-use crate::text::{errln, outln};
+use crate::text::{errln, noteln};
 
 pub(crate) async fn run(args: ServeArgs) -> i32 {
     // A malformed URL is a usage error (2), told before anything is opened.
@@ -158,7 +158,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(tokio::spawn(net::answer_discovery(sock, local.port())))
     };
     // One stable line on stdout, so that people and scripts see where to connect.
-    outln!(
+    noteln!(
         "filesync serve: listening on {local}, {} {}, discovery {}",
         if args.store.is_some() {
             "store"
@@ -174,7 +174,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     // The key's fingerprint on stdout too: clients pin it on first use, and a careful
     // admin compares it with what they pinned.
-    outln!(
+    noteln!(
         "filesync serve: server key {}{}",
         tls.fingerprint,
         if created { " (new)" } else { "" }

@@ -14,19 +14,30 @@ const BROKEN_PIPE: i32 = 141;
 
 /// Prints a line on stdout. If the reader has gone (`filesync versions … | head`), the
 /// process ends at once with [`BROKEN_PIPE`], quietly, as Unix tools do; `println!`
-/// would panic. Other write errors are said on stderr.
+/// would panic. Any other write error (a full disk: `gen-secret > /dev/full`) is said on
+/// stderr and ends the process with 1: output that was lost must not pass for success.
 pub(crate) fn out_line(args: fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-    {
+    if let Err(e) = write_out(args) {
         if e.kind() == ErrorKind::BrokenPipe {
             std::process::exit(BROKEN_PIPE);
         }
         err_line(format_args!("error: writing to stdout: {e}"));
+        std::process::exit(crate::exit::LOCAL);
     }
+}
+
+/// Prints a line on stdout that nothing depends on once it is out (`serve`'s start-up
+/// lines): a closed or failing stdout is ignored, so that a server whose reader went away
+/// (`filesync serve | head -1`) keeps serving.
+pub(crate) fn note_line(args: fmt::Arguments<'_>) {
+    let _ = write_out(args);
+}
+
+fn write_out(args: fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
 }
 
 /// Prints a line on stderr; a closed or failing stderr is ignored (there is nowhere
@@ -46,7 +57,12 @@ macro_rules! errln {
     ($($arg:tt)*) => { $crate::text::err_line(format_args!($($arg)*)) };
 }
 
-pub(crate) use {errln, outln};
+/// `println!` for lines nothing depends on: write errors are ignored ([`note_line`]).
+macro_rules! noteln {
+    ($($arg:tt)*) => { $crate::text::note_line(format_args!($($arg)*)) };
+}
+
+pub(crate) use {errln, noteln, outln};
 
 #[cfg(test)]
 mod tests {

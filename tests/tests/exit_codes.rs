@@ -291,6 +291,106 @@ fn a_closed_log_pipe_stops_nothing() {
     drop(stdout);
 }
 
+/// Output that could not be written is not success: `gen-secret > /dev/full` exits 1
+/// (a script would carry on with an empty secret), as does a sync whose summary is lost.
+#[test]
+fn an_output_that_cannot_be_written_is_a_failure() {
+    let full = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let out = std::process::Command::new(filesync_tests::filesync_bin())
+        .arg("gen-secret")
+        .stdout(full())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing to stdout"), "{stderr}");
+}
+
+/// A server whose stdout and stderr readers are gone (`filesync serve 2>&1 | head -1`)
+/// keeps serving: its start-up lines and its log are lost, its clients are not.
+#[test]
+fn a_server_with_closed_output_keeps_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let mut server = std::process::Command::new(filesync_tests::filesync_bin())
+        .args(["serve", "--no-discovery", "--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--root")
+        .arg(root.path())
+        .env_remove("FILESYNC_JSON")
+        .stdin(std::process::Stdio::null())
+        .stdout(closed())
+        .stderr(closed())
+        .spawn()
+        .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "a.txt", b"a", ts(1_700_000_000, 0));
+    let addr = format!("127.0.0.1:{port}");
+    let synced = filesync_tests::poll_until(Duration::from_secs(20), || {
+        SyncCmd::new("closed", src.path()).server(&addr).run().code == 0
+    });
+    let alive = server.try_wait().unwrap().is_none();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        alive && synced,
+        "the server died or never served: alive {alive}"
+    );
+    assert_eq!(
+        fs::read(root.path().join("client_closed/a.txt")).unwrap(),
+        b"a"
+    );
+}
+
+/// A `--store` URL whose bucket is no bucket name is a usage error (2), for every
+/// command, before any request (a space used to crash the request builder, and `b?x`
+/// went to bucket `b`).
+#[test]
+fn a_bad_bucket_name_is_a_usage_error() {
+    for url in [
+        "s3://bucket name/lab",
+        "s3://b?x/lab",
+        "s3://Bad_Bucket!/lab",
+    ] {
+        for args in [
+            &["serve", "--port", "0", "--no-discovery", "--store", url][..],
+            &["versions", "--id", "x", "--store", url],
+            &[
+                "restore",
+                "--id",
+                "x",
+                "--to",
+                "/nonexistent/r",
+                "--store",
+                url,
+            ],
+        ] {
+            let out = std::process::Command::new(filesync_tests::filesync_bin())
+                .args(args)
+                .env_remove("FILESYNC_JSON")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains("not a bucket name"), "{args:?}: {stderr}");
+        }
+    }
+}
+
 #[test]
 fn folder_that_is_a_file_is_a_local_error() {
     let root = tempfile::tempdir().unwrap();

@@ -60,6 +60,18 @@ impl Location {
         if bucket.is_empty() {
             return Err(format!("{url:?}: no bucket name"));
         }
+        // S3's rule, loosened to the legacy names AWS still serves (capitals, `_`):
+        // anything else would be cut or mangled in the request's URL (a space made
+        // object_store panic; `b?x` went to bucket `b`).
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !bucket_ok {
+            return Err(format!(
+                "{url:?}: {bucket:?} is not a bucket name (3 to 63 letters, digits, '.', '-' or '_')"
+            ));
+        }
         let prefix = prefix.trim_matches('/');
         if !prefix.is_empty() && ObjectPath::parse(prefix).is_err() {
             return Err(format!("{url:?}: the prefix is not a valid key prefix"));
@@ -352,9 +364,24 @@ mod tests {
         let top = Location::parse("s3://lab").unwrap();
         assert_eq!(top.prefix, "");
         assert_eq!(top.client(&id).as_ref(), "client_scope-1");
-        for bad in ["lab", "s3://", "s3:///x", "file:///srv"] {
+        for bad in [
+            "lab",
+            "s3://",
+            "s3:///x",
+            "file:///srv",
+            "s3://bucket name/lab",
+            "s3:// bad/lab",
+            "s3://b?x/lab",
+            "s3://b#x/lab",
+            "s3://Bad_Bucket!/lab",
+            "s3://ab",
+        ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            Location::parse("s3://My_Legacy.bucket-1").unwrap().bucket,
+            "My_Legacy.bucket-1"
+        );
     }
 
     #[test]

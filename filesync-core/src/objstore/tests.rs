@@ -30,7 +30,7 @@ fn id() -> ClientId {
 }
 
 async fn archive(store: &Arc<InMemory>) -> Arc<ObjectArchive> {
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     Arc::new(
         ObjectArchive::with_store(Arc::clone(store), loc)
             .await
@@ -95,7 +95,7 @@ async fn session(
 
 async fn tree(store: &Arc<InMemory>) -> Tree {
     let s: Arc<dyn ObjectStore> = store.clone();
-    load_tree(&s, &Location::parse("s3://b/pre").unwrap(), &id())
+    load_tree(&s, &Location::parse("s3://bkt/pre").unwrap(), &id())
         .await
         .unwrap()
         .tree
@@ -129,7 +129,7 @@ async fn listing_by_folder_finds_what_one_listing_finds() {
         .unwrap();
     }
     let s: Arc<dyn ObjectStore> = mem.clone();
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     let whole = load_tree_listing_by_folder_above(&s, &loc, &id(), usize::MAX)
         .await
         .unwrap();
@@ -245,7 +245,7 @@ async fn replaced_and_deleted_objects_are_kept_and_restorable() {
     assert_eq!(body(&mem, "pre/client_lab/d/gone").await, None);
 
     let s: Arc<dyn ObjectStore> = mem.clone();
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     let sessions = restore::sessions(&s, &loc, &id()).await.unwrap();
     assert_eq!(sessions.len(), 2);
     assert!(sessions[0].record.whole_folder);
@@ -402,7 +402,7 @@ async fn a_file_replaces_a_folder_and_a_folder_a_file() {
 
 #[test]
 fn keys_of_the_layout_are_where_the_spec_says() {
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     assert_eq!(loc.tls_key().as_ref(), "pre/.filesync/tls/server.key");
     assert_eq!(
         loc.versions(&id()).as_ref(),
@@ -445,7 +445,7 @@ async fn a_file_near_the_key_limit_can_be_replaced_and_its_version_restored() {
         "replaced although its version key is long: {out:?}"
     );
     let s: Arc<dyn ObjectStore> = mem.clone();
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     let dest = tempfile::tempdir().unwrap();
     let to = dest.path().join("r");
     restore::restore(&s, &loc, &id(), &to, Some(between), &[])
@@ -460,7 +460,7 @@ async fn an_upload_left_by_a_killed_server_is_swept_and_a_finished_one_leaves_no
     let ar = archive(&mem).await;
     let store: Arc<dyn ObjectStore> = mem.clone();
     let parts: Arc<dyn object_store::multipart::MultipartStore> = mem.clone();
-    let loc = Location::parse("s3://b/pre").unwrap();
+    let loc = Location::parse("s3://bkt/pre").unwrap();
     let journal = ObjectPath::from("pre/.filesync/uploads");
     let journaled = || async {
         let v: Vec<_> = futures::TryStreamExt::try_collect(mem.list(Some(&journal)))
