@@ -14,7 +14,14 @@ pub(crate) fn init(args: &Args) {
         (_, 1) => "warn",
         _ => "error",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // object_store logs each retry of a failing request at INFO ("backing off"): ten
+    // lines before the one error that says it all. Shown with -v.
+    let default = if level == "info" {
+        "info,object_store=warn"
+    } else {
+        level
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a person at a terminal: cron mail and the systemd journal get
     // plain text. NO_COLOR (no-color.org) turns them off everywhere.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

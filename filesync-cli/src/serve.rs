@@ -86,19 +86,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 "one session per client id across every server of the store (etcd leases)");
             Some(leases)
         }
-        None if args.store.is_some() => {
-            tracing::warn!(
-                "no --lease: servers sharing this store do not coordinate, so two of them may \
-                 run sessions of one client at once. Objects are still never torn, replaced \
-                 ones are kept as versions, and an object rewritten after a session planned \
-                 its deletions is kept (checked just before, not atomically); but each \
-                 session writes the client's index as it saw it, so folders and folder \
-                 attributes set by the other may be lost (objects are found again by the next \
-                 listing). Give --lease etcd://HOST:PORT to run one session per client at a \
-                 time across servers"
-            );
-            None
-        }
         None => None,
     };
     let (store, tls, created): (Arc<dyn Archive>, _, _) = match &args.store {
@@ -143,6 +130,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
             (Arc::new(store), tls, created)
         }
     };
+    if args.store.is_some() && leases.is_none() {
+        tracing::warn!(
+            "no --lease: servers sharing this store do not coordinate, so two of them may \
+             run sessions of one client at once. Objects are still never torn, replaced \
+             ones are kept as versions, and an object rewritten after a session planned \
+             its deletions is kept (checked just before, not atomically); but each \
+             session writes the client's index as it saw it, so folders and folder \
+             attributes set by the other may be lost (objects are found again by the next \
+             listing). Give --lease etcd://HOST:PORT to run one session per client at a \
+             time across servers"
+        );
+    }
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(
             AuthFile::open(path).wrap_err("reading --auth-file")?,

@@ -391,6 +391,43 @@ fn a_bad_bucket_name_is_a_usage_error() {
     }
 }
 
+/// A store that cannot be reached is said in one line, with the innermost cause, not
+/// after a line per retry of the request (object_store logs those at INFO).
+#[test]
+fn an_unreachable_store_is_one_line() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let out = std::process::Command::new(filesync_tests::filesync_bin())
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--no-discovery",
+            "--store",
+            "s3://bucket/x",
+        ])
+        .env_remove("FILESYNC_JSON")
+        .env_remove("RUST_LOG")
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "GK0")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_REGION", "garage")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("Error: opening the store"), "{stderr}");
+    assert!(lines[0].contains("Connection refused"), "{stderr}");
+}
+
 #[test]
 fn folder_that_is_a_file_is_a_local_error() {
     let root = tempfile::tempdir().unwrap();

@@ -130,6 +130,9 @@ pub fn settings_hint(env: impl Fn(&str) -> Option<String>) -> String {
             missing.join(" and ")
         ));
     }
+    if endpoint.is_none_or(|e| e.trim().is_empty()) {
+        hints.push("no AWS_ENDPOINT is set, so the store asked was AWS S3 itself".to_owned());
+    }
     if !set("AWS_REGION") && !set("AWS_DEFAULT_REGION") {
         hints.push(
             "AWS_REGION is not set, so us-east-1 was used (a Garage cluster's is in its \
@@ -142,6 +145,50 @@ pub fn settings_hint(env: impl Fn(&str) -> Option<String>) -> String {
     } else {
         format!("check the settings: {}", hints.join("; "))
     }
+}
+
+/// What an error from the store most likely means, from its text, for the mistakes seen
+/// most (wrong secret, unknown key id, missing bucket, an endpoint that does not
+/// resolve); `None` if it is none of them.
+pub fn error_hint(text: &str) -> Option<&'static str> {
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    if has(&["SignatureDoesNotMatch", "Invalid signature"]) {
+        Some("the store refused the signature: check AWS_SECRET_ACCESS_KEY")
+    } else if has(&["InvalidAccessKeyId", "No such key"]) {
+        Some("the store does not know the key: check AWS_ACCESS_KEY_ID")
+    } else if has(&["NoSuchBucket"]) {
+        Some("the bucket does not exist: create it (garage bucket create NAME) and allow the key on it")
+    } else if has(&["dns error", "failed to lookup address"]) {
+        Some("the endpoint's name does not resolve: check AWS_ENDPOINT")
+    } else {
+        None
+    }
+}
+
+/// `text` with an S3 error document (`<?xml …><Error><Code>…</Code><Message>…</Message>…`)
+/// cut down to `Code: Message`: the rest (resource, request id, region) makes a line of
+/// several hundred characters that says nothing more.
+pub fn tidy_s3_error(text: &str) -> String {
+    let between = |open: &str, close: &str| -> Option<&str> {
+        let start = text.find(open)? + open.len();
+        let len = text[start..].find(close)?;
+        Some(&text[start..start + len])
+    };
+    let (Some(xml), Some(end)) = (text.find("<?xml"), text.find("</Error>")) else {
+        return text.to_owned();
+    };
+    if end < xml {
+        return text.to_owned();
+    }
+    let said = match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
+        (Some(c), Some(m)) => format!("{c}: {}", m.replace("&apos;", "'").replace("&quot;", "\"")),
+        (Some(c), None) => c.to_owned(),
+        _ => return text.to_owned(),
+    };
+    format!("{}{said}{}", &text[..xml], &text[end + "</Error>".len()..])
 }
 
 /// A failed request, as an `io::Error` naming what was being done.
@@ -172,11 +219,16 @@ impl ObjectArchive {
         let loc = Location::parse(url).map_err(io::Error::other)?;
         crate::net::tls::install_default_provider();
         let hinted = |e: io::Error| {
-            let hint = settings_hint(|k| std::env::var(k).ok());
-            if hint.is_empty() {
-                e
+            let text = tidy_s3_error(&e.to_string());
+            let mut hints: Vec<String> = error_hint(&text).map(str::to_owned).into_iter().collect();
+            let settings = settings_hint(|k| std::env::var(k).ok());
+            if !settings.is_empty() {
+                hints.push(settings);
+            }
+            if hints.is_empty() {
+                io::Error::new(e.kind(), text)
             } else {
-                io::Error::new(e.kind(), format!("{e} ({hint})"))
+                io::Error::new(e.kind(), format!("{text} ({})", hints.join("; ")))
             }
         };
         let store = object_store::aws::AmazonS3Builder::from_env()

@@ -650,3 +650,47 @@ fn settings_hints_name_the_common_mistakes() {
         "an https or AWS endpoint needs none: {h}"
     );
 }
+
+/// Errors from the store are cut to their S3 code and message, and the common ones say
+/// what to check.
+#[test]
+fn store_errors_are_short_and_say_what_to_check() {
+    let raw = "listing s3://b/x: Generic S3 error: Error performing list request: 403 \
+               Forbidden: <?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\
+               SignatureDoesNotMatch</Code><Message>Invalid signature for &apos;x&apos;\
+               </Message><Resource>/b</Resource><Region>garage</Region></Error> (retried)";
+    let tidy = super::tidy_s3_error(raw);
+    assert_eq!(
+        tidy,
+        "listing s3://b/x: Generic S3 error: Error performing list request: 403 Forbidden: \
+         SignatureDoesNotMatch: Invalid signature for 'x' (retried)"
+    );
+    assert!(super::error_hint(&tidy)
+        .unwrap()
+        .contains("AWS_SECRET_ACCESS_KEY"));
+    assert!(super::error_hint("<Code>NoSuchBucket</Code>")
+        .unwrap()
+        .contains("bucket does not exist"));
+    assert!(super::error_hint("Forbidden: No such key: GK123")
+        .unwrap()
+        .contains("AWS_ACCESS_KEY_ID"));
+    assert_eq!(super::error_hint("Connection refused"), None);
+    // Text without an error document is left as it is.
+    assert_eq!(
+        super::tidy_s3_error("Connection refused"),
+        "Connection refused"
+    );
+    assert_eq!(
+        super::tidy_s3_error("a </Error> b <?xml"),
+        "a </Error> b <?xml"
+    );
+    // No endpoint: AWS S3 itself was asked.
+    let h = super::settings_hint(|k| {
+        matches!(
+            k,
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "AWS_REGION"
+        )
+        .then(|| "v".to_owned())
+    });
+    assert!(h.contains("no AWS_ENDPOINT"), "{h}");
+}
