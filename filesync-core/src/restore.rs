@@ -51,10 +51,10 @@ pub enum RestoreError {
         /// When the session that created the folder started.
         created: String,
     },
-    /// The client has no folder and no versions on this server.
-    #[error("the server root {root} holds nothing for client {id}")]
+    /// The client has no folder and no versions in this archive (a server root, or a store).
+    #[error("the archive {root} holds nothing for client {id}")]
     UnknownClient {
-        /// The root.
+        /// The archive: a server root, or a store's URL.
         root: String,
         /// The id.
         id: String,
