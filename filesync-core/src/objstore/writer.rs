@@ -154,14 +154,21 @@ impl<'a> ObjectWriter<'a> {
         Err(FENCED.into())
     }
 
-    /// Aborts the puts in flight, the fence being raised. Their requests may have reached
-    /// the store already: those cannot be recalled, which is why the lease is reported
-    /// lost before etcd can give the client to another server.
+    /// Aborts the puts in flight, the fence being raised, and settles them at once (those
+    /// that finished first are recorded as stored), so that this happens, and is logged,
+    /// once. Their requests may have reached the store already: those cannot be
+    /// recalled, which is why the lease is reported lost before etcd can give the client
+    /// to another server.
     fn abort_puts(&mut self) {
-        if !self.puts.is_empty() {
-            tracing::warn!(client = %self.id, aborted = self.puts.len(),
-                "the session's lease was lost: aborting the uploads in flight");
-            self.puts.abort_all();
+        if self.puts.is_empty() {
+            return;
+        }
+        tracing::warn!(client = %self.id, aborted = self.puts.len(),
+            "the session's lease was lost: aborting the uploads in flight");
+        self.puts.abort_all();
+        let rt = self.ar.rt.clone();
+        while let Some(joined) = rt.block_on(self.puts.join_next()) {
+            self.joined(joined);
         }
     }
 
@@ -447,7 +454,7 @@ impl<'a> ObjectWriter<'a> {
                 Some(next) => next,
                 None => {
                     self.abort_puts();
-                    rt.block_on(self.puts.join_next())
+                    return true;
                 }
             }
         } else {
@@ -455,21 +462,26 @@ impl<'a> ObjectWriter<'a> {
             self.puts.try_join_next()
         };
         match next {
-            Some(Ok(put)) => {
-                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(put.bytes);
-                let outcome = self.settled(put);
-                if let Some(o) = outcome {
-                    (self.report)(vec![o]);
-                }
-                true
-            }
-            // Aborted by the fence: the session is over, its outcome unheard.
-            Some(Err(e)) if e.is_cancelled() => true,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "an upload task failed");
+            Some(joined) => {
+                self.joined(joined);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Settles a put task that ended: its outcome reported, or its failure logged.
+    fn joined(&mut self, joined: Result<Put, tokio::task::JoinError>) {
+        match joined {
+            Ok(put) => {
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(put.bytes);
+                if let Some(o) = self.settled(put) {
+                    (self.report)(vec![o]);
+                }
+            }
+            // Aborted by the fence: the session is over, its outcome unheard.
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => tracing::error!(error = %e, "an upload task failed"),
         }
     }
 
