@@ -49,6 +49,18 @@ async fn session(
     tail: Vec<TailOp>,
     budget: DeleteBudget,
 ) -> (Vec<(RelPath, Outcome)>, Applied) {
+    fenced_session(ar, files, tail, budget, None).await
+}
+
+/// [`session`], with the session's lease lost (its fence raised) just before file
+/// `lost_before_commit` is committed, all its data written.
+async fn fenced_session(
+    ar: &Arc<ObjectArchive>,
+    files: Vec<F>,
+    tail: Vec<TailOp>,
+    budget: DeleteBudget,
+    lost_before_commit: Option<usize>,
+) -> (Vec<(RelPath, Outcome)>, Applied) {
     let ar = Arc::clone(ar);
     tokio::task::spawn_blocking(move || {
         let mut index = ar.index(&id());
@@ -57,14 +69,15 @@ async fn session(
         assert!(index.take_error().is_none());
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let o = Arc::clone(&outcomes);
+        let fence = Fence::default();
         let mut w = ar
             .writer(
                 &id(),
                 Box::new(move |v| o.lock().unwrap().extend(v)),
-                Fence::default(),
+                fence.clone(),
             )
             .unwrap();
-        for f in files {
+        for (i, f) in files.into_iter().enumerate() {
             let h = FileHeader {
                 path: rel(f.0),
                 size: f.1.len() as u64,
@@ -76,6 +89,9 @@ async fn session(
             w.open(&h, Some(f.2));
             for chunk in f.1.chunks(1 << 20) {
                 w.write(chunk);
+            }
+            if lost_before_commit == Some(i) {
+                fence.raise();
             }
             let now = w.commit(None);
             outcomes.lock().unwrap().extend(now);
@@ -533,51 +549,16 @@ async fn a_raised_fence_stops_every_write() {
     let index_key = "pre/.filesync/index/client_lab";
     let index_before = body(&mem, index_key).await.expect("the index was written");
 
-    let ar2 = Arc::clone(&ar);
-    let (outcomes, applied) = tokio::task::spawn_blocking(move || {
-        let mut index = ar2.index(&id());
-        let _: Vec<_> = index.by_ref().collect();
-        let fence = Fence::default();
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let o = Arc::clone(&outcomes);
-        let mut w = ar2
-            .writer(
-                &id(),
-                Box::new(move |v| o.lock().unwrap().extend(v)),
-                fence.clone(),
-            )
-            .unwrap();
-        let header = |path: &str, size: usize| FileHeader {
-            path: rel(path),
-            size: size as u64,
-            mtime: t(200),
-            mode: 0o644,
-            delta: false,
-            offset: 0,
-        };
-        // A large file whose parts went up before the lease was lost.
-        let big = vec![3u8; (super::MULTIPART_MIN + 1) as usize];
-        w.open(&header("big", big.len()), Some(0o644));
-        for chunk in big.chunks(1 << 20) {
-            w.write(chunk);
-        }
-        fence.raise();
-        let mut now = w.commit(None);
-        // A small file after it.
-        w.open(&header("small", 3), Some(0o644));
-        w.write(b"new");
-        now.extend(w.commit(None));
-        outcomes.lock().unwrap().extend(now);
-        let mut spool = ar2.spool().unwrap();
-        spool.push(&TailOp::Delete(rel("old")));
-        spool.push(&TailOp::MakeDir(rel("made")));
-        let applied = w.finish(spool, &DeleteBudget::All);
-        drop(w);
-        let out = outcomes.lock().unwrap().clone();
-        (out, applied)
-    })
-    .await
-    .unwrap();
+    // A large file whose parts went up before the lease was lost, then a small one.
+    let big = vec![3u8; (super::MULTIPART_MIN + 1) as usize];
+    let (outcomes, applied) = fenced_session(
+        &ar,
+        vec![F("big", big, 0o644), F("small", b"new".to_vec(), 0o644)],
+        vec![TailOp::Delete(rel("old")), TailOp::MakeDir(rel("made"))],
+        DeleteBudget::All,
+        Some(0),
+    )
+    .await;
 
     let mut rejected: Vec<String> = outcomes
         .iter()
