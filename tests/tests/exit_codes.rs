@@ -213,16 +213,30 @@ fn usage_errors_exit_2() {
     }
 }
 
+/// The built binary, with no stdin and without `FILESYNC_JSON` from the environment
+/// (these tests read its text).
+fn filesync() -> std::process::Command {
+    let mut cmd = std::process::Command::new(filesync_tests::filesync_bin());
+    cmd.env_remove("FILESYNC_JSON")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// The writing end of a pipe whose reader is gone (`| head` after it has read a line).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
 /// Output into a pipe whose reader has gone (`filesync versions … | head -1`) ends the
 /// process quietly with 141, as a shell reports a process killed by SIGPIPE, instead of
 /// a panic and its backtrace (101).
 #[test]
 fn a_closed_output_pipe_ends_quietly() {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = std::process::Command::new(filesync_tests::filesync_bin())
+    let out = filesync()
         .arg("gen-secret")
-        .stdout(writer)
+        .stdout(closed_pipe())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -237,15 +251,11 @@ fn a_closed_output_pipe_ends_quietly() {
 fn a_closed_log_pipe_stops_nothing() {
     use std::io::{BufRead, BufReader};
     let root = tempfile::tempdir().unwrap();
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let mut server = std::process::Command::new(filesync_tests::filesync_bin())
+    let mut server = filesync()
         .args(["serve", "--port", "0", "--no-discovery", "--root"])
         .arg(root.path())
-        .env_remove("FILESYNC_JSON")
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(writer)
+        .stderr(closed_pipe())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -263,16 +273,12 @@ fn a_closed_log_pipe_stops_nothing() {
     write_file(src.path(), "a.txt", b"a", ts(1_700_000_000, 0));
     for round in 0..2 {
         // The client logs into a closed pipe too (-v: a line for everything it does).
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let out = std::process::Command::new(filesync_tests::filesync_bin())
+        let out = filesync()
             .args([
                 "sync", "--once", "-v", "--id", "logs", "--server", &addr, "--dir",
             ])
             .arg(src.path())
-            .env_remove("FILESYNC_JSON")
-            .stdin(std::process::Stdio::null())
-            .stderr(writer)
+            .stderr(closed_pipe())
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "round {round}: {out:?}");
@@ -301,7 +307,7 @@ fn an_output_that_cannot_be_written_is_a_failure() {
             .open("/dev/full")
             .unwrap()
     };
-    let out = std::process::Command::new(filesync_tests::filesync_bin())
+    let out = filesync()
         .arg("gen-secret")
         .stdout(full())
         .output()
@@ -316,25 +322,15 @@ fn an_output_that_cannot_be_written_is_a_failure() {
 #[test]
 fn a_server_with_closed_output_keeps_serving() {
     let root = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let closed = || {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        writer
-    };
-    let mut server = std::process::Command::new(filesync_tests::filesync_bin())
+    // Its port is chosen here, since the server cannot say it with its stdout closed.
+    let port = filesync_tests::free_port();
+    let mut server = filesync()
         .args(["serve", "--no-discovery", "--bind", "127.0.0.1", "--port"])
         .arg(port.to_string())
         .arg("--root")
         .arg(root.path())
-        .env_remove("FILESYNC_JSON")
-        .stdin(std::process::Stdio::null())
-        .stdout(closed())
-        .stderr(closed())
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
         .spawn()
         .unwrap();
     let src = tempfile::tempdir().unwrap();
@@ -379,11 +375,7 @@ fn a_bad_bucket_name_is_a_usage_error() {
                 url,
             ],
         ] {
-            let out = std::process::Command::new(filesync_tests::filesync_bin())
-                .args(args)
-                .env_remove("FILESYNC_JSON")
-                .output()
-                .unwrap();
+            let out = filesync().args(args).output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
             assert!(stderr.contains("not a bucket name"), "{args:?}: {stderr}");
@@ -401,7 +393,7 @@ fn an_unreachable_store_is_one_line() {
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{closed}");
-    let out = std::process::Command::new(filesync_tests::filesync_bin())
+    let out = filesync()
         .args([
             "serve",
             "--port",
@@ -410,7 +402,6 @@ fn an_unreachable_store_is_one_line() {
             "--store",
             "s3://bucket/x",
         ])
-        .env_remove("FILESYNC_JSON")
         .env_remove("RUST_LOG")
         .env("AWS_ENDPOINT", &endpoint)
         .env("AWS_ENDPOINT_URL", &endpoint)
