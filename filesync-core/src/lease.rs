@@ -946,10 +946,7 @@ impl EtcdLeases {
                 Acquired::Taken { holder } if started.elapsed() >= wait => {
                     return Err(LeaseError::Busy { key, holder, wait });
                 }
-                Acquired::Taken { .. } => {
-                    let ttl = Duration::from_secs(self.ttl_secs.unsigned_abs());
-                    tokio::time::sleep(retry_period(ttl)).await;
-                }
+                Acquired::Taken { .. } => tokio::time::sleep(retry_period(self.ttl())).await,
             }
         }
     }
